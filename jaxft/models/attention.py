@@ -1,0 +1,88 @@
+"""Scaled dot-product attention behind one function, chosen per backend.
+
+The model describes *which* keys a query may see with an ``AttentionMask``
+(slots for causality, positions for the sliding window, validity for padding);
+``attention`` turns that into whatever the chosen implementation needs:
+
+* CPU (and the fallback everywhere): plain XLA einsums, softmax in float32.
+* GPU: ``jax.nn.dot_product_attention`` (cuDNN fused attention for bf16/fp16).
+* TPU: the Pallas flash-attention kernel when the mask is causal + padding
+  (training and prefill without a cache), XLA otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+
+_NEG = -1e30  # finite, so fully masked rows (padding queries) stay NaN-free
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class AttentionMask:
+    q_slots: jnp.ndarray  # [b, t] index of each query in the key sequence
+    kv_valid: jnp.ndarray  # [b, s] bool, False for padding / empty cache slots
+    q_positions: jnp.ndarray  # [b, t] rope positions of the queries
+    kv_positions: jnp.ndarray  # [b, s]
+    sliding_window: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    has_cache: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+    def dense(self) -> jnp.ndarray:
+        """Boolean [b, t, s]: may query t attend to key s."""
+        s = self.kv_valid.shape[1]
+        kv_slots = jnp.arange(s)[None, None, :]
+        allowed = (kv_slots <= self.q_slots[:, :, None]) & self.kv_valid[:, None, :]
+        if self.sliding_window is not None:
+            # Distance in positions, so a left-padded row sees the same window
+            # as the same row unpadded.
+            dist = self.q_positions[:, :, None] - self.kv_positions[:, None, :]
+            allowed &= dist < self.sliding_window
+        return allowed
+
+
+def _backend_impl() -> str:
+    forced = os.environ.get("JAXFT_ATTENTION")
+    if forced:
+        return forced
+    return {"gpu": "cudnn", "tpu": "flash"}.get(jax.default_backend(), "xla")
+
+
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: AttentionMask,
+              impl: str | None = None) -> jnp.ndarray:
+    """q [b, t, h, d]; k, v [b, s, kv_h, d] with h a multiple of kv_h -> [b, t, h, d]."""
+    impl = impl or _backend_impl()
+    if impl == "flash" and not mask.has_cache and mask.sliding_window is None:
+        return _tpu_flash(q, k, v, mask)
+    if impl == "cudnn" and q.dtype in (jnp.bfloat16, jnp.float16):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask.dense()[:, None], implementation=None)
+    return _xla_attention(q, k, v, mask.dense())
+
+
+def _xla_attention(q, k, v, allowed):
+    b, t, h, d = q.shape
+    kv_h = k.shape[2]
+    q = q.reshape(b, t, kv_h, h // kv_h, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (d ** -0.5)
+    scores = jnp.where(allowed[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+def _tpu_flash(q, k, v, mask):
+    from jax.experimental.pallas.ops.tpu import flash_attention as fa
+
+    groups = q.shape[2] // k.shape[2]
+    k = jnp.repeat(k, groups, axis=2)
+    v = jnp.repeat(v, groups, axis=2)
+    seg = mask.kv_valid.astype(jnp.int32)
+    out = fa.flash_attention(
+        q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+        segment_ids=fa.SegmentIds(q=seg, kv=seg), causal=True, sm_scale=q.shape[-1] ** -0.5,
+    )
+    return out.transpose(0, 2, 1, 3)

@@ -1,0 +1,50 @@
+"""Small building blocks shared by the decoder and the recipe modules.
+
+``dense`` is the only place a kernel is multiplied. A kernel is either a plain
+array [in, out] or any object with a ``dense(x)`` method -- that is how LoRA
+adapters and quantized weights plug in without the model code knowing of them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def matmul(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+    """x[..., in] @ w[in, out] in x's dtype, accumulating in float32.
+
+    float32 accumulation keeps bf16 exact enough and is also what makes bf16
+    matmuls fast on CPU backends.
+    """
+    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
+
+
+def dense(x: jnp.ndarray, kernel, bias: jnp.ndarray | None = None) -> jnp.ndarray:
+    y = matmul(x, kernel) if isinstance(kernel, jax.Array) else kernel.dense(x)
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return y
+
+
+def materialize(kernel, dtype) -> jnp.ndarray:
+    """The kernel as a plain array (dequantized / merged), for non-matmul uses."""
+    if isinstance(kernel, jax.Array):
+        return kernel.astype(dtype)
+    return kernel.materialize(dtype)
+
+
+def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
+    # Like transformers: normalise in float32, cast back, then scale.
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + eps)
+    return (y * scale + bias).astype(x.dtype)

@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny random transformers checkpoints written to temp dirs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+from tests import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """tiny_dir(name) -> path of a saved tiny transformers model (cached per session)."""
+    cache = {}
+
+    def make(name: str):
+        if name not in cache:
+            cache[name] = tiny.save_tiny(name, tmp_path_factory.mktemp(name))
+        return cache[name]
+
+    return make
