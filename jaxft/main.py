@@ -1,0 +1,77 @@
+"""Command-line entry point: ``python -m jaxft.main --config configs/<recipe>.py[:preset]``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file, optionally with ':preset'.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and exports go.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() first (multi-host TPU pods / GPU clusters).")
+
+log = logging.getLogger("jaxft")
+
+
+def _setup_logging():
+    import jax
+
+    logging.basicConfig(level=logging.INFO if jax.process_index() == 0 else logging.ERROR,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "jax._src", "orbax", "grain", "tensorstore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config configs/condense.py:demo")
+    if _DISTRIBUTED.value:
+        import jax
+
+        jax.distributed.initialize()
+    _setup_logging()
+    workdir = Path(_WORKDIR.value or os.path.join("runs", config.recipe or "run"))
+
+    from jaxft.train.trainer import Preempted, Trainer
+    from jaxft.train.validate import ConfigError, validate
+
+    try:
+        validate(config)
+        trainer = Trainer(config, workdir)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if trainer.task.description and trainer.is_main:
+        print(trainer.task.description, flush=True)
+    try:
+        history = trainer.run()
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        return 0
+    exported = trainer.export()
+    if trainer.is_main:
+        losses = history["train_loss"]
+        if losses:
+            print(f"train loss: {losses[0][1]:.4f} (step {losses[0][0]}) -> {losses[-1][1]:.4f} (step {losses[-1][0]})")
+        print(f"checkpoints: {history['checkpoints']}")
+        print(f"tensorboard: {workdir / 'tb'}")
+        if exported:
+            print(f"export: {exported}")
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

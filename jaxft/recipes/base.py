@@ -1,0 +1,60 @@
+"""The contract between a recipe and the training engine.
+
+A recipe builds a ``TrainTask``: which trees train and which stay frozen, how
+to compute the loss of a batch, where batches come from, and optional eval,
+samples and export. The engine (``jaxft.train``) owns everything else: the
+mesh and shardings, the jitted step, optimizer state, checkpoints, logging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import jax
+
+PyTree = Any
+Batch = dict[str, Any]  # numpy arrays with a leading global-batch axis
+
+
+class LossFn(Protocol):
+    def __call__(self, trainable: PyTree, frozen: PyTree, batch: Batch, rng: jax.Array
+                 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        """Return ``(loss_sum, weight_sum, metric_sums)``.
+
+        Sums, not means: the engine adds them over micro-batches (and devices)
+        and divides once, so gradient accumulation is exact. ``metric_sums``
+        values are summed too; a metric ``"x"`` with a companion ``"x_count"``
+        is logged as their ratio.
+        """
+
+
+class CheckpointableIterator(Protocol):
+    def __next__(self) -> Batch: ...
+
+    def get_state(self) -> dict: ...
+
+    def set_state(self, state: dict) -> None: ...
+
+
+@dataclasses.dataclass
+class TrainTask:
+    trainable: PyTree  # dict of named groups, e.g. {"lora": ..., "projector": ...}
+    frozen: PyTree  # anything the loss reads but does not train (base LLMs, maybe quantized)
+    loss_fn: LossFn
+    train_batches: CheckpointableIterator
+    # Optimizer group of each trainable leaf (per-group learning rates); default: its top-level key.
+    group_fn: Callable[[tuple[str, ...], Any], str] = lambda path, leaf: path[0]
+    # Logical axis names per leaf (same structure as the tree, tuples or None); None -> inferred.
+    trainable_axes: PyTree | None = None
+    frozen_axes: PyTree | None = None
+    eval_batches: Callable[[], Iterable[Batch]] | None = None
+    # Eval metric sums of one batch (default: the loss_fn's sums, without dropout rng).
+    eval_fn: Callable[[PyTree, PyTree, Batch], dict[str, jax.Array]] | None = None
+    # Called at each eval with host-side params: returns text samples to log ({name: text}).
+    samples_fn: Callable[[PyTree, PyTree], dict[str, str]] | None = None
+    # Writes a deployable artifact (e.g. PEFT adapter, merged model) for the given params.
+    export_fn: Callable[[str, PyTree, PyTree], None] | None = None
+    tokens_key: str = "loss_mask"  # batch entry whose sum counts tokens for tokens/s
+    description: str = ""
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -1,0 +1,121 @@
+"""Causal LM cross-entropy that never materialises the full [batch, time, vocab] logits.
+
+With vocabularies of 128k-152k entries the float32 logits of a modest batch
+(and the softmax the backward pass needs) are the largest buffers of a
+fine-tuning step, often larger than the LoRA model itself. ``causal_lm_loss``
+with ``chunk_size`` scans over chunks of tokens, computes each chunk's logits,
+log-sum-exp and target logit, and rematerialises the chunk in the backward pass
+(``jax.checkpoint``) so only one chunk of logits is ever alive.
+
+Conventions shared with the train step:
+
+* ``targets`` are already the next tokens (see ``next_token_targets``).
+* The returned sums are *sums*: ``loss = loss_sum / weight_sum``. Summing over
+  micro-batches before dividing makes gradient accumulation exact.
+* Per-token ``weights`` multiply the token's negative log-likelihood, and the
+  mean is taken over the sum of weights (a token of weight 2 counts like two
+  copies of it). Tokens with ``loss_mask == 0`` contribute nothing, whatever
+  their weight or target id (ignored ids such as -100 are safe).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class LossOutput(NamedTuple):
+    loss_sum: jax.Array  # sum over tokens of weight * mask * nll, float32
+    weight_sum: jax.Array  # sum of weight * mask, the divisor of the mean loss
+    correct: jax.Array  # masked tokens whose argmax logit is the target
+    count: jax.Array  # masked tokens
+
+
+def _token_stats(x: jax.Array, head_weight: jax.Array, targets: jax.Array, weights: jax.Array,
+                 live: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of weights * nll, count of live argmax hits) for token rows x[n, h]."""
+    logits = jnp.einsum("nh,hv->nv", x, head_weight.astype(x.dtype), preferred_element_type=jnp.float32)
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    hits = (jnp.argmax(logits, axis=-1) == targets) & live
+    # where, not a product: a masked row's nll must not leak a NaN/inf into the sum.
+    return jnp.sum(jnp.where(live, weights * nll, 0.0)), jnp.sum(hits.astype(jnp.float32))
+
+
+def _chunked_stats(x, head_weight, targets, weights, live, chunk_size: int):
+    n = x.shape[0]
+    pad = -n % chunk_size
+    if pad:  # padded rows are dead (live=False, weight 0) so they add nothing
+        x = jnp.pad(x, ((0, pad), (0, 0)))
+        targets, weights, live = (jnp.pad(a, (0, pad)) for a in (targets, weights, live))
+    xs = (x.reshape(-1, chunk_size, x.shape[-1]),
+          targets.reshape(-1, chunk_size), weights.reshape(-1, chunk_size), live.reshape(-1, chunk_size))
+    # Recompute each chunk's logits in the backward pass instead of saving them.
+    stats = jax.checkpoint(_token_stats)
+
+    def body(carry, chunk):
+        xc, tc, wc, lc = chunk
+        loss_sum, correct = stats(xc, head_weight, tc, wc, lc)
+        return (carry[0] + loss_sum, carry[1] + correct), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (loss_sum, correct), _ = jax.lax.scan(body, (zero, zero), xs)
+    return loss_sum, correct
+
+
+def causal_lm_loss(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array, loss_mask: jax.Array,
+                   weights: jax.Array | None = None, *, chunk_size: int | None = None) -> LossOutput:
+    """Token-level cross-entropy of ``hidden @ head_weight`` against ``targets``.
+
+    Args:
+      hidden: [b, t, h] final hidden states (any float dtype).
+      head_weight: [h, V] output projection; matmuls run in hidden's dtype with
+        float32 accumulation and float32 logits.
+      targets: [b, t] integer next-token ids.
+      loss_mask: [b, t] 1 where the token counts, 0 elsewhere.
+      weights: optional [b, t] per-token weights (default 1).
+      chunk_size: tokens per chunk of the flattened b*t axis; None computes all
+        logits at once. Any b*t works (the last chunk is padded internally).
+    """
+    if hidden.ndim != 3 or targets.shape != hidden.shape[:2] or loss_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"causal_lm_loss: expected hidden [b, t, h] and targets/loss_mask [b, t]; got hidden "
+                         f"{hidden.shape}, targets {targets.shape}, loss_mask {loss_mask.shape}")
+    if head_weight.ndim != 2 or head_weight.shape[0] != hidden.shape[-1]:
+        raise ValueError(f"causal_lm_loss: head_weight must be [hidden={hidden.shape[-1]}, vocab]; "
+                         f"got {head_weight.shape}")
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"causal_lm_loss: chunk_size must be positive, got {chunk_size}")
+
+    mask = loss_mask.astype(jnp.float32)
+    token_weights = mask if weights is None else mask * weights.astype(jnp.float32)
+    n = targets.size
+    x = hidden.reshape(n, hidden.shape[-1])
+    w = token_weights.reshape(n)
+    live = mask.reshape(n) > 0
+    # Masked positions may carry ignore ids (-100) or pads; point them at a valid row.
+    tgt = jnp.where(live, targets.reshape(n), 0).astype(jnp.int32)
+
+    if chunk_size is None or chunk_size >= n:
+        loss_sum, correct = _token_stats(x, head_weight, tgt, w, live)
+    else:
+        loss_sum, correct = _chunked_stats(x, head_weight, tgt, w, live, chunk_size)
+    return LossOutput(loss_sum, jnp.sum(w), correct, jnp.sum(mask))
+
+
+def next_token_targets(input_ids: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Shift ids left so position i predicts token i+1.
+
+    ``loss_mask[:, j]`` says whether token j should be *predicted* (e.g. 1 on
+    completion tokens, 0 on prompt and padding). The returned mask is that of
+    the predicted token; the last position has no next token and is masked.
+    """
+    targets = jnp.concatenate([input_ids[:, 1:], jnp.zeros_like(input_ids[:, :1])], axis=1)
+    mask = jnp.concatenate([loss_mask[:, 1:], jnp.zeros_like(loss_mask[:, :1])], axis=1)
+    return targets, mask
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Scalar bool array: every float leaf of ``tree`` is free of NaN and inf."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)

@@ -1,0 +1,244 @@
+"""The training loop shared by every recipe.
+
+Builds the mesh and the recipe's task, places trainable and frozen trees on
+their shardings, restores the latest checkpoint if there is one, then runs the
+jitted step with a progress bar, TensorBoard metrics, periodic eval with early
+stopping, checkpoints (last K + best) and a clean save on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxft.recipes import TrainTask, build_task
+from jaxft.train import mesh as mesh_lib
+from jaxft.train.metrics import MetricWriter, summarize
+from jaxft.train.sharding import tree_shardings
+from jaxft.train.step import init_state, jit_step, make_step_fn
+
+log = logging.getLogger("jaxft")
+
+
+class Preempted(Exception):
+    pass
+
+
+def _rules(config) -> dict:
+    rules = dict(mesh_lib.DEFAULT_RULES)
+    rules.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(config.mesh.get("rules", {})).items()})
+    return rules
+
+
+def place(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+
+
+def global_batch(batch: dict, mesh, rules) -> dict:
+    """Host batch (this process's rows) -> global arrays sharded over the batch axes."""
+    def put(x):
+        x = np.asarray(x)
+        global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        sharding = mesh_lib.batch_sharding(mesh, rules, global_shape)
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+    return {k: put(v) for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, config, workdir: str | Path):
+        from jaxft.train.optim import make_optimizer  # noqa: heavy import kept local
+
+        self.config = config
+        self.workdir = Path(workdir)
+        self.is_main = jax.process_index() == 0
+        self.rules = _rules(config)
+        self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
+        with self.mesh:
+            self.task: TrainTask = build_task(config, self.mesh)
+        task = self.task
+        self.trainable_sh = tree_shardings(task.trainable, self.mesh, self.rules, task.trainable_axes)
+        self.frozen_sh = tree_shardings(task.frozen, self.mesh, self.rules, task.frozen_axes)
+        self.frozen = place(task.frozen, self.frozen_sh)
+        trainable = place(task.trainable, self.trainable_sh)
+        self.optimizer = make_optimizer(config.optim, trainable, task.group_fn)
+        use_ema = bool(config.optim.get("ema_decay", 0.0))
+        state_shapes = jax.eval_shape(lambda p: init_state(p, self.optimizer, config.seed, use_ema), trainable)
+        self.state_sh = tree_shardings(state_shapes, self.mesh, self.rules)
+        self.state_sh["params"] = self.trainable_sh
+        if use_ema:
+            self.state_sh["ema"] = self.trainable_sh
+        self.state = jax.jit(lambda p: init_state(p, self.optimizer, config.seed, use_ema),
+                             out_shardings=self.state_sh)(trainable)
+        self.step_fn = make_step_fn(task.loss_fn, self.optimizer, accum_steps=int(config.optim.get("accum_steps", 1)),
+                                    ema_decay=float(config.optim.get("ema_decay", 0.0)) or 0.999)
+        self._compiled = None
+        self._eval = None
+        self.checkpointer = self._make_checkpointer()
+        self.writer = MetricWriter(self.workdir / "tb", enabled=self.is_main)
+        self._preempted = False
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _make_checkpointer(self):
+        from jaxft.checkpoint.train_state import TrainCheckpointer
+
+        ck = self.config.checkpoint
+        directory = ck.get("dir") or str(self.workdir / "checkpoints")
+        es = self.config.train.early_stopping
+        return TrainCheckpointer(directory, max_to_keep=int(ck.keep), best_metric=es.metric if es.metric else None,
+                                 best_mode=es.mode, async_save=bool(ck.get("async_save", True)))
+
+    def _abstract_state(self):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.state_sh)
+
+    def maybe_restore(self) -> int:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return 0
+        state, data_state, _ = self.checkpointer.restore(step, self._abstract_state())
+        self.state = state
+        if data_state is not None:
+            self.task.train_batches.set_state(data_state)
+        log.info("resumed from step %d (%s)", step, self.checkpointer.directory)
+        return int(step)
+
+    def save(self, metrics: dict | None = None, force: bool = False):
+        step = int(jax.device_get(self.state["step"]))
+        self.checkpointer.save(step, self.state, data_state=self.task.train_batches.get_state(),
+                               metadata={"recipe": self.config.recipe}, metrics=metrics, force=force)
+
+    # -- steps -----------------------------------------------------------------------
+    def train_step(self, host_batch: dict) -> dict:
+        batch = global_batch(host_batch, self.mesh, self.rules)
+        if self._compiled is None:
+            batch_sh = jax.tree.map(lambda x: x.sharding, batch)
+            self._compiled = jit_step(self.step_fn, self.state_sh, self.frozen_sh, batch_sh)
+        with self.mesh:
+            self.state, metrics = self._compiled(self.state, self.frozen, batch)
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        task = self.task
+        if task.eval_batches is None:
+            return {}
+        params = self.state["ema"] if "ema" in self.state and self.config.optim.get("eval_with_ema") else self.state["params"]
+        if self._eval is None:
+            def eval_sums(p, f, b):
+                if task.eval_fn is not None:
+                    return task.eval_fn(p, f, b)
+                loss_sum, weight_sum, metrics = task.loss_fn(p, f, b, None)
+                return {"loss": loss_sum, "loss_count": weight_sum, **metrics}
+
+            self._eval = jax.jit(eval_sums)
+        totals: dict[str, float] = {}
+        limit = int(self.config.train.get("eval_batches", 0)) or None
+        for i, host_batch in enumerate(task.eval_batches()):
+            if limit is not None and i >= limit:
+                break
+            with self.mesh:
+                sums = jax.device_get(self._eval(params, self.frozen, global_batch(host_batch, self.mesh, self.rules)))
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return summarize(totals)
+
+    # -- loop ------------------------------------------------------------------------
+    def _on_sigterm(self, signum, frame):
+        self._preempted = True
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.config.train
+        start = self.maybe_restore()
+        total = int(cfg.steps)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        history: dict[str, Any] = {"train_loss": [], "eval": []}
+        es = cfg.early_stopping
+        best, bad_evals = None, 0
+        bar = tqdm(total=total, initial=start, disable=not self.is_main, dynamic_ncols=True, desc="train")
+        t_last, tokens = time.perf_counter(), 0.0
+        try:
+            for step in range(start + 1, total + 1):
+                host_batch = next(self.task.train_batches)
+                tokens += float(np.sum(host_batch[self.task.tokens_key])) * jax.process_count()
+                metrics = self.train_step(host_batch)
+                if step % int(cfg.log_every) == 0 or step == total:
+                    m = jax.device_get(metrics)
+                    if not bool(m["finite"]):
+                        log.warning("step %d: non-finite loss or gradient; update skipped", step)
+                    now = time.perf_counter()
+                    scalars = summarize({k: float(v) for k, v in m.items() if k not in ("finite",)})
+                    scalars["tokens_per_s"] = tokens / max(now - t_last, 1e-9)
+                    scalars.update(self._learning_rates(step))
+                    t_last, tokens = now, 0.0
+                    history["train_loss"].append((step, scalars["loss"]))
+                    self.writer.scalars(step, scalars, prefix="train/")
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars.get('lr', 0):.2e}",
+                                    tok_s=f"{scalars['tokens_per_s']:.0f}")
+                bar.update(1)
+                eval_now = int(cfg.eval_every) and (step % int(cfg.eval_every) == 0 or step == total)
+                eval_metrics = None
+                if eval_now:
+                    eval_metrics = self.evaluate()
+                    if eval_metrics:
+                        history["eval"].append((step, eval_metrics))
+                        self.writer.scalars(step, eval_metrics, prefix="eval/")
+                        self._log_samples(step)
+                        if self.is_main:
+                            tqdm.write(f"step {step}: eval " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+                        if es.metric and es.metric in eval_metrics:
+                            value = eval_metrics[es.metric]
+                            improved = best is None or (value < best if es.mode == "min" else value > best)
+                            best, bad_evals = (value, 0) if improved else (best, bad_evals + 1)
+                save_now = (step % int(self.config.checkpoint.every) == 0) or step == total or eval_metrics
+                if save_now:
+                    self.save(metrics=eval_metrics or None)
+                if eval_metrics and es.patience and bad_evals >= int(es.patience):
+                    if self.is_main:
+                        tqdm.write(f"early stopping at step {step}: {es.metric} did not improve for {bad_evals} evals")
+                    self.save(force=True)
+                    break
+                if self._preempted:
+                    self.save(force=True)
+                    raise Preempted(f"SIGTERM at step {step}: checkpoint saved")
+        finally:
+            bar.close()
+            self.checkpointer.wait()
+            signal.signal(signal.SIGTERM, previous)
+        self.writer.flush()
+        history["checkpoints"] = str(self.checkpointer.directory)
+        history["final_step"] = int(jax.device_get(self.state["step"]))
+        return history
+
+    def _learning_rates(self, step: int) -> dict[str, float]:
+        from jaxft.train.optim import current_learning_rates
+
+        rates = current_learning_rates(self.state["opt_state"], step)
+        out = {f"lr/{g}": float(v) for g, v in rates.items()}
+        if rates:
+            out["lr"] = float(max(rates.values()))
+        return out
+
+    def _log_samples(self, step: int):
+        if self.task.samples_fn is None or not self.is_main:
+            return
+        params = jax.device_get(self.state["params"])
+        for name, text in self.task.samples_fn(params, self.frozen).items():
+            self.writer.text(step, f"samples/{name}", text)
+            tqdm.write(f"[{name}] {text}")
+
+    def export(self, directory: str | Path | None = None) -> Path | None:
+        if self.task.export_fn is None:
+            return None
+        directory = Path(directory or self.workdir / "export")
+        params = self.state["ema"] if "ema" in self.state and self.config.optim.get("eval_with_ema") else self.state["params"]
+        if self.is_main:
+            self.task.export_fn(str(directory), jax.device_get(params), self.frozen)
+        return directory
