@@ -28,6 +28,21 @@ def _setup_logging():
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _initialize_distributed():
+    """Cloud TPU / SLURM are auto-detected; elsewhere JAXFT_COORDINATOR, JAXFT_NUM_PROCESSES and
+    JAXFT_PROCESS_ID name the peers (CPU runs use gloo collectives)."""
+    import jax
+
+    kwargs = {}
+    if os.environ.get("JAXFT_NUM_PROCESSES"):
+        kwargs = dict(coordinator_address=os.environ["JAXFT_COORDINATOR"],
+                      num_processes=int(os.environ["JAXFT_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAXFT_PROCESS_ID"]))
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -35,9 +50,7 @@ def main(argv):
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/condense.py:demo")
     if _DISTRIBUTED.value:
-        import jax
-
-        jax.distributed.initialize()
+        _initialize_distributed()
     _setup_logging()
     workdir = Path(_WORKDIR.value or os.path.join("runs", config.recipe or "run"))
 
