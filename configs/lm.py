@@ -71,5 +71,5 @@ def get_config(preset: str = "default") -> ConfigDict:
         c.model.random_init.intermediate_size = 128
         c.model.demo_vocab_size = 2048
     elif preset != "default":
-        raise ValueError(f"configs/lm.py: unknown preset '{preset}' (demo, smoke, default)")
+        raise ValueError(f"unknown preset '{preset}' (presets: demo, smoke, default)")
     return c

@@ -82,8 +82,63 @@ def main(argv):
     return 0
 
 
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_spec(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _precheck_config(argv: list[str]) -> None:
+    """Load the config file and check every ``--config.a.b`` key exists, so mistakes are
+    one clear line (with a suggestion) rather than a traceback from the flags library."""
+    import difflib
+    import importlib.util
+
+    spec = _config_spec(argv)
+    if spec is None:
+        return
+    path, _, preset = spec.partition(":")
+    if not Path(path).is_file():
+        _fail(f"--config: no such config file '{path}'")
+    module_spec = importlib.util.spec_from_file_location("jaxft_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        config = module.get_config(preset) if preset else module.get_config()
+    except Exception as e:  # the user's config file: report its own message
+        _fail(f"{path}{':' + preset if preset else ''}: {e}")
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        node, walked = config, []
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                options = list(node.keys()) if hasattr(node, "keys") else []
+                close = difflib.get_close_matches(part, options, n=1)
+                hint = f" (did you mean '{'.'.join(walked + close)}'?)" if close else ""
+                _fail(f"--config.{key}: unknown config key '{key}' in {path}{hint}")
+            node, walked = node[part], walked + [part]
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    _precheck_config(argv)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:  # e.g. a value of the wrong type
+        _fail(str(e).removeprefix("flag "))
+
+
 def run():
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
