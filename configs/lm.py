@@ -44,17 +44,17 @@ def get_config(preset: str = "default") -> ConfigDict:
     c.sample = ConfigDict(dict(prompt="", max_new_tokens=32))
     c.export = ConfigDict(dict(merged=True))
 
-    c.optim.peak_lr = 2e-4
-    c.optim.total_steps = 1000
+    c.optim.schedule.peak_lr = 2e-4
+    c.train.steps = 1000
     c.train.batch_size = 8
 
     if preset == "demo":
         # Trains all weights of a tiny random model so the loss visibly falls in minutes.
         c.lora.rank = 0
         c.data.seq_len = 128
-        c.optim.peak_lr = 3e-3
-        c.optim.warmup_steps = 20
-        c.optim.total_steps = 300
+        c.optim.schedule.peak_lr = 3e-3
+        c.optim.schedule.warmup_steps = 20
+        c.train.steps = 300
         c.train.eval_every = 100
         c.train.log_every = 10
         c.checkpoint.every = 100
@@ -63,7 +63,8 @@ def get_config(preset: str = "default") -> ConfigDict:
         c.lora.rank = 8
         c.data.seq_len = 64
         c.train.batch_size = 4
-        c.optim.total_steps = 6
+        c.train.steps = 6
+        c.optim.schedule.warmup_steps = 1
         c.train.eval_every = 3
         c.train.eval_batches = 1
         c.checkpoint.every = 3

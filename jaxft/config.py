@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict, FieldReference
 
+from jaxft.train.optim import default_config as optim_defaults
+
 
 def base_config() -> ConfigDict:
     c = ConfigDict()
@@ -19,26 +21,17 @@ def base_config() -> ConfigDict:
     c.mesh.shape = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.mesh.rules = ConfigDict()  # logical axis -> mesh axis overrides, e.g. {"embed": "fsdp"}
 
-    c.optim = ConfigDict()
-    c.optim.schedule = "warmup_cosine"  # constant | linear | warmup_cosine | cosine_restarts
-    c.optim.peak_lr = 1e-4
-    c.optim.warmup_steps = 10
-    c.optim.end_lr_ratio = 0.1
-    c.optim.restart_period = 0
-    c.optim.num_cycles = 1
-    c.optim.total_steps = FieldReference(100)
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0
-    c.optim.clip_norm = 1.0
+    steps = FieldReference(100)
+    c.optim = optim_defaults()  # schedule, AdamW betas/eps, weight decay, clipping, groups
+    c.optim.schedule.total_steps = steps
+    c.optim.schedule.warmup_steps = 10
+    c.optim.schedule.end_lr_ratio = 0.1
     c.optim.accum_steps = 1
     c.optim.ema_decay = 0.0  # > 0 keeps an EMA of the trainable params
     c.optim.eval_with_ema = False
-    c.optim.groups = ConfigDict()  # group name -> {"lr": ..., "weight_decay": ...}
 
     c.train = ConfigDict()
-    c.train.steps = c.optim.get_ref("total_steps")
+    c.train.steps = steps
     c.train.batch_size = 8
     c.train.log_every = 10
     c.train.eval_every = 50

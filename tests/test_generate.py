@@ -1,5 +1,7 @@
 """generate() against transformers' generate and logits processors, on tiny random models."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,9 +12,11 @@ import jax
 import jax.numpy as jnp
 
 import jaxft
-import jaxft.sampling.generate as generate_module
 from jaxft.sampling import SamplingConfig, decode_and_trim, generate, processors, stop_sequences_from_strings
 from jaxft.sampling.config import FINISH_REASONS
+
+# The package re-exports the function under the module's name, so fetch the module itself.
+generate_module = importlib.import_module("jaxft.sampling.generate")
 
 NEW = 12
 # Rows of different lengths; 9 + 12 tokens is well past Mistral's sliding window of 8.
@@ -120,11 +124,9 @@ def test_inputs_embeds_prefill_penalises_generated_tokens_only(models):
 
 
 def _first_new_index(tokens, start=2, width=1):
-    """First k >= start whose token (or tokens[k:k+width]) did not occur earlier."""
+    """First k >= start such that tokens[k:k+width] does not occur earlier in tokens."""
     for k in range(start, len(tokens) - width):
-        piece = tuple(tokens[k:k + width])
-        earlier = [tuple(tokens[j:j + width]) for j in range(k)]
-        if piece not in earlier and (width == 1 or tokens[k] not in tokens[:k]):
+        if all(tokens[j:j + width] != tokens[k:k + width] for j in range(k)):
             return k
     pytest.skip("greedy output of the tiny model has no fresh token to stop on")
 
@@ -179,7 +181,7 @@ def test_seed_reproducibility_on_near_flat_distribution(models):
 
 
 def test_no_retrace_for_new_prompts_seeds_and_params(models, monkeypatch):
-    cfg, params, _ = models("qwen2")
+    cfg, params, _ = models("llama")
     traces = []
     real_forward = generate_module.forward
 
@@ -194,13 +196,18 @@ def test_no_retrace_for_new_prompts_seeds_and_params(models, monkeypatch):
     first = len(traces)
     assert first == 2  # the prefill and the decode-loop body, traced once each
     other_ids, other_mask = _left_padded([[3, 4], PROMPTS[0] + [6, 7, 8, 9]])
-    scaled = jax.tree.map(lambda x: x * 1.01, params)
+    scaled = jax.tree.map(lambda x: jnp.asarray(np.asarray(x) * 1.01), params)
     out = generate(cfg, scaled, other_ids, sampling, attention_mask=other_mask, seed=7)
     out.tokens.block_until_ready()
     assert len(traces) == first
 
 
 # --- logits processors, directly against transformers' -----------------------------------------
+# Jitted once each: op-by-op dispatch would compile every primitive separately, which is slower.
+_repetition_penalty = jax.jit(processors.repetition_penalty)
+_no_repeat_ngram = jax.jit(processors.no_repeat_ngram, static_argnums=4)
+_top_k = jax.jit(processors.top_k, static_argnums=1)
+_top_p = jax.jit(processors.top_p)
 
 
 def _scores(seed, shape=(3, 40)):
@@ -213,26 +220,27 @@ def test_repetition_penalty_matches_transformers(penalty):
     ids = rng.integers(0, 40, size=(3, 10))
     scores = _scores(1)
     ref = hf_lp.RepetitionPenaltyLogitsProcessor(penalty)(torch.tensor(ids), torch.tensor(scores)).numpy()
-    ours = processors.repetition_penalty(jnp.asarray(scores), jnp.asarray(ids), jnp.ones(ids.shape, bool), penalty)
+    ours = _repetition_penalty(jnp.asarray(scores), jnp.asarray(ids), jnp.ones(ids.shape, bool), penalty)
     np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-6)
     # Padding slots are not tokens: a padded row equals the unpadded row.
     padded = np.concatenate([np.full((3, 4), 39), ids], 1)
     valid = np.concatenate([np.zeros((3, 4), bool), np.ones(ids.shape, bool)], 1)
-    ours_padded = processors.repetition_penalty(jnp.asarray(scores), jnp.asarray(padded), jnp.asarray(valid), penalty)
+    ours_padded = _repetition_penalty(jnp.asarray(scores), jnp.asarray(padded), jnp.asarray(valid), penalty)
     np.testing.assert_allclose(np.asarray(ours_padded), ref, rtol=1e-6)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_no_repeat_ngram_matches_transformers(n):
     ids = np.random.default_rng(n).integers(0, 4, size=(3, 18))  # small alphabet: many repeats
+    ids[0, 18 - (n - 1):] = ids[0, 3:3 + n - 1]  # row 0's prefix surely occurred before
     scores = _scores(2, (3, 16))
     ref = hf_lp.NoRepeatNGramLogitsProcessor(n)(torch.tensor(ids), torch.tensor(scores)).numpy()
     # Our history is longer than what has been filled; the unfilled tail must be ignored.
     history = np.concatenate([ids, np.zeros((3, 5), np.int64)], 1)
     valid = np.arange(history.shape[1])[None, :] < ids.shape[1]
-    ours = processors.no_repeat_ngram(jnp.asarray(scores), jnp.asarray(history),
-                                      jnp.asarray(np.broadcast_to(valid, history.shape)), ids.shape[1], n)
-    assert np.isinf(ref).any()
+    ours = _no_repeat_ngram(jnp.asarray(scores), jnp.asarray(history),
+                            jnp.asarray(np.broadcast_to(valid, history.shape)), ids.shape[1], n)
+    assert np.isinf(ref[0]).any()
     np.testing.assert_array_equal(np.asarray(ours), ref)
 
 
@@ -240,17 +248,17 @@ def test_top_k_and_top_p_match_transformers():
     scores = _scores(3)
     for k in (1, 5, 40):
         ref = hf_lp.TopKLogitsWarper(k)(None, torch.tensor(scores)).numpy()
-        np.testing.assert_array_equal(np.asarray(processors.top_k(jnp.asarray(scores), k)), ref)
+        np.testing.assert_array_equal(np.asarray(_top_k(jnp.asarray(scores), k)), ref)
     for p in (0.05, 0.5, 0.9, 0.999):
         ref = hf_lp.TopPLogitsWarper(p)(None, torch.tensor(scores)).numpy()
-        np.testing.assert_array_equal(np.asarray(processors.top_p(jnp.asarray(scores), p)), ref)
+        np.testing.assert_array_equal(np.asarray(_top_p(jnp.asarray(scores), p)), ref)
 
 
 def test_sampled_frequencies_follow_filtered_softmax():
     logits = np.array([[2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -3.0, -5.0]], np.float32)
     sampling = SamplingConfig(temperature=0.8, top_k=5, top_p=0.9)
     keys = jax.random.split(jax.random.key(0), 20000)
-    draws = jax.vmap(lambda k: processors.select_token(sampling, jnp.asarray(logits), k))(keys)
+    draws = jax.jit(jax.vmap(lambda k: processors.select_token(sampling, jnp.asarray(logits), k)))(keys)
     freq = np.bincount(np.asarray(draws).ravel(), minlength=8) / draws.size
     # Analytic reference: softmax(x / T), keep the top 5, then the nucleus of mass 0.9.
     probs = np.exp(logits[0] / 0.8)
@@ -282,6 +290,8 @@ def test_bad_inputs_raise_clear_errors(models):
         SamplingConfig(max_new_tokens=4, min_new_tokens=5)
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="temperature must be a number"):
+        SamplingConfig(temperature=None)
     assert SamplingConfig(stop_sequences=[[1, np.int64(2)]]).stop_sequences == ((1, 2),)
     assert FINISH_REASONS == ("length", "eos", "stop_sequence")
 
@@ -308,6 +318,19 @@ def test_stop_strings_to_sequences_and_trimmed_decoding():
 
 def test_lora_is_applied_inside_generate(models):
     lora_module = pytest.importorskip("jaxft.lora", reason="jaxft.lora is not available")
-    if not hasattr(lora_module, "apply"):
-        pytest.skip("jaxft.lora.apply is not available")
-    pytest.skip("no adapter constructor to build a LoRA tree with yet")
+    if not all(hasattr(lora_module, f) for f in ("init", "apply", "merge")):
+        pytest.skip("jaxft.lora has no init/apply/merge")
+    cfg, params, _ = models("llama")
+    lora = lora_module.init(jax.random.key(0), cfg, params, rank=4, alpha=8.0)
+    # Fresh adapters are a no-op (b = 0); give b values so they change the output.
+    rng = np.random.default_rng(0)
+    for _, ab in lora.items():
+        ab["b"] = jnp.asarray(0.5 * rng.normal(size=ab["b"].shape), ab["b"].dtype)
+    ids, mask = _left_padded(PROMPTS)
+    adapted = generate(cfg, params, ids, GREEDY, attention_mask=mask, lora=lora)
+    merged_params = jax.jit(lora_module.merge, static_argnums=0)(cfg, params, lora)
+    merged = generate(cfg, merged_params, ids, GREEDY, attention_mask=mask)
+    np.testing.assert_array_equal(np.asarray(adapted.tokens), np.asarray(merged.tokens))
+    np.testing.assert_allclose(np.asarray(adapted.logits), np.asarray(merged.logits), atol=1e-4, rtol=0)
+    base = np.stack([_greedy_tokens(models, row=r) for r in range(2)])
+    assert (np.asarray(adapted.tokens) != base).any(), "the adapters did not change the output"

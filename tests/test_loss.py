@@ -32,7 +32,7 @@ def _reference(hidden, head, targets, mask, weights):
 
 @pytest.mark.parametrize("chunk_size", [None, 16, 64, 10_000])
 def test_loss_matches_numpy_reference(chunk_size):
-    hidden, head, targets, mask, weights = _problem()  # 111 tokens: 16 does not divide it
+    hidden, head, targets, mask, weights = _problem()  # t=37: no chunk size below divides it evenly
     out = causal_lm_loss(hidden, head, targets, mask, weights, chunk_size=chunk_size)
     loss_sum, weight_sum, correct, count = _reference(hidden, head, targets, mask, weights)
     assert isinstance(out, LossOutput)
@@ -59,7 +59,7 @@ def test_chunked_gradients_equal_unchunked():
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
 
     (v_ref, (gx_ref, gw_ref)) = mean_loss(None)(hidden, head)
-    (v, (gx, gw)) = mean_loss(16)(hidden, head)  # 90 tokens: 6 chunks, last one padded
+    (v, (gx, gw)) = mean_loss(16)(hidden, head)  # 8 time steps per chunk: 45 is padded to 48
     np.testing.assert_allclose(float(v), float(v_ref), rtol=1e-6)
     for g, ref in ((gx, gx_ref), (gw, gw_ref)):
         rel = np.abs(np.asarray(g) - np.asarray(ref)).max() / np.abs(np.asarray(ref)).max()

@@ -144,7 +144,7 @@ def save_pretrained(path: str | Path, cfg: DecoderConfig, params: dict[str, Any]
     dtype_name = "float32"
     for spec in param_specs(cfg):
         value = _get(params, spec.path)
-        if not isinstance(value, jax.Array):
+        if hasattr(value, "materialize"):  # merged LoRA or a dequantized kernel
             value = layers.materialize(value, jnp.float32)
         host = np.asarray(jax.device_get(value))
         dtype_name = _DTYPE_NAMES.get(host.dtype, "float32")

@@ -30,7 +30,7 @@ _COLLECT_TIMEOUT_S = 300
 
 
 def cache_root() -> Path:
-    """Where jaxft caches generated artefacts: ``$JAXFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxft``, else ``~/.cache/jaxft``."""
+    """The cache folder: ``$JAXFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxft``, else ``~/.cache/jaxft``."""
     if os.environ.get("JAXFT_CACHE_DIR"):
         return Path(os.environ["JAXFT_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -57,7 +57,8 @@ def demo_corpus(min_chars: int | None = None, *, cache_dir: str | os.PathLike | 
         total += len(paragraph)
         if total >= min_chars:
             return paragraphs[:count]
-    raise ValueError(f"the demo corpus holds only {total:,} characters on this Python, fewer than min_chars={min_chars:,}")
+    raise ValueError(f"the demo corpus holds only {total:,} characters on this Python, "
+                     f"fewer than min_chars={min_chars:,}")
 
 
 def _cached_paragraphs(cache_dir: Path) -> list[str]:
@@ -123,7 +124,8 @@ def _import_quietly(name: str):
     import io
     import warnings
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    silenced = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(silenced), contextlib.redirect_stderr(silenced):
         warnings.simplefilter("ignore")
         try:
             return importlib.import_module(name)
@@ -183,7 +185,7 @@ def _looks_like_code(line: str) -> bool:
 def _reads_like_prose(text: str) -> bool:
     letters = sum(c.isalpha() or c == " " for c in text)
     return (text[0].isalpha() and text.endswith(".") and letters / len(text) > 0.85
-            and len(text.split()) >= 8 and text.isprintable())
+            and len(text.split()) >= 8 and text.isascii() and text.isprintable())
 
 
 def _collect() -> list[str]:

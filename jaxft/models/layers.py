@@ -22,7 +22,7 @@ def matmul(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
 
 
 def dense(x: jnp.ndarray, kernel, bias: jnp.ndarray | None = None) -> jnp.ndarray:
-    y = matmul(x, kernel) if isinstance(kernel, jax.Array) else kernel.dense(x)
+    y = kernel.dense(x) if hasattr(kernel, "dense") else matmul(x, kernel)
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return y
@@ -30,9 +30,9 @@ def dense(x: jnp.ndarray, kernel, bias: jnp.ndarray | None = None) -> jnp.ndarra
 
 def materialize(kernel, dtype) -> jnp.ndarray:
     """The kernel as a plain array (dequantized / merged), for non-matmul uses."""
-    if isinstance(kernel, jax.Array):
-        return kernel.astype(dtype)
-    return kernel.materialize(dtype)
+    if hasattr(kernel, "materialize"):
+        return kernel.materialize(dtype)
+    return jnp.asarray(kernel, dtype)
 
 
 def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:

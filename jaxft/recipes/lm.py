@@ -30,10 +30,10 @@ log = logging.getLogger("jaxft")
 def load_model(model_cfg, seed: int) -> tuple[DecoderConfig, dict, Any]:
     """(cfg, params, tokenizer) from ``config.model``: a checkpoint path/hub id/GGUF, or a
     config dict with random weights (``model.path`` empty) and a demo tokenizer."""
-    from jaxft.tokenization import load_tokenizer
-
     dtype = jnp.dtype(model_cfg.dtype)
     if model_cfg.path:
+        from jaxft.tokenization import load_tokenizer
+
         cfg, params = load_pretrained(model_cfg.path, dtype=dtype)
         tokenizer = load_tokenizer(model_cfg.get("tokenizer") or model_cfg.path)
         return cfg, params, tokenizer

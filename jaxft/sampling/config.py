@@ -61,6 +61,10 @@ class SamplingConfig:
         if not _is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
             fail(f"min_new_tokens must be an int in [0, max_new_tokens={self.max_new_tokens}], "
                  f"got {self.min_new_tokens!r}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                fail(f"{name} must be a number, got {value!r}")
         if not self.temperature >= 0:
             fail(f"temperature must be >= 0 (0 means greedy), got {self.temperature!r}")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):

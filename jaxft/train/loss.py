@@ -43,14 +43,21 @@ def _token_stats(x: jax.Array, head_weight: jax.Array, targets: jax.Array, weigh
     return jnp.sum(jnp.where(live, weights * nll, 0.0)), jnp.sum(hits.astype(jnp.float32))
 
 
-def _chunked_stats(x, head_weight, targets, weights, live, chunk_size: int):
-    n = x.shape[0]
-    pad = -n % chunk_size
-    if pad:  # padded rows are dead (live=False, weight 0) so they add nothing
-        x = jnp.pad(x, ((0, pad), (0, 0)))
-        targets, weights, live = (jnp.pad(a, (0, pad)) for a in (targets, weights, live))
-    xs = (x.reshape(-1, chunk_size, x.shape[-1]),
-          targets.reshape(-1, chunk_size), weights.reshape(-1, chunk_size), live.reshape(-1, chunk_size))
+def _chunked_stats(hidden, head_weight, targets, weights, live, chunk_size: int):
+    """_token_stats summed over chunks of whole time slices [b, span]: every chunk covers all batch
+    rows, so a batch-sharded ``hidden`` stays sharded the same way inside the scan."""
+    b, t, h = hidden.shape
+    span = -(-chunk_size // b)  # time steps per chunk, so that a chunk holds ~chunk_size tokens
+    pad = -t % span
+    if pad:  # padded steps are dead (live=False, weight 0) so they add nothing
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets, weights, live = (jnp.pad(a, ((0, 0), (0, pad))) for a in (targets, weights, live))
+    chunks = (t + pad) // span
+
+    def by_chunk(a):  # [b, t, ...] -> [chunks, b * span, ...]
+        a = a.reshape((b, chunks, span) + a.shape[2:]).swapaxes(0, 1)
+        return a.reshape((chunks, b * span) + a.shape[3:])
+
     # Recompute each chunk's logits in the backward pass instead of saving them.
     stats = jax.checkpoint(_token_stats)
 
@@ -60,6 +67,7 @@ def _chunked_stats(x, head_weight, targets, weights, live, chunk_size: int):
         return (carry[0] + loss_sum, carry[1] + correct), None
 
     zero = jnp.zeros((), jnp.float32)
+    xs = tuple(by_chunk(a) for a in (hidden, targets, weights, live))
     (loss_sum, correct), _ = jax.lax.scan(body, (zero, zero), xs)
     return loss_sum, correct
 
@@ -75,8 +83,12 @@ def causal_lm_loss(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array
       targets: [b, t] integer next-token ids.
       loss_mask: [b, t] 1 where the token counts, 0 elsewhere.
       weights: optional [b, t] per-token weights (default 1).
-      chunk_size: tokens per chunk of the flattened b*t axis; None computes all
-        logits at once. Any b*t works (the last chunk is padded internally).
+      chunk_size: about this many tokens per chunk (rounded up to whole time
+        steps across the batch); None computes all logits at once. Any t works,
+        the last chunk is padded internally.
+
+    Peak memory of the logits is ~chunk_size * V * 4 bytes (twice that in the
+    backward pass) instead of b * t * V * 4.
     """
     if hidden.ndim != 3 or targets.shape != hidden.shape[:2] or loss_mask.shape != hidden.shape[:2]:
         raise ValueError(f"causal_lm_loss: expected hidden [b, t, h] and targets/loss_mask [b, t]; got hidden "
@@ -88,18 +100,17 @@ def causal_lm_loss(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array
         raise ValueError(f"causal_lm_loss: chunk_size must be positive, got {chunk_size}")
 
     mask = loss_mask.astype(jnp.float32)
-    token_weights = mask if weights is None else mask * weights.astype(jnp.float32)
-    n = targets.size
-    x = hidden.reshape(n, hidden.shape[-1])
-    w = token_weights.reshape(n)
-    live = mask.reshape(n) > 0
+    w = mask if weights is None else mask * weights.astype(jnp.float32)
+    live = mask > 0
     # Masked positions may carry ignore ids (-100) or pads; point them at a valid row.
-    tgt = jnp.where(live, targets.reshape(n), 0).astype(jnp.int32)
+    tgt = jnp.where(live, targets, 0).astype(jnp.int32)
 
-    if chunk_size is None or chunk_size >= n:
-        loss_sum, correct = _token_stats(x, head_weight, tgt, w, live)
+    if chunk_size is None or chunk_size >= targets.size:
+        n = targets.size
+        loss_sum, correct = _token_stats(hidden.reshape(n, hidden.shape[-1]), head_weight, tgt.reshape(n),
+                                         w.reshape(n), live.reshape(n))
     else:
-        loss_sum, correct = _chunked_stats(x, head_weight, tgt, w, live, chunk_size)
+        loss_sum, correct = _chunked_stats(hidden, head_weight, tgt, w, live, chunk_size)
     return LossOutput(loss_sum, jnp.sum(w), correct, jnp.sum(mask))
 
 

@@ -154,10 +154,13 @@ class Trainer:
     def _on_sigterm(self, signum, frame):
         self._preempted = True
 
-    def run(self) -> dict[str, Any]:
+    def run(self, until_step: int | None = None) -> dict[str, Any]:
+        """Train to ``config.train.steps`` (or stop early at ``until_step``, checkpointing
+        there as a preemption would: the schedule still spans the full run)."""
         cfg = self.config.train
         start = self.maybe_restore()
         total = int(cfg.steps)
+        last = min(total, until_step) if until_step else total
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         history: dict[str, Any] = {"train_loss": [], "eval": []}
         es = cfg.early_stopping
@@ -165,11 +168,11 @@ class Trainer:
         bar = tqdm(total=total, initial=start, disable=not self.is_main, dynamic_ncols=True, desc="train")
         t_last, tokens = time.perf_counter(), 0.0
         try:
-            for step in range(start + 1, total + 1):
+            for step in range(start + 1, last + 1):
                 host_batch = next(self.task.train_batches)
                 tokens += float(np.sum(host_batch[self.task.tokens_key])) * jax.process_count()
                 metrics = self.train_step(host_batch)
-                if step % int(cfg.log_every) == 0 or step == total:
+                if step % int(cfg.log_every) == 0 or step == last:
                     m = jax.device_get(metrics)
                     if not bool(m["finite"]):
                         log.warning("step %d: non-finite loss or gradient; update skipped", step)
@@ -197,7 +200,7 @@ class Trainer:
                             value = eval_metrics[es.metric]
                             improved = best is None or (value < best if es.mode == "min" else value > best)
                             best, bad_evals = (value, 0) if improved else (best, bad_evals + 1)
-                save_now = (step % int(self.config.checkpoint.every) == 0) or step == total or eval_metrics
+                save_now = (step % int(self.config.checkpoint.every) == 0) or step == last or eval_metrics
                 if save_now:
                     self.save(metrics=eval_metrics or None)
                 if eval_metrics and es.patience and bad_evals >= int(es.patience):
@@ -220,7 +223,7 @@ class Trainer:
     def _learning_rates(self, step: int) -> dict[str, float]:
         from jaxft.train.optim import current_learning_rates
 
-        rates = current_learning_rates(self.state["opt_state"], step)
+        rates = jax.device_get(current_learning_rates(self.state["opt_state"]))
         out = {f"lr/{g}": float(v) for g, v in rates.items()}
         if rates:
             out["lr"] = float(max(rates.values()))

@@ -21,7 +21,7 @@ def _need(config, dotted: str):
 def validate(config) -> None:
     if not config.recipe:
         raise ConfigError("config key 'recipe' is empty")
-    for key in ("train.steps", "train.batch_size", "optim.peak_lr", "checkpoint.every", "train.log_every"):
+    for key in ("train.steps", "train.batch_size", "optim.schedule.peak_lr", "checkpoint.every", "train.log_every"):
         _need(config, key)
     if int(config.train.steps) <= 0:
         raise ConfigError(f"config key 'train.steps' must be positive, got {config.train.steps}")

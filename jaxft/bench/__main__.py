@@ -1,0 +1,247 @@
+"""``python -m jaxft.bench train|generate|plan [options] [--vs peft] [--json]``; see jaxft/bench/__init__.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from jaxft.bench import report, shapes, system
+
+PEER = Path(__file__).with_name("peer_peft.py")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model shape (random weights)")
+    g.add_argument("--model", choices=sorted(shapes.MODELS), help="a named shape; overrides the flags below")
+    g.add_argument("--arch", default="qwen3", choices=("llama", "mistral", "qwen2", "qwen3"))
+    g.add_argument("--hidden", type=int, default=512)
+    g.add_argument("--layers", type=int, default=8)
+    g.add_argument("--heads", type=int, default=8)
+    g.add_argument("--kv-heads", type=int, default=4)
+    g.add_argument("--head-dim", type=int, default=64)
+    g.add_argument("--ffn", type=int, default=1536)
+    g.add_argument("--vocab", type=int, default=32000)
+
+
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="weights and compute (matmuls accumulate in float32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line of stdout")
+    p.add_argument("--vs", choices=("peft",), help="also run transformers (+ PEFT) on the same shape and compare")
+    p.add_argument("--rounds", type=int, default=3, help="with --vs: alternating jaxft/peer runs (medians)")
+    p.add_argument("--peak-n", type=int, default=4096, help="size of the n^3 matmul that measures the peak")
+    p.add_argument("--bandwidth-mib", type=int, default=1024, help="array size of the bandwidth copy")
+    p.add_argument("--measured", help=argparse.SUPPRESS)  # JSON of machine peaks, passed to worker processes
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jaxft.bench", description="jaxft benchmarks")
+    sub = p.add_subparsers(dest="what", required=True)
+
+    t = sub.add_parser("train", help="a LoRA (or full, --lora-rank 0) training step")
+    _model_flags(t)
+    _common_flags(t)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--seq", type=int, default=256)
+    t.add_argument("--lora-rank", type=int, default=16, help="0: full fine-tuning")
+    t.add_argument("--steps", type=int, default=5, help="timed steps")
+    t.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+    t.add_argument("--remat", default="none", choices=("none", "full", "save_dots"))
+    t.add_argument("--chunk", type=int, default=2048, help="tokens per cross-entropy chunk (0: all at once)")
+
+    g = sub.add_parser("generate", help="greedy prefill + decode with the KV cache")
+    _model_flags(g)
+    _common_flags(g)
+    g.add_argument("--batch", type=int, default=8, help="the larger batch (batch 1 always runs)")
+    g.add_argument("--prompt-len", type=int, default=128)
+    g.add_argument("--new-tokens", type=int, default=128)
+    g.add_argument("--repeats", type=int, default=3, help="timed calls per length (median)")
+
+    pl = sub.add_parser("plan", help="AOT-compile a recipe's train step for N devices; XLA's memory plan")
+    pl.add_argument("--recipe", default="lm", choices=("lm", "embedllm", "condense"))
+    _model_flags(pl)
+    pl.add_argument("--quant", default="none", choices=("none", "nf4", "int8"), help="lm: frozen base format")
+    pl.add_argument("--encoder", default="llama-3.2-1b", choices=sorted(shapes.MODELS))
+    pl.add_argument("--decoder", default="mistral-7b", choices=sorted(shapes.MODELS))
+    pl.add_argument("--decoder-quant", default="nf4", choices=("none", "nf4", "int8"))
+    pl.add_argument("--devices", type=int, default=8)
+    pl.add_argument("--mesh", default="", help="e.g. fsdp=8 or data=2,fsdp=4 (default: fsdp over all)")
+    pl.add_argument("--batch", type=int, default=8)
+    pl.add_argument("--seq", type=int, default=2048)
+    pl.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    pl.add_argument("--remat", default="full", choices=("none", "full", "save_dots"))
+    pl.add_argument("--lora-rank", type=int, default=16)
+    pl.add_argument("--chunk", type=int, default=2048, help="tokens per cross-entropy chunk (0: all at once)")
+    c = pl.add_argument_group("condense layout")
+    c.add_argument("--condense-tokens", type=int, default=32)
+    c.add_argument("--compression", type=float, default=4.0, help="encoder tokens per condense token")
+    c.add_argument("--context-tokens", type=int, default=512, help="encoder tokens per text")
+    c.add_argument("--decoder-tokens", type=int, default=512)
+    c.add_argument("--continuation-tokens", type=int, default=256)
+    pl.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.what == "plan" and args.recipe == "embedllm":
+        args.recipe_note = ("embedllm is a Qwen3-4B LoRA; planned as the lm recipe on the same model "
+                            "(its own loss is not in jaxft yet)")
+        args.recipe = "lm"
+    return args
+
+
+# -- machine peaks -----------------------------------------------------------------------------
+
+def measured(args) -> dict[str, Any]:
+    """Matmul peak (and for generate the copy bandwidth), each measured in a fresh process."""
+    if args.measured:
+        return json.loads(args.measured)
+    out = {"matmul_peak_gflops": system.measure_in_subprocess("matmul", args.dtype, n=args.peak_n)["gflops"],
+           "matmul_peak_n": args.peak_n}
+    if args.what == "generate":
+        out["bandwidth_gbs"] = system.measure_in_subprocess("bandwidth", mib=args.bandwidth_mib)
+    return out
+
+
+# -- one run in this process -------------------------------------------------------------------
+
+def run_here(args) -> dict[str, Any]:
+    from jaxft.models.config import DecoderConfig
+
+    hf = shapes.from_args(args)
+    cfg = DecoderConfig.from_hf(hf, source="bench shape")
+    peaks = measured(args)
+    with system.PeakRss() as rss:
+        if args.what == "train":
+            from jaxft.bench import train
+
+            out = train.run(cfg, batch=args.batch, seq=args.seq, dtype=args.dtype, lora_rank=args.lora_rank,
+                            remat=args.remat, chunk=args.chunk, steps=args.steps, warmup=args.warmup,
+                            peak_gflops=peaks["matmul_peak_gflops"])
+        else:
+            from jaxft.bench import generate
+
+            out = generate.run(cfg, batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                               dtype=args.dtype, repeats=args.repeats, peak_gflops=peaks["matmul_peak_gflops"],
+                               bandwidth=peaks.get("bandwidth_gbs"))
+    out["peak_rss_mib"] = rss.peak_bytes() / system.MiB
+    out["config"] = _describe(args)
+    return out
+
+
+def _describe(args) -> dict[str, Any]:
+    keys = ["model", "arch", "hidden", "layers", "heads", "kv_heads", "head_dim", "ffn", "vocab", "dtype", "batch"]
+    keys += ["seq", "lora_rank", "steps", "warmup", "remat", "chunk"] if args.what == "train" else \
+        ["prompt_len", "new_tokens", "repeats"]
+    return {k: getattr(args, k) for k in keys}
+
+
+# -- jaxft vs peer, alternating subprocesses ---------------------------------------------------
+
+def _last_json(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"bench: {' '.join(cmd[:4])} ... failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def worker_cmd(args, peaks: dict[str, Any]) -> list[str]:
+    cmd = [sys.executable, "-m", "jaxft.bench", args.what, "--json", "--measured", json.dumps(peaks)]
+    for k, v in _describe(args).items():
+        if v is not None:
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    return cmd
+
+
+def peer_cmd(args) -> list[str]:
+    cmd = [sys.executable, str(PEER), args.what, "--hf-config", json.dumps(shapes.from_args(args)), "--dtype", args.dtype,
+           "--batch", str(args.batch)]
+    if args.what == "train":
+        cmd += ["--seq", str(args.seq), "--lora-rank", str(args.lora_rank), "--remat", args.remat,
+                "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    else:
+        cmd += ["--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens),
+                "--repeats", str(args.repeats)]
+    return cmd
+
+
+def compare(args) -> dict[str, Any]:
+    peaks = measured(args)
+    ours, theirs = [], []
+    for r in range(args.rounds):
+        # Alternate who goes first, so slow drift of the machine does not favour one side.
+        order = [("jaxft", worker_cmd(args, peaks)), ("peer", peer_cmd(args))]
+        for side, cmd in (order if r % 2 == 0 else order[::-1]):
+            result = _last_json(cmd)
+            (ours if side == "jaxft" else theirs).append(result)
+            print(f"round {r + 1}/{args.rounds} {side}: {result['tokens_per_s']:.1f} tok/s, "
+                  f"peak RSS {result['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
+    med = lambda runs, key: system.median([run[key] for run in runs])
+    out = dict(ours[0])
+    for key in ("tokens_per_s", "step_s_median", "compile_s", "peak_rss_mib"):
+        out[key] = med(ours, key)
+    if ours[0].get("mfu") is not None:
+        out["mfu"] = med(ours, "mfu")
+    out.update(
+        peer_tokens_per_s=med(theirs, "tokens_per_s"), peer_peak_rss_mib=med(theirs, "peak_rss_mib"),
+        peer_step_s_median=med(theirs, "step_s_median"), peer_torch=theirs[0].get("torch"),
+        rounds=args.rounds, runs={"jaxft": ours, "peer": theirs},
+    )
+    out["ratio_tokens_per_s"] = out["tokens_per_s"] / out["peer_tokens_per_s"]
+    out["ratio_peak_rss"] = out["peak_rss_mib"] / out["peer_peak_rss_mib"]
+    if args.what == "train" and peaks.get("matmul_peak_gflops"):
+        out["peer_mfu"] = ours[0]["model_flops_per_step"] / out["peer_step_s_median"] / (peaks["matmul_peak_gflops"] * 1e9)
+    if args.what == "generate":
+        out["ratios_by_batch"] = {
+            b: {k: system.median([o["batches"][b][k] for o in ours]) / system.median([t["batches"][b][k] for t in theirs])
+                for k in ("prefill_tokens_per_s", "decode_tokens_per_s")}
+            for b in ours[0]["batches"]}
+        out["peer_batches"] = {b: {k: system.median([t["batches"][b][k] for t in theirs]) for k in theirs[0]["batches"][b]}
+                               for b in theirs[0]["batches"]}
+    return out
+
+
+# -- plan ----------------------------------------------------------------------------------------
+
+def ensure_cpu_devices(n: int, argv: list[str]) -> None:
+    """Make jax see ``n`` CPU devices: configure it if no backend is up yet, else re-exec."""
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # a backend is already initialised
+        pass
+    if len(jax.devices("cpu")) >= n:
+        return
+    flag = f"--xla_force_host_platform_device_count={n}"
+    if flag in os.environ.get("XLA_FLAGS", ""):
+        raise SystemExit(f"plan: asked XLA for {n} CPU devices and did not get them")
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flag).strip())
+    os.execve(sys.executable, [sys.executable, "-m", "jaxft.bench", *argv], env)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.what == "plan":
+        ensure_cpu_devices(args.devices, argv)
+        from jaxft.bench import plan
+
+        with system.PeakRss() as rss:
+            out = plan.run(args)
+        out["peak_rss_mib"] = rss.peak_bytes() / system.MiB
+        if getattr(args, "recipe_note", None):
+            out["note"] = args.recipe_note
+        report.print_plan(out)
+    else:
+        out = compare(args) if args.vs else run_here(args)
+        report.print_run(args.what, out)
+    if args.json:
+        print(json.dumps(out, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""LoRA and QLoRA as parameter trees, with PEFT-compatible adapter files.
+
+    lora = jaxft.lora.init(rng, cfg, params, rank=16, alpha=32)
+    logits = jaxft.logits(cfg, params, ids, lora=lora)      # base + adapters
+    jaxft.lora.save_peft("out/adapter", cfg, lora)          # peft.PeftModel loads it
+    qparams = jaxft.lora.quantize(params, cfg, fmt="nf4")   # frozen NF4 base for QLoRA
+"""
+
+from jaxft.lora.adapters import DEFAULT_TARGETS, LoRA, LoraConfig, apply, init, merge, unmerge
+from jaxft.lora.kernels import LoraKernel
+from jaxft.lora.peft import load_peft, save_peft
+from jaxft.lora.quant import NF4_LEVELS, QuantizedKernel, bytes_per_param, quantize, quantize_kernel
+
+__all__ = [
+    "DEFAULT_TARGETS", "LoRA", "LoraConfig", "LoraKernel", "QuantizedKernel", "NF4_LEVELS",
+    "init", "apply", "merge", "unmerge", "save_peft", "load_peft",
+    "quantize", "quantize_kernel", "bytes_per_param",
+]

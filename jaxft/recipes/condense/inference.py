@@ -1,0 +1,121 @@
+"""Use a condenser: ``compress(text)`` -> condensed embeddings, ``generate(compressed, prompt)``.
+
+    from jaxft.recipes.condense.inference import load_condenser
+    condenser = load_condenser("runs/condense/export")          # or encoder_path=/decoder_path= overrides
+    states = condenser.compress(long_text)                      # [segments * n, decoder_hidden] float32
+    print(condenser.generate(states, mode="reconstruct"))        # the text back, greedily decoded
+    print(condenser.generate(states, prompt="In short,"))        # a continuation conditioned on the text
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxft.models.decoder import embed
+from jaxft.recipes.condense import model as model_lib
+from jaxft.recipes.condense.data import ExampleBuilder, Layout
+
+Mode = Literal["continue", "reconstruct"]
+_MARKERS = {"continue": "cont", "reconstruct": "ae"}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _condense(model: model_lib.CondenseModel, trainable, frozen, enc_ids, enc_mask):
+    return model_lib.condense(model, trainable, frozen, enc_ids, enc_mask).astype(jnp.float32)
+
+
+@dataclasses.dataclass
+class Condenser:
+    """A trained condenser: the static model, its trees and both tokenizers."""
+
+    model: model_lib.CondenseModel
+    layout: Layout
+    trainable: dict[str, Any]
+    frozen: dict[str, Any]
+    encoder_tokenizer: Any
+    decoder_tokenizer: Any
+
+    @functools.cached_property
+    def builder(self) -> ExampleBuilder:
+        return ExampleBuilder(self.encoder_tokenizer, self.decoder_tokenizer, self.layout)
+
+    def compress(self, text: str, num_segments: int | None = None) -> np.ndarray:
+        """Condensed embeddings [k * n, decoder_hidden] (float32) of the text's first k segments.
+
+        ``k`` defaults to all segments the text fills (after cutting it to the
+        configured maximum length); the states of one segment do not depend on
+        the others, so a prefix of segments is a prefix of the output.
+        """
+        example = self.builder(text)
+        total = int(example["num_segments"])
+        k = total if num_segments is None else num_segments
+        if not 1 <= k <= total:
+            raise ValueError(f"compress: num_segments={num_segments} is not in [1, {total}] for this text")
+        states = _condense(self.model, self.trainable, self.frozen, example["enc_ids"][None],
+                           example["enc_mask"][None])
+        states = np.asarray(jax.device_get(states))[0, :k]  # [k, n, H]
+        return states.reshape(k * self.model.num_condense_tokens, -1)
+
+    def generate(self, compressed, prompt: str = "", *, mode: Mode = "continue", max_new_tokens: int = 64,
+                 stop_at_eos: bool = True) -> str:
+        """Greedy text from ``[compressed][marker][prompt tokens]`` with the decoder (KV cache).
+
+        ``mode="reconstruct"`` uses the auto-encoding marker (the decoder
+        reproduces the compressed text); ``"continue"`` the continuation marker.
+        """
+        from jaxft.sampling import SamplingConfig, generate
+
+        if mode not in _MARKERS:
+            raise ValueError(f"generate: mode must be one of {sorted(_MARKERS)}, got {mode!r}")
+        compressed = np.asarray(compressed, np.float32)
+        hidden = self.model.decoder.hidden_size
+        if compressed.ndim != 2 or compressed.shape[1] != hidden or compressed.shape[0] == 0:
+            raise ValueError(f"generate: compressed must be [k, {hidden}] with k > 0, got {compressed.shape}")
+        dtype = self.model.dtype
+        dec_params = self.model.decoder_params(self.trainable, self.frozen)
+        parts = [jnp.asarray(compressed, dtype), jnp.asarray(self.trainable["markers"][_MARKERS[mode]], dtype)[None]]
+        ids = self.decoder_tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        if ids:
+            parts.append(embed(self.model.decoder, dec_params, jnp.asarray(ids, jnp.int32), dtype))
+        embeds = jnp.concatenate(parts, axis=0)[None]
+        cfg = self.model.decoder
+        sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0,
+                                  eos_token_ids=tuple(cfg.eos_token_ids) if stop_at_eos else (),
+                                  pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0)
+        out = generate(cfg, dec_params, None, sampling, inputs_embeds=embeds)
+        tokens = out.token_lists()[0]
+        return self.decoder_tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def samples(self, text: str, max_new_tokens: int = 64) -> dict[str, str]:
+        """The text as the condenser sees it, its reconstruction, and a continuation from all but
+        the last segment next to the real rest of the text."""
+        fitted, enc_ids, enc_off, dec_ids, _ = self.builder.fit(text)
+        example = self.builder(text)
+        m = int(example["num_segments"])
+        states = self.compress(text)
+        n_dec = int(example["dec_mask"].sum())
+        out = {"original": fitted,
+               "reconstruction": self.generate(states, mode="reconstruct", max_new_tokens=min(n_dec, max_new_tokens),
+                                               stop_at_eos=False)}
+        if m > 1:
+            seen = (m - 1) * self.model.num_condense_tokens
+            cut = int(enc_off[(m - 1) * self.layout.segment_length, 0])
+            out["continuation"] = self.generate(states[:seen], mode="continue", max_new_tokens=max_new_tokens)
+            out["continuation_reference"] = fitted[cut:]
+        return out
+
+
+def load_condenser(directory: str | Path, encoder_path: str | None = None, decoder_path: str | None = None,
+                   dtype=None) -> Condenser:
+    """A ``Condenser`` from an export directory; the base LLMs come from the paths recorded at
+    export time (or bundled in the directory) unless ``encoder_path``/``decoder_path`` override them."""
+    from jaxft.recipes.condense.export import read_condenser
+
+    return read_condenser(directory, encoder_path=encoder_path, decoder_path=decoder_path, dtype=dtype)

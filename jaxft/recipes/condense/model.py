@@ -1,0 +1,147 @@
+"""The condenser: encoder LLM + condense tokens + projector, and decoder input assembly.
+
+Each context segment of ``L`` encoder tokens is followed by ``n`` learned
+condense tokens and run through the encoder (LoRA-adapted) as
+``inputs_embeds``; the final hidden states at the condense slots are the
+segment's condensed states. A linear + LayerNorm projector maps them to the
+decoder's embedding size, where they replace token embeddings.
+
+Condense token positions: token ``j`` (0-based) of a segment holding ``len``
+real tokens sits at position ``ceil((j + 1) * len / n) - 1``, i.e. on the
+position of the last token of the ``j``-th of ``n`` equal slices of the
+segment. So the tokens spread evenly over the segment's positions, the last
+one sits on the segment's last token, and RoPE sees each condense token right
+after the slice it is nearest to (it still attends to the whole segment:
+causality goes by slot, and the condense slots come after every token slot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxft.models import layers
+from jaxft.models.config import DecoderConfig
+from jaxft.models.decoder import embed, forward
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class CondenseModel:
+    """Everything static about the condenser (configs, sizes, dtypes)."""
+
+    encoder: DecoderConfig
+    decoder: DecoderConfig
+    num_condense_tokens: int
+    segment_length: int
+    dtype: Any = jnp.float32  # compute dtype of both LLMs
+    remat: str = "none"
+    train_decoder: bool = False  # demo-only: the decoder's weights train too
+    lora_config: Any = None  # jaxft.lora.LoraConfig of the encoder adapters; None: no adapters
+
+    def decoder_params(self, trainable: Params, frozen: Params) -> Params:
+        return trainable["decoder"] if self.train_decoder else frozen["decoder"]
+
+    def encoder_params(self, trainable: Params, frozen: Params, rng: jax.Array | None = None) -> Params:
+        """The frozen encoder with the trainable LoRA factors applied (dropout only with ``rng``)."""
+        if self.lora_config is None:
+            return frozen["encoder"]
+        from jaxft.lora import LoRA, apply
+
+        return apply(frozen["encoder"], LoRA(trainable["lora"], self.lora_config), rng=rng)
+
+
+def condense_position_ids(lengths: jnp.ndarray, segment_length: int, num_condense_tokens: int) -> jnp.ndarray:
+    """Position ids [..., L + n]: tokens at 0..L-1, condense token j at ceil((j+1)·len/n) - 1.
+
+    ``lengths`` [...] counts each segment's real tokens (padding sits at the end);
+    an empty segment puts every condense token at 0.
+    """
+    n = num_condense_tokens
+    lengths = jnp.asarray(lengths, jnp.int32)[..., None]
+    j = jnp.arange(n, dtype=jnp.int32)
+    condense = jnp.maximum((((j + 1) * lengths) + n - 1) // n - 1, 0)
+    tokens = jnp.broadcast_to(jnp.arange(segment_length, dtype=jnp.int32), lengths.shape[:-1] + (segment_length,))
+    return jnp.concatenate([tokens, condense], axis=-1)
+
+
+def init_params(rng: jax.Array, model: CondenseModel, decoder_embed_std: float = 0.02) -> Params:
+    """Condense tokens (Xavier-uniform), projector (Xavier-uniform kernel, LayerNorm) and markers.
+
+    Markers start at the decoder embedding table's scale so they look like
+    ordinary inputs to the frozen decoder.
+    """
+    n, h_enc, h_dec = model.num_condense_tokens, model.encoder.hidden_size, model.decoder.hidden_size
+    k_tok, k_proj, k_ae, k_cont = jax.random.split(rng, 4)
+    xavier = jax.nn.initializers.xavier_uniform()
+    return {
+        "condense_tokens": xavier(k_tok, (n, h_enc), jnp.float32),
+        "projector": {
+            "kernel": xavier(k_proj, (h_enc, h_dec), jnp.float32),
+            "bias": jnp.zeros((h_dec,), jnp.float32),
+            "norm": {"scale": jnp.ones((h_dec,), jnp.float32), "bias": jnp.zeros((h_dec,), jnp.float32)},
+        },
+        "markers": {
+            "ae": decoder_embed_std * jax.random.normal(k_ae, (h_dec,), jnp.float32),
+            "cont": decoder_embed_std * jax.random.normal(k_cont, (h_dec,), jnp.float32),
+        },
+    }
+
+
+def encode_segments(model: CondenseModel, trainable: Params, encoder_params: Params, enc_ids: jnp.ndarray,
+                    enc_mask: jnp.ndarray) -> jnp.ndarray:
+    """Condensed states [B, S, n, H_enc] of segments ``enc_ids`` [B, S, L] (one encoder call)."""
+    b, s, seg_len = enc_ids.shape
+    if seg_len != model.segment_length:
+        raise ValueError(f"condense: segments have {seg_len} tokens, the model expects {model.segment_length}")
+    n, cfg = model.num_condense_tokens, model.encoder
+    ids = enc_ids.reshape(b * s, seg_len)
+    mask = enc_mask.reshape(b * s, seg_len).astype(bool)
+    tokens = embed(cfg, encoder_params, ids, model.dtype)
+    condense = jnp.broadcast_to(trainable["condense_tokens"].astype(model.dtype), (b * s, n, cfg.hidden_size))
+    x = jnp.concatenate([tokens, condense], axis=1)
+    # Condense slots stay valid even in empty segments, so no query row is all-masked;
+    # the objectives drop those segments' states.
+    full_mask = jnp.concatenate([mask, jnp.ones((b * s, n), bool)], axis=1)
+    positions = condense_position_ids(mask.sum(-1), seg_len, n)
+    hidden, _ = forward(cfg, encoder_params, attention_mask=full_mask, position_ids=positions, inputs_embeds=x,
+                        remat=model.remat, output="hidden", dtype=model.dtype)
+    return hidden[:, seg_len:].reshape(b, s, n, cfg.hidden_size)
+
+
+def project(projector: Params, states: jnp.ndarray, dtype) -> jnp.ndarray:
+    """Encoder hidden -> decoder embedding: linear, then LayerNorm (float32 maths, ``dtype`` out)."""
+    y = layers.matmul(states.astype(jnp.float32), projector["kernel"]) + projector["bias"]
+    return layers.layer_norm(y, projector["norm"]["scale"], projector["norm"]["bias"]).astype(dtype)
+
+
+def condense(model: CondenseModel, trainable: Params, frozen: Params, enc_ids: jnp.ndarray, enc_mask: jnp.ndarray,
+             rng: jax.Array | None = None) -> jnp.ndarray:
+    """Projected condensed states [B, S, n, H_dec] in the compute dtype."""
+    encoder_params = model.encoder_params(trainable, frozen, rng)
+    states = encode_segments(model, trainable, encoder_params, enc_ids, enc_mask)
+    return project(trainable["projector"], states, model.dtype)
+
+
+def decoder_inputs(prefix: jnp.ndarray, prefix_mask: jnp.ndarray, marker: jnp.ndarray, tokens: jnp.ndarray,
+                   token_mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``[prefix][marker][tokens]`` as decoder ``inputs_embeds`` [R, P + 1 + T, H] and its mask.
+
+    Masked prefix slots may sit anywhere: the decoder's positions count only
+    valid slots, so a gap between the condensed states and the marker changes
+    nothing but wasted compute.
+    """
+    r = prefix.shape[0]
+    marker = jnp.broadcast_to(marker.astype(prefix.dtype), (r, 1, prefix.shape[-1]))
+    embeds = jnp.concatenate([prefix, marker, tokens.astype(prefix.dtype)], axis=1)
+    mask = jnp.concatenate([prefix_mask.astype(bool), jnp.ones((r, 1), bool), token_mask.astype(bool)], axis=1)
+    return embeds, mask
+
+
+def segment_valid(enc_mask: jnp.ndarray) -> jnp.ndarray:
+    """[B, S] bool: the segment holds at least one real token."""
+    return enc_mask.astype(bool).any(axis=-1)

@@ -1,0 +1,289 @@
+"""The condense recipe: positions, masks, level construction, cross-tokenizer mapping, learning, export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from jaxft import lora as lora_lib
+from jaxft.models.config import DecoderConfig
+from jaxft.models.decoder import embed, forward
+from jaxft.models.init import init_params
+from jaxft.recipes.condense import model as model_lib
+from jaxft.recipes.condense import objectives
+from jaxft.recipes.condense.data import (ExampleBuilder, Layout, condense_batches, decoder_segment_starts,
+                                         segment_char_starts)
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the cat sat on mat a dog ran far away and then slept".split()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """Whitespace-split words; offsets exclude the spaces."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>"] + WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def byte_tokenizer():
+    from jaxft.tokenization.demo import demo_tokenizer
+
+    return demo_tokenizer("byte")  # no training: one token per byte, offsets include spaces
+
+
+def tiny_cfg(model_type: str, vocab: int, hidden: int = 64) -> DecoderConfig:
+    return DecoderConfig.from_hf(dict(model_type=model_type, vocab_size=vocab, hidden_size=hidden,
+                                      intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+                                      eos_token_id=2, pad_token_id=0))
+
+
+def tiny_condenser(n: int = 2, seg_len: int = 4, enc_vocab: int = 50, dec_vocab: int = 60, decoder_std: float = 0.3,
+                   seed: int = 0):
+    """(model, trainable, frozen) with a LoRA'd random encoder and a frozen random decoder."""
+    enc, dec = tiny_cfg("llama", enc_vocab), tiny_cfg("mistral", dec_vocab)
+    keys = jax.random.split(jax.random.key(seed), 4)
+    enc_params = init_params(enc, keys[0])
+    adapters = lora_lib.init(keys[1], enc, enc_params, rank=8, alpha=8.0)
+    # b = 0 would make the LoRA a no-op; random b makes the adapters matter in every test.
+    adapters.params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(keys[3], x.shape), adapters.params)
+    model = model_lib.CondenseModel(enc, dec, num_condense_tokens=n, segment_length=seg_len,
+                                    lora_config=adapters.config)
+    trainable = {"lora": adapters.params, **model_lib.init_params(keys[2], model, 0.3)}
+    frozen = {"encoder": enc_params, "decoder": init_params(dec, keys[3], std=decoder_std)}
+    return model, trainable, frozen
+
+
+def random_batch(rs, b=4, s=3, seg_len=4, d=12, c=5, enc_vocab=50, dec_vocab=60):
+    return dict(enc_ids=rs.randint(3, enc_vocab, (b, s, seg_len)).astype(np.int32),
+                enc_mask=np.ones((b, s, seg_len), bool),
+                dec_ids=rs.randint(3, dec_vocab, (b, d)).astype(np.int32), dec_mask=np.ones((b, d), bool),
+                cont_ids=rs.randint(3, dec_vocab, (b, s - 1, c)).astype(np.int32),
+                cont_mask=np.ones((b, s - 1, c), bool))
+
+
+def nll_mean(logits: jnp.ndarray, targets: np.ndarray) -> float:
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return float(-jnp.mean(jnp.take_along_axis(logp, jnp.asarray(targets)[:, None], axis=-1)))
+
+
+# -- positions, masks, levels ---------------------------------------------------------------------
+
+def test_condense_position_ids_exact():
+    pos = np.asarray(model_lib.condense_position_ids(jnp.array([8, 5, 3, 0]), 8, 4))
+    tokens = list(range(8))
+    assert pos[0].tolist() == tokens + [1, 3, 5, 7]  # evenly spread, last on the last token
+    assert pos[1].tolist() == tokens + [1, 2, 3, 4]  # ceil(5/4)-1, ceil(10/4)-1, ceil(15/4)-1, 5-1
+    assert pos[2].tolist() == tokens + [0, 1, 2, 2]  # more condense tokens than tokens
+    assert pos[3].tolist() == tokens + [0, 0, 0, 0]  # empty segment
+    two = np.asarray(model_lib.condense_position_ids(jnp.array([5]), 8, 2))[0]
+    assert two[8:].tolist() == [2, 4]
+
+
+def test_decoder_inputs_shapes_and_masks():
+    b, s, n, h = 2, 3, 2, 4
+    states = jnp.arange(b * s * n * h, dtype=jnp.float32).reshape(b, s, n, h)
+    seg_valid = jnp.array([[True, True, False], [True, False, False]])
+    marker = jnp.full((h,), -1.0)
+    tokens = jnp.full((b, 5, h), 7.0)
+    token_mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    embeds, mask = model_lib.decoder_inputs(states.reshape(b, s * n, h), jnp.repeat(seg_valid, n, axis=1), marker,
+                                            tokens, token_mask)
+    assert embeds.shape == (b, s * n + 1 + 5, h) and mask.shape == (b, s * n + 1 + 5)
+    assert np.asarray(mask[0]).astype(int).tolist() == [1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0]
+    assert np.asarray(mask[1]).astype(int).tolist() == [1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    np.testing.assert_array_equal(embeds[:, s * n], -1.0)  # the marker sits right after the states
+    np.testing.assert_array_equal(embeds[1, 2], states[1, 1, 0])  # segment 1's first state
+    np.testing.assert_array_equal(embeds[:, s * n + 1:], 7.0)
+
+    prefix, prefix_mask = objectives.level_prefix(states, seg_valid)
+    assert prefix.shape == (b * (s - 1), (s - 1) * n, h)
+    # Text 0 has 2 valid segments: level 1 sees segment 0, level 2 sees segments 0 and 1.
+    assert np.asarray(prefix_mask).astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]
+    np.testing.assert_array_equal(prefix[1], states[0, :2].reshape(4, h))
+
+
+def test_continuation_levels_for_three_segments():
+    # Ten decoder tokens; segments start at decoder tokens 0, 4 and 7; room for 3 levels (S=4).
+    dec_ids = np.arange(10, 20, dtype=np.int32)
+    ids, mask = objectives.continuation_targets(np.pad(dec_ids, (0, 6)), 10, np.array([0, 4, 7]), num_segments=3,
+                                                num_levels=3, max_continuation_tokens=5)
+    assert ids.tolist() == [[14, 15, 16, 17, 18], [17, 18, 19, 0, 0], [0, 0, 0, 0, 0]]
+    assert mask.astype(int).tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
+
+
+def test_level_and_ae_losses_match_unpadded_sequences():
+    """The padded, batched objectives equal the per-level losses of hand-built, unpadded
+    ``[states of segments < i][marker][targets[:-1]]`` sequences -- which fixes which tokens
+    are inputs, which are targets and which carry loss."""
+    model, trainable, frozen = tiny_condenser()
+    rs = np.random.RandomState(1)
+    batch = random_batch(rs, b=1, s=4)  # M = 3 of S = 4 segments hold tokens
+    batch["enc_mask"][0, 2, 2:] = False  # a partial last segment
+    batch["enc_mask"][0, 3] = False
+    batch["dec_mask"][0, 9:] = False
+    batch["cont_mask"][0, 1, 3:] = False  # level 2 has 3 target tokens
+    batch["cont_mask"][0, 2] = False  # level 3 does not exist
+    batch = jax.tree.map(jnp.asarray, batch)
+    states = model_lib.condense(model, trainable, frozen, batch["enc_ids"], batch["enc_mask"])
+    valid = model_lib.segment_valid(batch["enc_mask"])
+    dec_params, markers, cfg = frozen["decoder"], trainable["markers"], model.decoder
+
+    def direct(prefix, marker, targets):
+        x = jnp.concatenate([prefix, marker[None], embed(cfg, dec_params, jnp.asarray(targets[:-1]))])
+        logits, _ = forward(cfg, dec_params, inputs_embeds=x[None])
+        return nll_mean(logits[0, len(prefix):], targets)
+
+    h = cfg.hidden_size
+    cont, texts_with_levels = objectives.continuation_objective(model, dec_params, states, valid, markers["cont"],
+                                                                batch["cont_ids"], batch["cont_mask"])
+    level1 = direct(states[0, :1].reshape(-1, h), markers["cont"], np.asarray(batch["cont_ids"][0, 0]))
+    level2 = direct(states[0, :2].reshape(-1, h), markers["cont"], np.asarray(batch["cont_ids"][0, 1, :3]))
+    np.testing.assert_allclose(float(cont.loss_sum), (level1 + level2) / 2, rtol=1e-5)
+    assert float(texts_with_levels) == 1.0 and float(cont.count) == 5 + 3
+
+    ae = objectives.ae_objective(model, dec_params, states, valid, markers["ae"], batch["dec_ids"], batch["dec_mask"])
+    expected = direct(states[0, :3].reshape(-1, h), markers["ae"], np.asarray(batch["dec_ids"][0, :9]))
+    np.testing.assert_allclose(float(ae.loss_sum), expected, rtol=1e-5)
+    assert float(ae.count) == 9
+
+
+def test_segments_are_encoded_independently_and_padding_is_inert():
+    model, trainable, frozen = tiny_condenser()
+    rs = np.random.RandomState(2)
+    batch = random_batch(rs, b=2, s=3)
+    batch["enc_mask"][1, 2, 3:] = False
+    states = model_lib.condense(model, trainable, frozen, jnp.asarray(batch["enc_ids"]), jnp.asarray(batch["enc_mask"]))
+    assert states.shape == (2, 3, 2, model.decoder.hidden_size)
+    # One segment alone gives the same states as inside the batch.
+    alone = model_lib.condense(model, trainable, frozen, jnp.asarray(batch["enc_ids"][1:, 1:2]),
+                               jnp.asarray(batch["enc_mask"][1:, 1:2]))
+    np.testing.assert_allclose(alone[0, 0], states[1, 1], atol=1e-5)
+    # Changing padded token ids changes nothing.
+    ids = batch["enc_ids"].copy()
+    ids[1, 2, 3:] = 5
+    again = model_lib.condense(model, trainable, frozen, jnp.asarray(ids), jnp.asarray(batch["enc_mask"]))
+    np.testing.assert_allclose(again, states, atol=1e-6)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def test_cross_tokenizer_segment_mapping_mid_word():
+    # Encoder: one token per character; decoder: whole words. Segments of 5 characters cut
+    # "cat" and "sat" in the middle; the word covering a segment's first character starts it.
+    text = "the cat sat"
+    enc_off = np.asarray(byte_tokenizer()(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+    dec_off = np.asarray(word_tokenizer()(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+    starts = segment_char_starts(enc_off, 5)
+    assert starts.tolist() == [0, 5, 10]
+    assert decoder_segment_starts(dec_off, starts).tolist() == [0, 1, 2]
+
+
+def test_example_builder_cross_tokenizer():
+    layout = Layout.create(num_condense_tokens=2, compression_ratio=2.0, max_tokens=12, max_decoder_tokens=80,
+                           max_continuation_tokens=10, max_characters=1000)
+    assert (layout.segment_length, layout.max_segments) == (4, 3)
+    byte = byte_tokenizer()
+    ex = ExampleBuilder(word_tokenizer(), byte, layout)("the cat sat on the mat and then a dog ran far away")
+    # 12 words -> 3 full segments; the text is cut after "far" (the 12th encoder token).
+    assert int(ex["num_segments"]) == 3 and ex["enc_mask"].all()
+    assert byte.decode(ex["dec_ids"][ex["dec_mask"]]) == "the cat sat on the mat and then a dog ran far"
+    # Level 1 starts at segment 1 ("the mat ..."): the space before it stays with segment 0.
+    assert byte.decode(ex["cont_ids"][0][ex["cont_mask"][0]]) == "the mat an"
+    assert byte.decode(ex["cont_ids"][1][ex["cont_mask"][1]]) == "a dog ran "
+    assert ex["cont_ids"].shape == (2, 10) and ex["enc_ids"].shape == (3, 4) and ex["dec_ids"].shape == (80,)
+
+
+def test_example_builder_fits_both_budgets():
+    layout = Layout.create(num_condense_tokens=2, compression_ratio=2.0, max_tokens=12, max_decoder_tokens=20,
+                           max_continuation_tokens=8, max_characters=1000)
+    byte = byte_tokenizer()
+    ex = ExampleBuilder(word_tokenizer(), byte, layout)("the cat sat on the mat and then a dog ran far away")
+    # 20 bytes end inside "mat"; the text is cut at the byte budget and both sides agree on it.
+    assert byte.decode(ex["dec_ids"][ex["dec_mask"]]) == "the cat sat on the m"
+    assert int(ex["enc_mask"].sum()) == 6 and int(ex["num_segments"]) == 2
+    with pytest.raises(ValueError, match="no tokens"):
+        ExampleBuilder(word_tokenizer(), byte, layout)("   ")
+
+
+def test_batches_fill_and_resume():
+    layout = Layout.create(num_condense_tokens=2, compression_ratio=2.0, max_tokens=8, max_decoder_tokens=40,
+                           max_continuation_tokens=4, max_characters=200)
+    builder = ExampleBuilder(word_tokenizer(), byte_tokenizer(), layout)
+    texts = ["the cat sat on the mat", "a dog ran far away", "and then slept", "the dog sat"]
+    batches = list(condense_batches(texts, builder, batch_size=3, shuffle=False, num_epochs=1))
+    assert len(batches) == 2 and batches[1]["enc_ids"].shape == (3, 2, 4)
+    assert batches[1]["dec_mask"].sum(-1).tolist()[1:] == [0, 0]  # filled-up rows carry nothing
+    it = condense_batches(texts, builder, batch_size=2, seed=3, num_epochs=None)
+    next(it)
+    state = it.get_state()
+    expected = next(it)
+    resumed = condense_batches(texts, builder, batch_size=2, seed=3, num_epochs=None)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["dec_ids"], expected["dec_ids"])
+
+
+# -- learning, export ------------------------------------------------------------------------------
+
+def test_ae_loss_drops_with_frozen_decoder():
+    """Only LoRA, condense tokens, projector and markers train; the decoder stays frozen."""
+    model, trainable, frozen = tiny_condenser()
+    batch = jax.tree.map(jnp.asarray, random_batch(np.random.RandomState(0), b=4, s=3, d=16))
+    loss_fn = objectives.make_loss_fn(model, continuation_weight=0.5, chunk_size=7)
+    opt = optax.adam(3e-3)
+
+    @jax.jit
+    def step(params, opt_state):
+        def f(p):
+            loss_sum, weight_sum, metrics = loss_fn(p, frozen, batch, None)
+            return loss_sum / weight_sum, metrics
+
+        (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    opt_state = opt.init(trainable)
+    history = []
+    for _ in range(60):
+        trainable, opt_state, m = step(trainable, opt_state)
+        history.append((float(m["ae_loss"] / m["ae_loss_count"]), float(m["ae_correct"] / m["ae_correct_count"])))
+    (first, acc0), (last, acc1) = history[0], history[-1]
+    assert last < 0.5 * first, history[::10]
+    assert acc1 > acc0 + 0.3
+
+
+def test_export_reload_gives_identical_states(tmp_path):
+    from jaxft.recipes.condense.export import export_condenser
+    from jaxft.recipes.condense.inference import Condenser, load_condenser
+
+    byte = byte_tokenizer()
+    words = word_tokenizer()
+    model, trainable, frozen = tiny_condenser(enc_vocab=len(words) + 2, dec_vocab=len(byte))
+    layout = Layout(num_condense_tokens=2, segment_length=4, max_segments=3, max_decoder_tokens=64,
+                    max_continuation_tokens=8, max_characters=500)
+    condenser = Condenser(model, layout, trainable, frozen, words, byte)
+    text = "the cat sat on the mat and then a dog ran far away"
+    before = condenser.compress(text)
+    assert before.shape == (3 * 2, model.decoder.hidden_size)
+    export_condenser(tmp_path / "export", condenser)
+    assert {p.name for p in (tmp_path / "export").iterdir()} >= {
+        "condenser.json", "condenser.safetensors", "adapter", "encoder", "decoder", "encoder_tokenizer",
+        "decoder_tokenizer"}
+    loaded = load_condenser(tmp_path / "export")
+    np.testing.assert_allclose(loaded.compress(text), before, atol=1e-6)
+    np.testing.assert_array_equal(loaded.compress(text, num_segments=2), before[:4])
+    a = condenser.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False)
+    assert loaded.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False) == a
+    assert len(byte(a, add_special_tokens=False)["input_ids"]) <= 6
