@@ -53,8 +53,8 @@ def _hf_generate(hf, prompt, pad=0, **kw):
     """transformers' new tokens for one unpadded prompt, padded to NEW with the pad id."""
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                          max_new_tokens=kw.pop("max_new_tokens", NEW), pad_token_id=pad, **kw)
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW,
+                          pad_token_id=pad, **kw)
     new = out[0, len(prompt):].tolist()
     return new + [pad] * (NEW - len(new))
 
@@ -111,6 +111,7 @@ def test_penalties_match_transformers_generate(models):
     assert expected != plain, "penalties had no effect on this prompt; the test would prove nothing"
 
 
+@pytest.mark.filterwarnings("ignore:Passing `repetition_penalty` with `inputs_embeds`")
 def test_inputs_embeds_prefill_penalises_generated_tokens_only(models):
     cfg, params, hf = models("llama")
     prompt = PROMPTS[1]

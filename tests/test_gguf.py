@@ -81,6 +81,8 @@ def write_gguf(path, config, state_dict, *, arch: str | None = None, types=None,
     writer.add_vocab_size(config.vocab_size)
     writer.add_bos_token_id(config.bos_token_id)
     writer.add_eos_token_id(config.eos_token_id)
+    if config.pad_token_id is not None:
+        writer.add_pad_token_id(config.pad_token_id)
     if linear_rope_factor is not None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(linear_rope_factor)
@@ -210,22 +212,52 @@ def test_smollm2_save_pretrained_loads_in_transformers(smollm2, smollm2_hf, smol
 # -- tiny files: every family, the llama.cpp layouts, rope scaling -----------------------------------------
 
 
-@pytest.mark.parametrize("family", ["llama", "llama_tied", "qwen2", "qwen3"])
-def test_tiny_gguf_logits_match_original_model(family, tmp_path):
-    """F32 GGUF written from a random transformers model loads back to the same logits."""
-    model = tiny.hf_model(family)
-    rope_freqs = None
-    if model.config.rope_parameters.get("rope_type") == "llama3":
-        # llama.cpp stores Llama 3 rope scaling as per-frequency divisors.
-        head_dim = model.config.hidden_size // model.config.num_attention_heads
-        theta = model.config.rope_parameters["rope_theta"]
-        plain = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-        rope_freqs = plain / model.model.rotary_emb.inv_freq.double().numpy()
-        assert rope_freqs.max() > 1.5  # the scaling is real
-    path = write_gguf(tmp_path / f"{family}.gguf", model.config, model.state_dict(), rope_freqs=rope_freqs)
+def _llama3_divisors_from(model) -> np.ndarray:
+    """What llama.cpp stores for Llama 3 rope scaling: default / scaled inverse frequencies."""
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    theta = model.config.rope_parameters["rope_theta"]
+    plain = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    return plain / model.model.rotary_emb.inv_freq.double().numpy()
+
+
+def _mistral_without_window():
+    config = transformers.MistralConfig(**dict(tiny.COMMON, sliding_window=None, tie_word_embeddings=False))
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "llama_tied", "qwen2", "qwen3", "mistral"])
+def test_tiny_gguf_gives_original_tensors_and_config(family, tmp_path):
+    """An F32 GGUF written from a transformers model yields exactly its tensors (HF names and
+    layouts) and an equivalent config, so the decoder parity tests carry over."""
+    from jaxft.models.rope import inverse_frequencies
+
+    model = _mistral_without_window() if family == "mistral" else tiny.hf_model(family)
+    llama3 = model.config.rope_parameters.get("rope_type") == "llama3"
+    path = write_gguf(tmp_path / f"{family}.gguf", model.config, model.state_dict(),
+                      rope_freqs=_llama3_divisors_from(model) if llama3 else None)
+    source = GGUFSource(path)
+    expected = {k: v for k, v in model.state_dict().items()
+                if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
+    assert set(source.names()) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(source.get(name), value.numpy(), err_msg=name)
+    source.close()
+
+    ours = jaxft.DecoderConfig.from_hf(source.hf_config)
+    ref = jaxft.DecoderConfig.from_hf(model.config.to_dict())
+    np.testing.assert_allclose(inverse_frequencies(ours), inverse_frequencies(ref), rtol=1e-6)
+    if llama3:  # the thresholds come back as an equivalent pair, not necessarily the same numbers
+        assert ours.rope_type == "llama3"
+        ours = ours.replace(rope_params=ref.rope_params)
+    assert ours == ref
+
+
+def test_tiny_llama3_gguf_logits_match_original_model(tmp_path):
+    model = tiny.hf_model("llama")
+    path = write_gguf(tmp_path / "llama.gguf", model.config, model.state_dict(),
+                      rope_freqs=_llama3_divisors_from(model))
     cfg, params = jaxft.load_pretrained(path)
-    assert cfg.model_type == model.config.model_type
-    assert cfg.tie_word_embeddings == model.config.tie_word_embeddings
     ids = _tiny_batch()
     ours = np.asarray(jaxft.logits(cfg, params, ids))
     assert np.abs(ours - _hf_logits(model, ids)).max() <= 1e-4
@@ -245,17 +277,6 @@ def test_tiny_gguf_writer_agrees_with_transformers_loader(tmp_path):
     for name in ("model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"):
         np.testing.assert_array_equal(source.get(name), ref[name].numpy())
     source.close()
-
-
-def test_mistral_architecture_name(tmp_path):
-    config = transformers.MistralConfig(**dict(tiny.COMMON, sliding_window=None, tie_word_embeddings=False))
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    path = write_gguf(tmp_path / "mistral.gguf", config, model.state_dict(), arch="mistral")
-    cfg, params = jaxft.load_pretrained(path)
-    assert (cfg.model_type, cfg.sliding_window) == ("mistral", None)
-    ids = _tiny_batch()
-    assert np.abs(np.asarray(jaxft.logits(cfg, params, ids)) - _hf_logits(model, ids)).max() <= 1e-4
 
 
 def test_quantized_types_match_transformers_loader(tmp_path):
@@ -328,12 +349,12 @@ def test_linear_rope_scaling_metadata(tmp_path):
     config = transformers.LlamaConfig(**dict(tiny.COMMON, rope_parameters=dict(
         rope_type="linear", rope_theta=10000.0, factor=4.0)))
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    model = transformers.AutoModelForCausalLM.from_config(config)
     path = write_gguf(tmp_path / "linear.gguf", config, model.state_dict(), linear_rope_factor=4.0)
-    assert GGUFSource(path).hf_config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
-    cfg, params = jaxft.load_pretrained(path)
-    ids = _tiny_batch()
-    assert np.abs(np.asarray(jaxft.logits(cfg, params, ids)) - _hf_logits(model, ids)).max() <= 1e-4
+    source = GGUFSource(path)
+    assert source.hf_config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+    ours = jaxft.DecoderConfig.from_hf(source.hf_config)
+    assert ours == jaxft.DecoderConfig.from_hf(config.to_dict())
 
 
 # -- errors ------------------------------------------------------------------------------------------------------

@@ -230,8 +230,8 @@ def test_accumulated_micro_batches_equal_one_big_batch():
 def test_accumulate_gradients_of_fully_masked_window_is_zero():
     params, batch = _lm_problem()
     batch["mask"] = jnp.zeros_like(batch["mask"])
-    grads, totals = optim.accumulate_gradients(_loss_fn, params, jax.tree.map(lambda x: x.reshape((2, -1) + x.shape[1:]),
-                                                                                batch))
+    micro = jax.tree.map(lambda x: x.reshape((2, -1) + x.shape[1:]), batch)
+    grads, totals = optim.accumulate_gradients(_loss_fn, params, micro)
     assert float(totals.weight_sum) == 0.0
     assert all(np.all(np.asarray(g) == 0.0) for g in jax.tree.leaves(grads))
 

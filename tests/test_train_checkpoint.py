@@ -27,11 +27,12 @@ def _state(seed=0, ema=False):
     """A realistic train state: sharded params, the grouped optax state, step and rng."""
     mesh = _mesh()
     rng = np.random.default_rng(seed)
-    params = {
-        "lora": {"a": jax.device_put(jnp.asarray(rng.normal(size=(8, 4)), jnp.float32), NamedSharding(mesh, P("data"))),
-                 "b": jax.device_put(jnp.asarray(rng.normal(size=(4, 8)), jnp.float32), NamedSharding(mesh, P(None, "data")))},
-        "head": {"bias": jax.device_put(jnp.asarray(rng.normal(size=(8,)), jnp.bfloat16), NamedSharding(mesh, P()))},
-    }
+
+    def put(shape, dtype, spec):
+        return jax.device_put(jnp.asarray(rng.normal(size=shape), dtype), NamedSharding(mesh, spec))
+
+    params = {"lora": {"a": put((8, 4), jnp.float32, P("data")), "b": put((4, 8), jnp.float32, P(None, "data"))},
+              "head": {"bias": put((8,), jnp.bfloat16, P())}}
     tx = optim.make_optimizer(optim.default_config(), params, lambda path, leaf: path[0])
     opt_state = tx.init(params)
     _, opt_state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), opt_state, params)
@@ -78,6 +79,17 @@ def test_round_trip_on_a_mesh_with_data_state_and_metadata(tmp_path):
     assert a.dtype == jnp.bfloat16 and a.sharding.spec == P()
     np.testing.assert_array_equal(np.asarray(a), np.asarray(state["params"]["lora"]["a"].astype(jnp.bfloat16)))
     reopened.close()
+
+
+def test_async_save_survives_donated_buffers(tmp_path):
+    """save() returns once arrays are off the device, so the next jitted step may donate them."""
+    state = {"w": jnp.arange(12.0).reshape(3, 4)}
+    with TrainCheckpointer(tmp_path, async_save=True) as ckpt:
+        ckpt.save(1, state)
+        state["w"].delete()  # what donating it to the next step does
+        ckpt.wait()
+        restored, _, _ = ckpt.restore(1, {"w": jax.ShapeDtypeStruct((3, 4), jnp.float32)})
+    np.testing.assert_array_equal(restored["w"], np.arange(12.0).reshape(3, 4))
 
 
 def test_json_items_are_optional_per_step(tmp_path):
@@ -185,6 +197,25 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
         assert data_state == {"position": 1}
         assert ckpt.save(2, {"w": jnp.ones(3)})  # the interrupted step can be written again
         assert ckpt.all_steps() == [1, 2]
+
+
+def test_read_only_reader_follows_a_writer_and_leaves_its_saves_alone(tmp_path):
+    with TrainCheckpointer(tmp_path, async_save=False) as writer:
+        writer.save(1, {"w": jnp.zeros(2)})
+        in_progress = tmp_path / "2.orbax-checkpoint-tmp"  # what a save under way looks like
+        in_progress.mkdir()
+        reader = TrainCheckpointer(tmp_path, read_only=True)
+        assert reader.latest_step() == 1
+        time.sleep(0.5)  # a writable checkpointer would have deleted it by now
+        assert in_progress.exists()
+        in_progress.rmdir()
+        writer.save(3, {"w": jnp.ones(2)})
+        assert reader.latest_step() == 3
+        restored, _, _ = reader.restore(abstract_state={"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
+        np.testing.assert_array_equal(restored["w"], [1.0, 1.0])
+        with pytest.raises(PermissionError, match="read-only"):
+            reader.save(4, {"w": jnp.ones(2)})
+        reader.close()
 
 
 def test_layout_change_names_the_paths(tmp_path):

@@ -19,6 +19,7 @@ def _smoke(workdir, steps=8):
     c.train.eval_every = 0
     c.checkpoint.every = 100
     c.checkpoint.async_save = False
+    c.optim.schedule.peak_lr = 1e-2
     return c
 
 

@@ -188,7 +188,7 @@ class GGUFSource:
         if rotary_dim is not None and int(rotary_dim) != head_dim:
             raise CheckpointError(f"{self.origin}: partial rotary embeddings ({self.architecture}.rope.dimension_count"
                                   f"={rotary_dim}, head_dim={head_dim}) are not supported")
-        theta = float(self._arch("rope.freq_base", 10000.0))
+        theta = _decimal(self._arch("rope.freq_base", 10000.0))
         hf: dict[str, Any] = {
             "model_type": model_type,
             "architectures": [_HF_ARCHITECTURES[model_type]],
@@ -200,7 +200,7 @@ class GGUFSource:
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
             "head_dim": head_dim,
-            "rms_norm_eps": float(self._arch("attention.layer_norm_rms_epsilon", 1e-6)),
+            "rms_norm_eps": _decimal(self._arch("attention.layer_norm_rms_epsilon", 1e-6)),
             "rope_theta": theta,
             "max_position_embeddings": int(self._arch("context_length", 4096)),
             "tie_word_embeddings": "output.weight" not in self._tensors,
@@ -232,11 +232,17 @@ class GGUFSource:
             return llama3_rope_from_factors(factors, theta, head_dim, self.origin)
         if kind in (None, "none"):
             return None
-        scaling: dict[str, Any] = {"rope_type": kind, "factor": float(self._arch("rope.scaling.factor", 1.0))}
+        scaling: dict[str, Any] = {"rope_type": kind, "factor": _decimal(self._arch("rope.scaling.factor", 1.0))}
         original = self._arch("rope.scaling.original_context_length")
         if original is not None:
             scaling["original_max_position_embeddings"] = int(original)
         return scaling  # DecoderConfig names any type it does not implement
+
+
+def _decimal(value: float) -> float:
+    """GGUF stores these floats as float32: 1e-5 reads back as 9.9999997e-06. Take the shortest
+    decimal that rounds to the same float32, which is the value the config was written with."""
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
 
 
 def _llama3_divisors(inv_freq: np.ndarray, factor: float, low: float, high: float, original: float) -> np.ndarray:

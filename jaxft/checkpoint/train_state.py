@@ -105,11 +105,14 @@ class TrainCheckpointer:
         arrays are copied off the device, so the caller may donate them.
       save_interval_steps: ``save`` only writes on multiples of this (and on
         the first call, and whenever ``force=True``).
+      read_only: for readers of a directory another job is writing (e.g. an
+        evaluator): never saves or deletes, and leaves in-progress saves alone.
+        A writable checkpointer deletes unfinished saves when it opens.
     """
 
     def __init__(self, directory: str | epath.PathLike, *, max_to_keep: int | None = 3,
                  best_metric: str | None = None, best_mode: str = "min", async_save: bool = True,
-                 save_interval_steps: int = 1):
+                 save_interval_steps: int = 1, read_only: bool = False):
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         if max_to_keep is not None and max_to_keep < 1:
@@ -123,10 +126,18 @@ class TrainCheckpointer:
             keep = ocp.checkpoint_managers.AnyPreservationPolicy([keep, ocp.checkpoint_managers.BestN(
                 get_metric_fn=best_fn, reverse=best_mode == "min", n=1, keep_checkpoints_without_metrics=False)])
         self._options = ocp.CheckpointManagerOptions(
-            save_interval_steps=save_interval_steps, preservation_policy=keep, best_fn=best_fn,
-            best_mode=best_mode, enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
+            save_interval_steps=0 if read_only else save_interval_steps, preservation_policy=keep, best_fn=best_fn,
+            best_mode=best_mode, enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
+            create=not read_only, read_only=read_only)
+        self.read_only = read_only
         # Opened lazily for writing so that restoring from a mistyped path does not create it.
-        self._manager: ocp.CheckpointManager | None = self._open() if self.directory.exists() else None
+        self._manager: ocp.CheckpointManager | None = None
+        self._open_if_exists()
+
+    def _open_if_exists(self) -> ocp.CheckpointManager | None:
+        if self._manager is None and self.directory.exists():
+            self._manager = self._open()
+        return self._manager
 
     def _open(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
@@ -136,17 +147,26 @@ class TrainCheckpointer:
 
     # ------------------------------------------------------------------ queries
 
+    def _current(self) -> ocp.CheckpointManager | None:
+        manager = self._open_if_exists()
+        if manager is not None and self.read_only:
+            manager.reload()  # a reader follows the steps the writer commits
+        return manager
+
     def all_steps(self) -> list[int]:
-        return sorted(self._manager.all_steps()) if self._manager else []
+        manager = self._current()
+        return sorted(manager.all_steps()) if manager else []
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step() if self._manager else None
+        manager = self._current()
+        return manager.latest_step() if manager else None
 
     def best_step(self) -> int | None:
         """Best step by ``best_metric`` among those saved with metrics; None without a best_metric."""
-        if self._manager is None or self.best_metric is None:
+        manager = self._current()
+        if manager is None or self.best_metric is None:
             return None
-        return self._manager.best_step()
+        return manager.best_step()
 
     # ------------------------------------------------------------------ save
 
@@ -160,6 +180,8 @@ class TrainCheckpointer:
         ``metrics`` rank checkpoints for keep-best; JSON scalars or 0-d arrays.
         """
         step = int(step)
+        if self.read_only:
+            raise PermissionError(f"TrainCheckpointer for {self.directory} is read-only")
         if self._manager is None:
             self._manager = self._open()
         if step in self._manager.all_steps():
@@ -206,7 +228,8 @@ class TrainCheckpointer:
         array) leaves; each array is read straight onto the leaf's ``sharding``,
         so no host ever holds the whole state. Dtypes follow the target (a
         float32 checkpoint can be read as bfloat16). Without it, the tree comes
-        back as saved, on the saved shardings.
+        back as Orbax stores it (containers as dicts and lists) on the saved
+        shardings, which needs the same device topology.
 
         ``optional_keys`` names top-level entries of a dict state that may be
         absent on either side: one the target has but the checkpoint lacks
@@ -215,9 +238,7 @@ class TrainCheckpointer:
         not read. Any other difference raises ``CheckpointLayoutError``.
         ``data_state``/``metadata`` are None when that step saved none.
         """
-        step = self._resolve_step(step)
-        manager = self._manager
-        assert manager is not None
+        manager, step = self._resolve_step(step)
         saved_items = manager.item_metadata(step)
         saved_tree = saved_items[STATE].tree
 
@@ -237,8 +258,9 @@ class TrainCheckpointer:
         extras = manager.restore(step, args=ocp.args.Composite(**json_items)) if json_items else {}
         return state, extras.get(DATA_STATE), extras.get(METADATA)
 
-    def _resolve_step(self, step: int | None) -> int:
-        if self._manager is None:
+    def _resolve_step(self, step: int | None) -> tuple[ocp.CheckpointManager, int]:
+        manager = self._current()
+        if manager is None:
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist")
         steps = self.all_steps()
         if not steps:
@@ -247,10 +269,10 @@ class TrainCheckpointer:
                 hint = f"; it looks like a single step directory, pass its parent {self.directory.parent}"
             raise FileNotFoundError(f"no checkpoints in {self.directory}{hint}")
         if step is None:
-            return steps[-1]
+            return manager, steps[-1]
         if int(step) not in steps:
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; saved steps: {steps}")
-        return int(step)
+        return manager, int(step)
 
     def _checked_target(self, step: int, target: PyTree, saved_tree: PyTree,
                         optional_keys: Sequence[str]) -> tuple[PyTree, bool]:

@@ -139,8 +139,8 @@ def _special_ids(cfg: DecoderConfig, sampling: SamplingConfig) -> tuple[tuple[in
     pad = sampling.pad_token_id
     if pad is None:
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
-    ids = {"eos_token_ids": eos, "pad_token_id": (pad,)}
-    ids.update({"stop_sequences": tuple(t for s in sampling.stop_sequences for t in s)})
+    ids = {"eos_token_ids": eos, "pad_token_id": (pad,),
+           "stop_sequences": tuple(t for seq in sampling.stop_sequences for t in seq)}
     for name, values in ids.items():
         bad = [t for t in values if not 0 <= t < cfg.vocab_size]
         if bad:

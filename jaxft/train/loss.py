@@ -128,5 +128,6 @@ def next_token_targets(input_ids: jax.Array, loss_mask: jax.Array) -> tuple[jax.
 
 def all_finite(tree: Any) -> jax.Array:
     """Scalar bool array: every float leaf of ``tree`` is free of NaN and inf."""
-    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    checks = [jnp.all(jnp.isfinite(x)) for x in floats]
     return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)

@@ -91,7 +91,7 @@ def make_step_fn(loss_fn: Callable, optimizer: optax.GradientTransformation, *, 
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p.astype(e.dtype),
                                state["ema"], new_state["params"])
             new_state["ema"] = keep(ema, state["ema"])
-        out = {"loss": loss, "weight_sum": weight_sum, "grad_norm": optax.global_norm(grads),
+        out = {"loss": loss, "weight_sum": weight_sum, "grad_norm": optax.tree.norm(grads),
                "finite": finite, **metrics}
         return new_state, out
 

@@ -63,7 +63,7 @@ class Trainer:
         self.is_main = jax.process_index() == 0
         self.rules = _rules(config)
         self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             self.task: TrainTask = build_task(config, self.mesh)
         task = self.task
         self.trainable_sh = tree_shardings(task.trainable, self.mesh, self.rules, task.trainable_axes)
@@ -122,7 +122,7 @@ class Trainer:
         if self._compiled is None:
             batch_sh = jax.tree.map(lambda x: x.sharding, batch)
             self._compiled = jit_step(self.step_fn, self.state_sh, self.frozen_sh, batch_sh)
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             self.state, metrics = self._compiled(self.state, self.frozen, batch)
         return metrics
 
@@ -144,7 +144,7 @@ class Trainer:
         for i, host_batch in enumerate(task.eval_batches()):
             if limit is not None and i >= limit:
                 break
-            with self.mesh:
+            with jax.set_mesh(self.mesh):
                 sums = jax.device_get(self._eval(params, self.frozen, global_batch(host_batch, self.mesh, self.rules)))
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)

@@ -1,0 +1,75 @@
+"""``python -m jaxft.bench`` end to end on a tiny shape: JSON keys present, numbers finite and positive.
+
+Nothing here is about speed. The three commands run concurrently (most of
+their time is single-threaded compilation) to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+TINY = ["--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--ffn", "128",
+        "--vocab", "256"]
+CHEAP_PEAKS = ["--peak-n", "128", "--bandwidth-mib", "8"]
+COMMANDS = {
+    "train_vs_peft": ["train", *TINY, *CHEAP_PEAKS, "--batch", "2", "--seq", "32", "--steps", "1", "--warmup", "1",
+                      "--vs", "peft", "--rounds", "1"],
+    "generate": ["generate", *TINY, *CHEAP_PEAKS, "--batch", "2", "--prompt-len", "8", "--new-tokens", "24",
+                 "--repeats", "2"],
+    "plan": ["plan", *TINY, "--devices", "2", "--mesh", "fsdp=2", "--batch", "2", "--seq", "32", "--chunk", "16"],
+}
+RUN_KEYS = ("tokens_per_s", "step_s_median", "compile_s", "peak_rss_mib", "mfu")
+PEER_KEYS = ("peer_tokens_per_s", "peer_peak_rss_mib", "ratio_tokens_per_s", "ratio_peak_rss")
+
+
+@pytest.fixture(scope="module")
+def results():
+    pytest.importorskip("jaxft.lora", reason="jaxft.lora not importable")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+    procs = {name: subprocess.Popen([sys.executable, "-m", "jaxft.bench", *args, "--json"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, args in COMMANDS.items()}
+    out = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{name} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+        out[name] = json.loads(stdout.strip().splitlines()[-1])
+    return out
+
+
+def _positive(result: dict, keys) -> None:
+    for key in keys:
+        value = result[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
+
+
+def test_train_vs_peft(results):
+    r = results["train_vs_peft"]
+    _positive(r, RUN_KEYS + PEER_KEYS + ("model_flops_per_step", "matmul_peak_gflops"))
+    assert len(r["runs"]["jaxft"]) == len(r["runs"]["peer"]) == 1
+    assert r["n_trainable"] == r["runs"]["peer"][0]["n_trainable"]  # same LoRA on both sides
+    assert math.isfinite(r["loss_first"]) and math.isfinite(r["runs"]["peer"][0]["loss_first"])
+
+
+def test_generate(results):
+    r = results["generate"]
+    _positive(r, RUN_KEYS + ("bandwidth_bound_tokens_per_s",))
+    assert set(r["batches"]) == {"1", "2"}
+    for row in r["batches"].values():
+        _positive(row, ("prefill_tokens_per_s", "decode_tokens_per_s", "bandwidth_bound_tokens_per_s"))
+
+
+def test_plan(results):
+    r = results["plan"]
+    assert r["mesh"]["fsdp"] == 2
+    _positive(r, ("compile_s", "peak_rss_mib", "xla_flops_per_device"))
+    _positive(r["per_device_bytes"], ("arguments", "outputs", "temporaries", "total"))
+    assert set(r["fits"].values()) == {True}
+    # Sharded: each device holds less than the whole frozen model.
+    assert r["per_device_bytes"]["arguments"] < sum(r["global_bytes"].values())
