@@ -20,8 +20,8 @@ CHEAP_PEAKS = ["--peak-n", "128", "--bandwidth-mib", "8"]
 COMMANDS = {
     "train_vs_peft": ["train", *TINY, *CHEAP_PEAKS, "--batch", "2", "--seq", "32", "--steps", "1", "--warmup", "1",
                       "--vs", "peft", "--rounds", "1"],
-    "generate": ["generate", *TINY, *CHEAP_PEAKS, "--batch", "2", "--prompt-len", "8", "--new-tokens", "24",
-                 "--repeats", "2"],
+    "generate": ["generate", *TINY, *CHEAP_PEAKS, "--batch", "2", "--prompt-len", "8", "--new-tokens", "64",
+                 "--repeats", "5"],
     "plan": ["plan", *TINY, "--devices", "2", "--mesh", "fsdp=2", "--batch", "2", "--seq", "32", "--chunk", "16"],
 }
 RUN_KEYS = ("tokens_per_s", "step_s_median", "compile_s", "peak_rss_mib", "mfu")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -50,28 +51,41 @@ def tiny_cfg(model_type: str, vocab: int, hidden: int = 64) -> DecoderConfig:
                                       eos_token_id=2, pad_token_id=0))
 
 
-def tiny_condenser(n: int = 2, seg_len: int = 4, enc_vocab: int = 50, dec_vocab: int = 60, decoder_std: float = 0.3,
-                   seed: int = 0):
-    """(model, trainable, frozen) with a LoRA'd random encoder and a frozen random decoder."""
-    enc, dec = tiny_cfg("llama", enc_vocab), tiny_cfg("mistral", dec_vocab)
+# One model shape for every test, so compiled programs are shared between them.
+ENC_VOCAB, DEC_VOCAB = 16, 259  # the word tokenizer's 14 tokens fit; the byte tokenizer has 259
+N, SEG_LEN, SEGMENTS = 2, 4, 4
+
+
+def tiny_condenser(decoder_std: float = 0.3, seed: int = 0):
+    """(model, trainable, frozen) with a LoRA'd random encoder and a frozen random decoder.
+
+    The decoder's larger init std makes its outputs react to its inputs, as a
+    trained decoder's do; at 0.02 its logits hardly move whatever it reads.
+    """
+    enc, dec = tiny_cfg("llama", ENC_VOCAB), tiny_cfg("mistral", DEC_VOCAB)
     keys = jax.random.split(jax.random.key(seed), 4)
     enc_params = init_params(enc, keys[0])
     adapters = lora_lib.init(keys[1], enc, enc_params, rank=8, alpha=8.0)
     # b = 0 would make the LoRA a no-op; random b makes the adapters matter in every test.
     adapters.params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(keys[3], x.shape), adapters.params)
-    model = model_lib.CondenseModel(enc, dec, num_condense_tokens=n, segment_length=seg_len,
+    model = model_lib.CondenseModel(enc, dec, num_condense_tokens=N, segment_length=SEG_LEN,
                                     lora_config=adapters.config)
     trainable = {"lora": adapters.params, **model_lib.init_params(keys[2], model, 0.3)}
     frozen = {"encoder": enc_params, "decoder": init_params(dec, keys[3], std=decoder_std)}
     return model, trainable, frozen
 
 
-def random_batch(rs, b=4, s=3, seg_len=4, d=12, c=5, enc_vocab=50, dec_vocab=60):
-    return dict(enc_ids=rs.randint(3, enc_vocab, (b, s, seg_len)).astype(np.int32),
-                enc_mask=np.ones((b, s, seg_len), bool),
-                dec_ids=rs.randint(3, dec_vocab, (b, d)).astype(np.int32), dec_mask=np.ones((b, d), bool),
-                cont_ids=rs.randint(3, dec_vocab, (b, s - 1, c)).astype(np.int32),
+def random_batch(rs, b=1, s=SEGMENTS, d=12, c=5):
+    return dict(enc_ids=rs.randint(3, ENC_VOCAB, (b, s, SEG_LEN)).astype(np.int32),
+                enc_mask=np.ones((b, s, SEG_LEN), bool),
+                dec_ids=rs.randint(3, DEC_VOCAB, (b, d)).astype(np.int32), dec_mask=np.ones((b, d), bool),
+                cont_ids=rs.randint(3, DEC_VOCAB, (b, s - 1, c)).astype(np.int32),
                 cont_mask=np.ones((b, s - 1, c), bool))
+
+
+def states_of(model, trainable, frozen, batch) -> jnp.ndarray:
+    return model_lib.condense_jit(model, trainable, frozen, jnp.asarray(batch["enc_ids"]),
+                                  jnp.asarray(batch["enc_mask"]))
 
 
 def nll_mean(logits: jnp.ndarray, targets: np.ndarray) -> float:
@@ -130,31 +144,32 @@ def test_level_and_ae_losses_match_unpadded_sequences():
     are inputs, which are targets and which carry loss."""
     model, trainable, frozen = tiny_condenser()
     rs = np.random.RandomState(1)
-    batch = random_batch(rs, b=1, s=4)  # M = 3 of S = 4 segments hold tokens
+    batch = random_batch(rs)  # M = 3 of S = 4 segments hold tokens
     batch["enc_mask"][0, 2, 2:] = False  # a partial last segment
     batch["enc_mask"][0, 3] = False
     batch["dec_mask"][0, 9:] = False
     batch["cont_mask"][0, 1, 3:] = False  # level 2 has 3 target tokens
     batch["cont_mask"][0, 2] = False  # level 3 does not exist
     batch = jax.tree.map(jnp.asarray, batch)
-    states = model_lib.condense(model, trainable, frozen, batch["enc_ids"], batch["enc_mask"])
+    states = states_of(model, trainable, frozen, batch)
     valid = model_lib.segment_valid(batch["enc_mask"])
     dec_params, markers, cfg = frozen["decoder"], trainable["markers"], model.decoder
+    decoder_logits = jax.jit(lambda x: forward(cfg, dec_params, inputs_embeds=x)[0])
 
     def direct(prefix, marker, targets):
         x = jnp.concatenate([prefix, marker[None], embed(cfg, dec_params, jnp.asarray(targets[:-1]))])
-        logits, _ = forward(cfg, dec_params, inputs_embeds=x[None])
-        return nll_mean(logits[0, len(prefix):], targets)
+        return nll_mean(decoder_logits(x[None])[0, len(prefix):], targets)
 
     h = cfg.hidden_size
-    cont, texts_with_levels = objectives.continuation_objective(model, dec_params, states, valid, markers["cont"],
-                                                                batch["cont_ids"], batch["cont_mask"])
+    cont, texts_with_levels = jax.jit(functools.partial(objectives.continuation_objective, model))(
+        dec_params, states, valid, markers["cont"], batch["cont_ids"], batch["cont_mask"])
     level1 = direct(states[0, :1].reshape(-1, h), markers["cont"], np.asarray(batch["cont_ids"][0, 0]))
     level2 = direct(states[0, :2].reshape(-1, h), markers["cont"], np.asarray(batch["cont_ids"][0, 1, :3]))
     np.testing.assert_allclose(float(cont.loss_sum), (level1 + level2) / 2, rtol=1e-5)
     assert float(texts_with_levels) == 1.0 and float(cont.count) == 5 + 3
 
-    ae = objectives.ae_objective(model, dec_params, states, valid, markers["ae"], batch["dec_ids"], batch["dec_mask"])
+    ae = jax.jit(functools.partial(objectives.ae_objective, model))(dec_params, states, valid, markers["ae"],
+                                                                   batch["dec_ids"], batch["dec_mask"])
     expected = direct(states[0, :3].reshape(-1, h), markers["ae"], np.asarray(batch["dec_ids"][0, :9]))
     np.testing.assert_allclose(float(ae.loss_sum), expected, rtol=1e-5)
     assert float(ae.count) == 9
@@ -162,20 +177,23 @@ def test_level_and_ae_losses_match_unpadded_sequences():
 
 def test_segments_are_encoded_independently_and_padding_is_inert():
     model, trainable, frozen = tiny_condenser()
-    rs = np.random.RandomState(2)
-    batch = random_batch(rs, b=2, s=3)
-    batch["enc_mask"][1, 2, 3:] = False
-    states = model_lib.condense(model, trainable, frozen, jnp.asarray(batch["enc_ids"]), jnp.asarray(batch["enc_mask"]))
-    assert states.shape == (2, 3, 2, model.decoder.hidden_size)
-    # One segment alone gives the same states as inside the batch.
-    alone = model_lib.condense(model, trainable, frozen, jnp.asarray(batch["enc_ids"][1:, 1:2]),
-                               jnp.asarray(batch["enc_mask"][1:, 1:2]))
-    np.testing.assert_allclose(alone[0, 0], states[1, 1], atol=1e-5)
+    batch = random_batch(np.random.RandomState(2))
+    batch["enc_mask"][0, 3, 3:] = False
+    states = states_of(model, trainable, frozen, batch)
+    assert states.shape == (1, SEGMENTS, N, model.decoder.hidden_size)
+    # Reordering segments reorders their states and nothing else: one segment never sees another.
+    order = [2, 0, 1, 3]
+    shuffled = dict(batch, enc_ids=batch["enc_ids"][:, order], enc_mask=batch["enc_mask"][:, order])
+    np.testing.assert_allclose(states_of(model, trainable, frozen, shuffled), states[:, order], atol=1e-5)
     # Changing padded token ids changes nothing.
-    ids = batch["enc_ids"].copy()
-    ids[1, 2, 3:] = 5
-    again = model_lib.condense(model, trainable, frozen, jnp.asarray(ids), jnp.asarray(batch["enc_mask"]))
-    np.testing.assert_allclose(again, states, atol=1e-6)
+    padded = dict(batch, enc_ids=batch["enc_ids"].copy())
+    padded["enc_ids"][0, 3, 3:] = 5
+    np.testing.assert_allclose(states_of(model, trainable, frozen, padded), states, atol=1e-6)
+    # ... but a real token does change its segment's states.
+    changed = dict(batch, enc_ids=batch["enc_ids"].copy())
+    changed["enc_ids"][0, 1, 0] = (changed["enc_ids"][0, 1, 0] + 1) % ENC_VOCAB
+    diff = np.abs(np.asarray(states_of(model, trainable, frozen, changed) - states)).max(axis=(0, 2, 3))
+    assert diff[1] > 1e-3 and diff[[0, 2, 3]].max() < 1e-6
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -240,7 +258,7 @@ def test_batches_fill_and_resume():
 def test_ae_loss_drops_with_frozen_decoder():
     """Only LoRA, condense tokens, projector and markers train; the decoder stays frozen."""
     model, trainable, frozen = tiny_condenser()
-    batch = jax.tree.map(jnp.asarray, random_batch(np.random.RandomState(0), b=4, s=3, d=16))
+    batch = jax.tree.map(jnp.asarray, random_batch(np.random.RandomState(0), b=4, d=16))
     loss_fn = objectives.make_loss_fn(model, continuation_weight=0.5, chunk_size=7)
     opt = optax.adam(3e-3)
 
@@ -268,22 +286,21 @@ def test_export_reload_gives_identical_states(tmp_path):
     from jaxft.recipes.condense.export import export_condenser
     from jaxft.recipes.condense.inference import Condenser, load_condenser
 
-    byte = byte_tokenizer()
-    words = word_tokenizer()
-    model, trainable, frozen = tiny_condenser(enc_vocab=len(words) + 2, dec_vocab=len(byte))
-    layout = Layout(num_condense_tokens=2, segment_length=4, max_segments=3, max_decoder_tokens=64,
+    byte, words = byte_tokenizer(), word_tokenizer()
+    assert len(words) <= ENC_VOCAB and len(byte) == DEC_VOCAB
+    model, trainable, frozen = tiny_condenser()
+    layout = Layout(num_condense_tokens=N, segment_length=SEG_LEN, max_segments=SEGMENTS, max_decoder_tokens=64,
                     max_continuation_tokens=8, max_characters=500)
     condenser = Condenser(model, layout, trainable, frozen, words, byte)
-    text = "the cat sat on the mat and then a dog ran far away"
+    text = "the cat sat on the mat and then a dog ran"  # 10 words: 3 segments, the last one partial
     before = condenser.compress(text)
-    assert before.shape == (3 * 2, model.decoder.hidden_size)
+    assert before.shape == (3 * N, model.decoder.hidden_size)
     export_condenser(tmp_path / "export", condenser)
     assert {p.name for p in (tmp_path / "export").iterdir()} >= {
         "condenser.json", "condenser.safetensors", "adapter", "encoder", "decoder", "encoder_tokenizer",
         "decoder_tokenizer"}
     loaded = load_condenser(tmp_path / "export")
     np.testing.assert_allclose(loaded.compress(text), before, atol=1e-6)
-    np.testing.assert_array_equal(loaded.compress(text, num_segments=2), before[:4])
-    a = condenser.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False)
-    assert loaded.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False) == a
-    assert len(byte(a, add_special_tokens=False)["input_ids"]) <= 6
+    np.testing.assert_array_equal(loaded.compress(text, num_segments=2), before[:2 * N])
+    generated = condenser.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False)
+    assert generated and loaded.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False) == generated

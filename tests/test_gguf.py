@@ -153,7 +153,7 @@ def test_smollm2_config_matches_transformers(smollm2, smollm2_hf):
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (9, 3, 64)
     assert cfg.tie_word_embeddings and ref.tie_word_embeddings
     assert cfg.intermediate_size == ref.intermediate_size
-    assert cfg.rms_norm_eps == ref.rms_norm_eps
+    assert cfg.rms_norm_eps == pytest.approx(ref.rms_norm_eps, rel=1e-6)
     assert cfg.rope_theta == ref.rope_parameters["rope_theta"]
     assert cfg.max_position_embeddings == ref.max_position_embeddings
     assert (cfg.bos_token_id, cfg.eos_token_ids) == (ref.bos_token_id, (ref.eos_token_id,))

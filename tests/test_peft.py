@@ -80,7 +80,7 @@ def test_peft_made_adapter_loads(peft_made_adapter):
     cfg, params = jaxft.load_pretrained(directory)
     lora = jlora.load_peft(adapter, cfg)
     assert (lora.config.rank, lora.config.alpha, lora.config.dropout) == (4, 12.0, 0.1)
-    assert lora.config.targets == ("down_proj", "q_proj", "v_proj")
+    assert lora.config.targets == ("q_proj", "v_proj", "down_proj")
     assert np.abs(np.asarray(jaxft.logits(cfg, params, _ids(), lora=lora)) - ref).max() <= 1e-4
 
 

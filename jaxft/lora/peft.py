@@ -182,7 +182,7 @@ def load_peft(directory: str | Path, cfg: DecoderConfig, dtype=jnp.float32) -> L
             node = node.setdefault(k, {})
         node[path[-1]] = {k: jnp.asarray(v, dtype) for k, v in arrays.items()}
     lora_config = LoraConfig(rank=rank, alpha=float(config["lora_alpha"]),
-                             targets=tuple(sorted({p[-1] for p in host})),
+                             targets=tuple(dict.fromkeys(p[-1] for p in specs if p in host)),
                              dropout=float(config.get("lora_dropout") or 0.0),
                              use_rslora=bool(config.get("use_rslora", False)))
     return LoRA(params, lora_config)

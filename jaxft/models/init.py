@@ -7,12 +7,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxft.checkpoint.hf_names import param_specs
 from jaxft.models.config import DecoderConfig
 
 
 def init_params(cfg: DecoderConfig, rng: jax.Array, dtype=jnp.float32, std: float = 0.02) -> dict[str, Any]:
     """Normal(0, std) matrices, ones for norms, zeros for biases (as HF initialises)."""
+    from jaxft.checkpoint.hf_names import param_specs  # the layout table lives with the HF names
+
     params: dict[str, Any] = {}
     specs = param_specs(cfg)
     for spec, key in zip(specs, jax.random.split(rng, len(specs))):

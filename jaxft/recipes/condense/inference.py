@@ -26,11 +26,6 @@ Mode = Literal["continue", "reconstruct"]
 _MARKERS = {"continue": "cont", "reconstruct": "ae"}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _condense(model: model_lib.CondenseModel, trainable, frozen, enc_ids, enc_mask):
-    return model_lib.condense(model, trainable, frozen, enc_ids, enc_mask).astype(jnp.float32)
-
-
 @dataclasses.dataclass
 class Condenser:
     """A trained condenser: the static model, its trees and both tokenizers."""
@@ -58,9 +53,9 @@ class Condenser:
         k = total if num_segments is None else num_segments
         if not 1 <= k <= total:
             raise ValueError(f"compress: num_segments={num_segments} is not in [1, {total}] for this text")
-        states = _condense(self.model, self.trainable, self.frozen, example["enc_ids"][None],
-                           example["enc_mask"][None])
-        states = np.asarray(jax.device_get(states))[0, :k]  # [k, n, H]
+        states = model_lib.condense_jit(self.model, self.trainable, self.frozen, example["enc_ids"][None],
+                                        example["enc_mask"][None])
+        states = np.asarray(jax.device_get(states), np.float32)[0, :k]  # [k, n, H]
         return states.reshape(k * self.model.num_condense_tokens, -1)
 
     def generate(self, compressed, prompt: str = "", *, mode: Mode = "continue", max_new_tokens: int = 64,

@@ -18,6 +18,7 @@ causality goes by slot, and the condense slots come after every token slot).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -125,6 +126,13 @@ def condense(model: CondenseModel, trainable: Params, frozen: Params, enc_ids: j
     encoder_params = model.encoder_params(trainable, frozen, rng)
     states = encode_segments(model, trainable, encoder_params, enc_ids, enc_mask)
     return project(trainable["projector"], states, model.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def condense_jit(model: CondenseModel, trainable: Params, frozen: Params, enc_ids: jnp.ndarray,
+                 enc_mask: jnp.ndarray) -> jnp.ndarray:
+    """``condense`` compiled once per model and shape (no dropout), for inference and samples."""
+    return condense(model, trainable, frozen, enc_ids, enc_mask)
 
 
 def decoder_inputs(prefix: jnp.ndarray, prefix_mask: jnp.ndarray, marker: jnp.ndarray, tokens: jnp.ndarray,

@@ -1,0 +1,181 @@
+import math
+from statistics import NormalDist
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxft
+from jaxft import lora as jlora
+from jaxft.checkpoint.hf_names import param_specs
+from jaxft.lora import paths
+from jaxft.lora.quant import NF4_LEVELS, SCALE_GROUP
+from jaxft.models.decoder import forward
+
+HALF_GAPS = np.diff(NF4_LEVELS.astype(np.float64)) / 2
+
+
+def test_nf4_levels_are_normal_quantiles():
+    # QLoRA's construction: 8 positive and 7 negative N(0,1) quantiles between
+    # probabilities 0.9677083 and 0.5, an exact zero, all divided by the largest.
+    normal, offset = NormalDist(), 0.9677083
+    pos = [normal.inv_cdf(p) for p in np.linspace(offset, 0.5, 9)[:-1]]
+    neg = [-normal.inv_cdf(p) for p in np.linspace(offset, 0.5, 8)[:-1]]
+    levels = np.sort(np.array(pos + neg + [0.0]))
+    np.testing.assert_allclose(NF4_LEVELS, levels / levels.max(), atol=1e-6, rtol=0)
+
+
+def _blocks(w: np.ndarray, block: int) -> np.ndarray:
+    """Per layer: the PyTorch-layout [out, in] weight flattened and cut into blocks, zero padded."""
+    flat = np.swapaxes(w, -1, -2).reshape(w.shape[0], -1)
+    pad = -flat.shape[1] % block
+    return np.pad(flat, ((0, 0), (0, pad))).reshape(w.shape[0], -1, block)
+
+
+def test_nf4_round_trip_is_nearest_level_within_analytic_bound():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2, 36, 20)).astype(np.float32)  # 720 values: the last block is padded
+    q = jlora.quantize_kernel(jnp.asarray(w), "nf4", block_size=64)
+    assert q.codes.dtype == jnp.uint8 and q.codes.shape == (2, 12, 32) and q.shape == (2, 36, 20)
+    deq = _blocks(np.asarray(q.materialize(jnp.float32), np.float64), 64)
+    x = _blocks(w.astype(np.float64), 64)
+    absmax = np.abs(x).max(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(q.scales)[..., None], absmax, rtol=1e-7)
+    # Each value becomes the nearest NF4 level times its block's absmax ...
+    nearest = NF4_LEVELS[np.abs(x / absmax - NF4_LEVELS[:, None, None, None]).argmin(0)] * absmax
+    np.testing.assert_allclose(deq, nearest, atol=1e-6, rtol=0)
+    # ... so its error is at most half the widest level gap times the absmax, and
+    # the block's largest value is exact.
+    err = np.abs(deq - x).max(-1, keepdims=True)
+    assert np.all(err <= absmax * HALF_GAPS.max() + 1e-6)
+    assert np.all(np.abs(deq - x)[x == absmax] <= 1e-6)
+
+
+def test_nf4_double_quant_bound_and_bytes():
+    rng = np.random.default_rng(1)
+    L, d_in, d_out = 1, 256, 160  # 640 blocks -> 3 groups of 256 maxima, the last padded
+    w = (rng.standard_normal((L, d_in, d_out)) * rng.uniform(0.5, 2, (L, 1, d_out))).astype(np.float32)
+    single = jlora.quantize_kernel(jnp.asarray(w), "nf4")
+    double = jlora.quantize_kernel(jnp.asarray(w), "nf4", double_quant=True)
+    assert double.scales.dtype == jnp.int8 and double.scale_scales.shape == (L, 3)
+    exact = np.asarray(single.scales, np.float64)
+    step = np.repeat(np.asarray(double.scale_scales, np.float64), SCALE_GROUP, -1)[:, :exact.shape[-1]]
+    got = np.asarray(double.block_absmax(), np.float64)
+    assert np.all(np.abs(got - exact) <= step / 2 + 1e-6)  # int8 rounding of the centred maxima
+    # Value error: the NF4 error plus at most one level (<= 1) times the maxima error.
+    x = _blocks(w.astype(np.float64), 64)
+    deq = _blocks(np.asarray(double.materialize(jnp.float32), np.float64), 64)
+    bound = exact[..., None] * HALF_GAPS.max() + np.abs(got - exact)[..., None] + 1e-6
+    assert np.all(np.abs(deq - x) <= bound)
+    blocks, n = 640, d_in * d_out
+    assert jlora.bytes_per_param({"k": single}) == (blocks * 32 + blocks * 4) / n
+    assert jlora.bytes_per_param({"k": double}) == (blocks * 32 + blocks * 1 + 3 * 4 + 4) / n
+
+
+def test_int8_round_trip_within_half_step_per_output_channel():
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((2, 48, 24)) * rng.uniform(0.1, 3, (2, 1, 24))).astype(np.float32)
+    q = jlora.quantize_kernel(jnp.asarray(w), "int8")
+    assert q.codes.dtype == jnp.int8 and q.scales.shape == (2, 24)
+    step = np.abs(w).max(axis=1, keepdims=True) / 127
+    np.testing.assert_allclose(np.asarray(q.scales)[:, None], step, rtol=1e-6)
+    err = np.abs(np.asarray(q.materialize(jnp.float32)) - w)
+    assert np.all(err <= step / 2 * (1 + 1e-5))
+    assert jlora.bytes_per_param({"k": q}) == (48 * 24 + 24 * 4) / (48 * 24)
+
+
+@pytest.fixture(scope="module")
+def qwen3(tiny_dir):
+    return jaxft.load_pretrained(tiny_dir("qwen3"))
+
+
+def _ids(vocab=128, shape=(4, 16), seed=0):
+    return np.random.default_rng(seed).integers(3, vocab, size=shape)
+
+
+def _dequantized(params):
+    return jax.tree.map(lambda k: k.materialize(jnp.float32) if isinstance(k, jlora.QuantizedKernel) else k,
+                        params, is_leaf=lambda k: isinstance(k, jlora.QuantizedKernel))
+
+
+def test_quantized_logits_and_bytes_per_param(qwen3):
+    cfg, params = qwen3
+    ids = _ids()
+    ref = np.asarray(jaxft.logits(cfg, params, ids))
+    kernels = [s for s in param_specs(cfg) if s.path[-1] == "kernel" and s.path[:2] == ("model", "layers")]
+    n = sum(math.prod(s.shape) for s in kernels)
+    expected_bytes = {"nf4": 0.5 + 4 / 64, "int8": sum(math.prod(s.shape) + 4 * s.shape[0] * s.shape[2]
+                                                       for s in kernels) / n}
+    errors = {}
+    for fmt in ("nf4", "int8"):
+        q = jlora.quantize(params, cfg, fmt)
+        ours = np.asarray(jaxft.logits(cfg, q, ids))
+        # The dequantize-in-the-step path computes what the dequantized weights do.
+        np.testing.assert_allclose(ours, np.asarray(jaxft.logits(cfg, _dequantized(q), ids)), atol=1e-5, rtol=0)
+        errors[fmt] = np.abs(ours - ref).max() / np.abs(ref).max()
+        kernel_bpp = jlora.bytes_per_param(q, quantized_only=True)
+        print(f"{fmt}: kernels {kernel_bpp:.4f} bytes/param, whole model {jlora.bytes_per_param(q):.4f} "
+              f"(float32 {jlora.bytes_per_param(params):.1f}), max logit error {errors[fmt]:.2e} of max |logit|")
+        assert kernel_bpp == pytest.approx(expected_bytes[fmt], rel=1e-12)
+        assert isinstance(q["lm_head"]["kernel"], jax.Array)  # lm_head and embeddings stay as they were
+    assert errors["int8"] < 0.02 and errors["nf4"] < 0.2
+    assert errors["int8"] < errors["nf4"] / 4  # 8 bits beat 4
+
+
+def test_lora_over_nf4_base(qwen3):
+    cfg, params = qwen3
+    q = jlora.quantize(params, cfg, "nf4", double_quant=True)
+    lora = jlora.init(jax.random.key(0), cfg, q, rank=4, alpha=8)
+    keys = iter(jax.random.split(jax.random.key(1), 16))
+    new = jax.tree.map(lambda x: x, lora.params)
+    for _, ab in jlora.LoRA(new, lora.config).items():
+        ab["b"] = 0.1 * jax.random.normal(next(keys), ab["b"].shape)
+    lora = jlora.LoRA(new, lora.config)
+    ids = _ids()
+    ours = np.asarray(jaxft.logits(cfg, q, ids, lora=lora))
+    ref = np.asarray(jaxft.logits(cfg, _dequantized(q), ids, lora=lora))
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+    merged = jlora.merge(cfg, q, lora)  # dequantized + merged: plain arrays
+    assert isinstance(paths.get(merged, ("model", "layers", "mlp", "up_proj"))["kernel"], jax.Array)
+    np.testing.assert_allclose(np.asarray(jaxft.logits(cfg, merged, ids)), ours, atol=1e-4, rtol=0)
+
+
+def test_qlora_training_reduces_loss(qwen3):
+    cfg, params = qwen3
+    q = jlora.quantize(params, cfg, "nf4")
+    lora = jlora.init(jax.random.key(0), cfg, q, rank=8, alpha=16, dropout=0.05)
+    ids = jnp.asarray(_ids())
+    opt = optax.adamw(1e-2, weight_decay=0.0)
+
+    def loss_fn(lora_params, rng):
+        adapted = jlora.apply(q, jlora.LoRA(lora_params, lora.config), rng)
+        logits = forward(cfg, adapted, ids)[0]
+        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+
+    @jax.jit
+    def step(lora_params, state, rng):
+        loss, grads = jax.value_and_grad(loss_fn)(lora_params, rng)
+        updates, state = opt.update(grads, state, lora_params)
+        return optax.apply_updates(lora_params, updates), state, loss
+
+    eval_loss = jax.jit(lambda lora_params: loss_fn(lora_params, None))
+    lora_params, state = lora.params, opt.init(lora.params)
+    start = float(eval_loss(lora_params))
+    for rng in jax.random.split(jax.random.key(2), 12):
+        lora_params, state, _ = step(lora_params, state, rng)
+    end = float(eval_loss(lora_params))
+    assert end < start - 0.5, (start, end)
+
+
+def test_quantize_rejects_bad_requests(qwen3):
+    cfg, params = qwen3
+    with pytest.raises(ValueError, match="nf3"):
+        jlora.quantize(params, cfg, "nf3")
+    with pytest.raises(ValueError, match="double_quant"):
+        jlora.quantize(params, cfg, "int8", double_quant=True)
+    with pytest.raises(ValueError, match="already a QuantizedKernel"):
+        jlora.quantize(jlora.quantize(params, cfg), cfg)
+    with pytest.raises(ValueError, match="qkv"):
+        jlora.quantize(params, cfg, targets=("qkv",))
