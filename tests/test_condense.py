@@ -56,22 +56,29 @@ ENC_VOCAB, DEC_VOCAB = 16, 259  # the word tokenizer's 14 tokens fit; the byte t
 N, SEG_LEN, SEGMENTS = 2, 4, 4
 
 
+@functools.cache
 def tiny_condenser(decoder_std: float = 0.3, seed: int = 0):
     """(model, trainable, frozen) with a LoRA'd random encoder and a frozen random decoder.
 
     The decoder's larger init std makes its outputs react to its inputs, as a
     trained decoder's do; at 0.02 its logits hardly move whatever it reads.
+    Built once per process (tests never modify the trees).
     """
     enc, dec = tiny_cfg("llama", ENC_VOCAB), tiny_cfg("mistral", DEC_VOCAB)
-    keys = jax.random.split(jax.random.key(seed), 4)
-    enc_params = init_params(enc, keys[0])
-    adapters = lora_lib.init(keys[1], enc, enc_params, rank=8, alpha=8.0)
-    # b = 0 would make the LoRA a no-op; random b makes the adapters matter in every test.
-    adapters.params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(keys[3], x.shape), adapters.params)
-    model = model_lib.CondenseModel(enc, dec, num_condense_tokens=N, segment_length=SEG_LEN,
-                                    lora_config=adapters.config)
-    trainable = {"lora": adapters.params, **model_lib.init_params(keys[2], model, 0.3)}
-    frozen = {"encoder": enc_params, "decoder": init_params(dec, keys[3], std=decoder_std)}
+    lora_config = lora_lib.LoraConfig(rank=8, alpha=8.0)
+    model = model_lib.CondenseModel(enc, dec, num_condense_tokens=N, segment_length=SEG_LEN, lora_config=lora_config)
+
+    @jax.jit  # one compile instead of one per eager random op
+    def trees(key):
+        keys = jax.random.split(key, 5)
+        enc_params = init_params(enc, keys[0])
+        adapters = lora_lib.init(keys[1], enc, enc_params, rank=lora_config.rank, alpha=lora_config.alpha)
+        # b = 0 would make the LoRA a no-op; random b makes the adapters matter in every test.
+        lora = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(keys[4], x.shape), adapters.params)
+        trainable = {"lora": lora, **model_lib.init_params(keys[2], model, 0.3)}
+        return trainable, {"encoder": enc_params, "decoder": init_params(dec, keys[3], std=decoder_std)}
+
+    trainable, frozen = trees(jax.random.key(seed))
     return model, trainable, frozen
 
 
@@ -158,7 +165,9 @@ def test_level_and_ae_losses_match_unpadded_sequences():
 
     def direct(prefix, marker, targets):
         x = jnp.concatenate([prefix, marker[None], embed(cfg, dec_params, jnp.asarray(targets[:-1]))])
-        return nll_mean(decoder_logits(x[None])[0, len(prefix):], targets)
+        # Trailing filler cannot reach earlier outputs (causal attention); one length, one compile.
+        x = jnp.pad(x, ((0, 24 - len(x)), (0, 0)), constant_values=0.5)
+        return nll_mean(decoder_logits(x[None])[0, len(prefix):len(prefix) + len(targets)], targets)
 
     h = cfg.hidden_size
     cont, texts_with_levels = jax.jit(functools.partial(objectives.continuation_objective, model))(
@@ -274,12 +283,12 @@ def test_ae_loss_drops_with_frozen_decoder():
 
     opt_state = opt.init(trainable)
     history = []
-    for _ in range(60):
+    for _ in range(80):
         trainable, opt_state, m = step(trainable, opt_state)
         history.append((float(m["ae_loss"] / m["ae_loss_count"]), float(m["ae_correct"] / m["ae_correct_count"])))
     (first, acc0), (last, acc1) = history[0], history[-1]
-    assert last < 0.5 * first, history[::10]
-    assert acc1 > acc0 + 0.3
+    assert last < 0.4 * first, history[::10]  # measured: 8.2 -> 2.6
+    assert acc1 > acc0 + 0.25, history[::10]  # measured: 0.02 -> 0.45
 
 
 def test_export_reload_gives_identical_states(tmp_path):

@@ -57,3 +57,17 @@ def test_padded_batch_matches_transformers_batch(tiny_dir, family):
     ours = np.asarray(jaxft.logits(cfg, params, ids, mask))
     keep = mask.astype(bool)
     assert np.abs(ours[keep] - ref[keep]).max() <= 1e-4
+
+
+def test_packed_row_equals_its_sequences_alone(tiny_dir):
+    from jaxft.models.decoder import forward
+
+    cfg, params = jaxft.load_pretrained(tiny_dir("mistral"))  # sliding window too
+    a, b = np.arange(3, 15), np.arange(40, 50)
+    packed = np.concatenate([a, b])[None]
+    segments = np.array([[1] * len(a) + [2] * len(b)])
+    positions = np.concatenate([np.arange(len(a)), np.arange(len(b))])[None]
+    out, _ = forward(cfg, params, packed, position_ids=positions, segment_ids=segments)
+    alone_a = np.asarray(jaxft.logits(cfg, params, a[None]))[0]
+    alone_b = np.asarray(jaxft.logits(cfg, params, b[None]))[0]
+    np.testing.assert_allclose(np.asarray(out)[0], np.concatenate([alone_a, alone_b]), atol=1e-5)

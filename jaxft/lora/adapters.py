@@ -10,6 +10,7 @@ axis. ``apply`` swaps each targeted kernel for a ``LoraKernel`` for one step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -93,16 +94,26 @@ def init(rng: jax.Array, cfg: DecoderConfig, params: dict[str, Any], rank: int =
     """
     config = LoraConfig(rank, alpha, targets, dropout, use_rslora)
     selected = paths.select(params, config.targets)
+    shapes = []
+    for path in selected:
+        shapes.append(tuple(_kernel_at(params, path).shape))
+        _check_shapes(cfg, path, shapes[-1])
     adapters: dict[str, Any] = {}
-    for path, key in zip(selected, jax.random.split(rng, len(selected))):
-        shape = tuple(_kernel_at(params, path).shape)
-        _check_shapes(cfg, path, shape)
+    for path, ab in zip(selected, _fresh_adapters(rng, tuple(shapes), rank, jnp.dtype(dtype))):
+        adapters = _put(adapters, path, ab)
+    return LoRA(adapters, config)
+
+
+# One compiled program for all adapters (instead of one per random op and shape).
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _fresh_adapters(rng, shapes, rank, dtype):
+    out = []
+    for shape, key in zip(shapes, jax.random.split(rng, len(shapes))):
         *lead, d_in, d_out = shape
         bound = 1.0 / math.sqrt(d_in)
         a = jax.random.uniform(key, (*lead, d_in, rank), jnp.float32, -bound, bound).astype(dtype)
-        b = jnp.zeros((*lead, rank, d_out), dtype)
-        adapters = _put(adapters, path, {"a": a, "b": b})
-    return LoRA(adapters, config)
+        out.append({"a": a, "b": jnp.zeros((*lead, rank, d_out), dtype)})
+    return out
 
 
 def _put(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class AttentionMask:
     kv_positions: jnp.ndarray  # [b, s]
     sliding_window: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     has_cache: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    segment_ids: jnp.ndarray | None = None  # [b, t] packed rows: attend within a segment only
 
     def dense(self) -> jnp.ndarray:
         """Boolean [b, t, s]: may query t attend to key s."""
@@ -41,6 +42,8 @@ class AttentionMask:
             # as the same row unpadded.
             dist = self.q_positions[:, :, None] - self.kv_positions[:, None, :]
             allowed &= dist < self.sliding_window
+        if self.segment_ids is not None:
+            allowed &= self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
         return allowed
 
 
@@ -55,7 +58,7 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: AttentionMas
               impl: str | None = None) -> jnp.ndarray:
     """q [b, t, h, d]; k, v [b, s, kv_h, d] with h a multiple of kv_h -> [b, t, h, d]."""
     impl = impl or _backend_impl()
-    if impl == "flash" and not mask.has_cache and mask.sliding_window is None:
+    if impl == "flash" and not mask.has_cache and mask.sliding_window is None and mask.segment_ids is None:
         return _tpu_flash(q, k, v, mask)
     if impl == "cudnn" and q.dtype in (jnp.bfloat16, jnp.float16):
         return jax.nn.dot_product_attention(q, k, v, mask=mask.dense()[:, None], implementation=None)

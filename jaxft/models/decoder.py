@@ -144,13 +144,15 @@ def forward(
     remat: RematPolicy = "none",
     output: Literal["logits", "hidden"] = "logits",
     dtype=None,
+    segment_ids: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, KVCache | None]:
     """Run the decoder.
 
     Returns ``(logits [b, t, vocab] float32, cache)`` or, with ``output="hidden"``,
     the final-norm hidden states [b, t, hidden] (what HF calls the last hidden
     state) instead of logits. With ``cache`` the new tokens are written at
-    ``cache.index`` and attend to everything cached before them.
+    ``cache.index`` and attend to everything cached before them. ``segment_ids``
+    (with per-segment ``position_ids``) keeps packed sequences from seeing each other.
     """
     if inputs_embeds is None:
         x = embed(cfg, params, input_ids, dtype)
@@ -165,9 +167,12 @@ def forward(
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
         slots = jnp.broadcast_to(jnp.arange(t), (b, t))
-        mask = AttentionMask(slots, attention_mask, position_ids, position_ids, cfg.sliding_window)
+        mask = AttentionMask(slots, attention_mask, position_ids, position_ids, cfg.sliding_window,
+                             segment_ids=segment_ids)
         index = None
     else:
+        if segment_ids is not None:
+            raise ValueError("segment_ids (packed rows) cannot be used with a KV cache")
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, cache.lengths)
         index = cache.index

@@ -15,6 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxft.train.loss import all_finite
+from jaxft.train.optim import ema_update
+
 PyTree = Any
 TrainState = dict[str, Any]  # {"step", "params", "opt_state", "ema" (optional), "rng"}
 
@@ -29,11 +32,6 @@ def init_state(params: PyTree, optimizer: optax.GradientTransformation, seed: in
     if ema:
         state["ema"] = jax.tree.map(jnp.copy, params)
     return state
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def _split_micro(batch: dict, accum_steps: int) -> dict:
@@ -77,7 +75,7 @@ def make_step_fn(loss_fn: Callable, optimizer: optax.GradientTransformation, *, 
         denom = jnp.maximum(weight_sum, 1e-9)
         loss = loss_sum / denom
         grads = jax.tree.map(lambda g: g / denom, grads)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        finite = jnp.isfinite(loss) & all_finite(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -88,9 +86,7 @@ def make_step_fn(loss_fn: Callable, optimizer: optax.GradientTransformation, *, 
             "rng": rng,
         }
         if "ema" in state:
-            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p.astype(e.dtype),
-                               state["ema"], new_state["params"])
-            new_state["ema"] = keep(ema, state["ema"])
+            new_state["ema"] = keep(ema_update(state["ema"], new_state["params"], ema_decay), state["ema"])
         out = {"loss": loss, "weight_sum": weight_sum, "grad_norm": optax.tree.norm(grads),
                "finite": finite, **metrics}
         return new_state, out

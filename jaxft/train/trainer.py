@@ -104,7 +104,10 @@ class Trainer:
         step = self.checkpointer.latest_step()
         if step is None:
             return 0
-        state, data_state, _ = self.checkpointer.restore(step, self._abstract_state())
+        # EMA may be switched on for a resumed run: then it restarts from the params.
+        state, data_state, _ = self.checkpointer.restore(step, self._abstract_state(), optional_keys=("ema",))
+        if "ema" in self.state and "ema" not in state:
+            state["ema"] = jax.tree.map(jnp.copy, state["params"])
         self.state = state
         if data_state is not None:
             self.task.train_batches.set_state(data_state)
@@ -190,6 +193,9 @@ class Trainer:
                 eval_metrics = None
                 if eval_now:
                     eval_metrics = self.evaluate()
+                    if eval_metrics and es.metric and es.metric not in eval_metrics:
+                        raise ValueError(f"config key 'train.early_stopping.metric': '{es.metric}' is not an eval "
+                                         f"metric of this recipe (available: {', '.join(sorted(eval_metrics))})")
                     if eval_metrics:
                         history["eval"].append((step, eval_metrics))
                         self.writer.scalars(step, eval_metrics, prefix="eval/")
@@ -200,9 +206,10 @@ class Trainer:
                             value = eval_metrics[es.metric]
                             improved = best is None or (value < best if es.mode == "min" else value > best)
                             best, bad_evals = (value, 0) if improved else (best, bad_evals + 1)
-                save_now = (step % int(self.config.checkpoint.every) == 0) or step == last or eval_metrics
-                if save_now:
-                    self.save(metrics=eval_metrics or None)
+                if eval_metrics:  # every eval is a candidate for the best checkpoint
+                    self.save(metrics=eval_metrics)
+                elif step % int(self.config.checkpoint.every) == 0 or step == last:
+                    self.save()
                 if eval_metrics and es.patience and bad_evals >= int(es.patience):
                     if self.is_main:
                         tqdm.write(f"early stopping at step {step}: {es.metric} did not improve for {bad_evals} evals")
