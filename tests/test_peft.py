@@ -2,6 +2,7 @@ import json
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import peft
 import pytest
@@ -29,11 +30,12 @@ def _hf(directory):
 
 
 def _random_lora(cfg, params, seed=0, **kw):
+    """A fresh LoRA with non-zero B, so it changes the model."""
     lora = jlora.init(jax.random.key(seed), cfg, params, **kw)
-    keys = iter(jax.random.split(jax.random.key(seed + 100), 64))
+    rng = np.random.default_rng(seed)
     new = jax.tree.map(lambda x: x, lora.params)
     for _, ab in jlora.LoRA(new, lora.config).items():
-        ab["b"] = 0.1 * jax.random.normal(next(keys), ab["b"].shape)
+        ab["b"] = jnp.asarray(0.1 * rng.standard_normal(ab["b"].shape), jnp.float32)
     return jlora.LoRA(new, lora.config)
 
 

@@ -139,10 +139,10 @@ def test_lora_over_nf4_base(qwen3):
     cfg, params = qwen3
     q = jlora.quantize(params, cfg, "nf4", double_quant=True)
     lora = jlora.init(jax.random.key(0), cfg, q, rank=4, alpha=8)
-    keys = iter(jax.random.split(jax.random.key(1), 16))
+    rng = np.random.default_rng(1)
     new = jax.tree.map(lambda x: x, lora.params)
     for _, ab in jlora.LoRA(new, lora.config).items():
-        ab["b"] = 0.1 * jax.random.normal(next(keys), ab["b"].shape)
+        ab["b"] = jnp.asarray(0.1 * rng.standard_normal(ab["b"].shape), jnp.float32)
     lora = jlora.LoRA(new, lora.config)
     ids = _ids()
     ours = np.asarray(jaxft.logits(cfg, q, ids, lora=lora))
@@ -156,28 +156,27 @@ def test_lora_over_nf4_base(qwen3):
 def test_qlora_training_reduces_loss(qwen3):
     cfg, params = qwen3
     q = jlora.quantize(params, cfg, "nf4")
-    lora = jlora.init(jax.random.key(0), cfg, q, rank=8, alpha=16, dropout=0.05)
+    lora = jlora.init(jax.random.key(0), cfg, q, rank=8, alpha=16)
     ids = jnp.asarray(_ids())
     opt = optax.adamw(1e-2, weight_decay=0.0)
 
-    def loss_fn(lora_params, rng):
-        adapted = jlora.apply(q, jlora.LoRA(lora_params, lora.config), rng)
+    def loss_fn(lora_params):
+        adapted = jlora.apply(q, jlora.LoRA(lora_params, lora.config))
         logits = forward(cfg, adapted, ids)[0]
         return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
 
     @jax.jit
-    def step(lora_params, state, rng):
-        loss, grads = jax.value_and_grad(loss_fn)(lora_params, rng)
+    def step(lora_params, state):
+        loss, grads = jax.value_and_grad(loss_fn)(lora_params)
         updates, state = opt.update(grads, state, lora_params)
         return optax.apply_updates(lora_params, updates), state, loss
 
-    eval_loss = jax.jit(lambda lora_params: loss_fn(lora_params, None))
     lora_params, state = lora.params, opt.init(lora.params)
-    start = float(eval_loss(lora_params))
-    for rng in jax.random.split(jax.random.key(2), 12):
-        lora_params, state, _ = step(lora_params, state, rng)
-    end = float(eval_loss(lora_params))
-    assert end < start - 0.5, (start, end)
+    losses = []
+    for _ in range(12):
+        lora_params, state, loss = step(lora_params, state)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] - 0.5, losses
 
 
 def test_quantize_rejects_bad_requests(qwen3):

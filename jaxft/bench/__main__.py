@@ -75,16 +75,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pl.add_argument("--seq", type=int, default=2048)
     pl.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     pl.add_argument("--remat", default="full", choices=("none", "full", "save_dots"))
-    pl.add_argument("--lora-rank", type=int, default=16)
+    pl.add_argument("--lora-rank", type=int, help="default: 16 for lm, 128 for condense (as its config)")
     pl.add_argument("--chunk", type=int, default=2048, help="tokens per cross-entropy chunk (0: all at once)")
-    c = pl.add_argument_group("condense layout")
-    c.add_argument("--condense-tokens", type=int, default=32)
-    c.add_argument("--compression", type=float, default=4.0, help="encoder tokens per condense token")
-    c.add_argument("--context-tokens", type=int, default=512, help="encoder tokens per text")
-    c.add_argument("--decoder-tokens", type=int, default=512)
+    c = pl.add_argument_group("condense layout (defaults: configs/condense.py)")
+    c.add_argument("--condense-tokens", type=int, default=512)
+    c.add_argument("--compression", type=float, default=2.0, help="encoder tokens per condense token")
+    c.add_argument("--context-tokens", type=int, default=4096, help="encoder tokens per text")
+    c.add_argument("--decoder-tokens", type=int, default=4096)
     c.add_argument("--continuation-tokens", type=int, default=256)
     pl.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.what == "plan" and args.lora_rank is None:
+        args.lora_rank = 128 if args.recipe == "condense" else 16
     if args.what == "plan" and args.recipe == "embedllm":
         args.recipe_note = ("embedllm is a Qwen3-4B LoRA; planned as the lm recipe on the same model "
                             "(its own loss is not in jaxft yet)")

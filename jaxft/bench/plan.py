@@ -74,12 +74,13 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     enc, dec = _cfg(args.encoder), _cfg(args.decoder)
     enc_base = _base(enc, dtype, "none")
     dec_base = _base(dec, dtype, args.decoder_quant)
-    adapters = jax.eval_shape(lambda: lora_lib.init(jax.random.key(1), enc, enc_base, rank=args.lora_rank,
-                                                    alpha=2.0 * args.lora_rank, targets=SEVEN_TARGETS))
+    rank = args.lora_rank or 128  # configs/condense.py's rank
+    adapters = jax.eval_shape(lambda: lora_lib.init(jax.random.key(1), enc, enc_base, rank=rank, alpha=float(rank),
+                                                    targets=SEVEN_TARGETS))
     n = args.condense_tokens
     seg = int(round(args.compression * n))
     model = cmodel.CondenseModel(encoder=enc, decoder=dec, num_condense_tokens=n, segment_length=seg, dtype=dtype,
-                                 remat=args.remat, lora_template=adapters)
+                                 remat=args.remat, lora_config=adapters.config)
     extra = jax.eval_shape(lambda: cmodel.init_params(jax.random.key(2), model))
     trainable = {"lora": adapters.params, **extra}
     frozen = {"encoder": enc_base, "decoder": dec_base}
@@ -89,7 +90,7 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     batch = {"enc_ids": ((b, s, seg), "int32"), "enc_mask": ((b, s, seg), "bool"),
              "dec_ids": ((b, d), "int32"), "dec_mask": ((b, d), "bool"),
              "cont_ids": ((b, s - 1, c), "int32"), "cont_mask": ((b, s - 1, c), "bool")}
-    what = (f"condense recipe, encoder {args.encoder} (LoRA r={args.lora_rank}) + {n} condense tokens per "
+    what = (f"condense recipe, encoder {args.encoder} (LoRA r={rank}) + {n} condense tokens per "
             f"{seg}-token segment x {s} segments + projector -> frozen {args.decoder} ({args.decoder_quant}); "
             f"batch {b}, {d} decoder tokens, {s - 1} continuation levels x {c} tokens")
     return trainable, frozen, loss_fn, batch, what, float("nan")

@@ -24,11 +24,11 @@ MODELS: dict[str, dict[str, Any]] = {
         max_position_embeddings=131072, tie_word_embeddings=True,
         rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                           original_max_position_embeddings=8192)),
-    # v0.1 dimensions (its 32,000-piece tokenizer is the one jaxft ships an asset for).
+    # Mistral-7B-Instruct-v0.2, the condense recipe's decoder (no sliding window, rope theta 1e6).
     "mistral-7b": dict(
         model_type="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=10000.0,
-        max_position_embeddings=32768, sliding_window=4096, tie_word_embeddings=False),
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=1000000.0,
+        max_position_embeddings=32768, sliding_window=None, tie_word_embeddings=False),
 }
 
 

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 from jaxft.checkpoint.hf_names import spec_by_path
 from jaxft.lora import paths
 from jaxft.lora.kernels import LoraKernel
-from jaxft.models import layers
 from jaxft.models.config import DecoderConfig
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -104,15 +103,18 @@ def init(rng: jax.Array, cfg: DecoderConfig, params: dict[str, Any], rank: int =
     return LoRA(adapters, config)
 
 
-# One compiled program for all adapters (instead of one per random op and shape).
+# One compiled program and a single random draw for all adapters: threefry is
+# slow to compile, once per shape would dominate start-up on small models.
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _fresh_adapters(rng, shapes, rank, dtype):
-    out = []
-    for shape, key in zip(shapes, jax.random.split(rng, len(shapes))):
+    sizes = [math.prod(shape[:-1]) * rank for shape in shapes]
+    u = jax.random.uniform(rng, (sum(sizes),), jnp.float32, -1.0, 1.0)
+    out, start = [], 0
+    for shape, size in zip(shapes, sizes):
         *lead, d_in, d_out = shape
-        bound = 1.0 / math.sqrt(d_in)
-        a = jax.random.uniform(key, (*lead, d_in, rank), jnp.float32, -bound, bound).astype(dtype)
-        out.append({"a": a, "b": jnp.zeros((*lead, rank, d_out), dtype)})
+        a = u[start:start + size].reshape(*lead, d_in, rank) / math.sqrt(d_in)
+        out.append({"a": a.astype(dtype), "b": jnp.zeros((*lead, rank, d_out), dtype)})
+        start += size
     return out
 
 
@@ -164,5 +166,6 @@ def unmerge(cfg: DecoderConfig, params: dict[str, Any], lora: LoRA) -> dict[str,
             raise ValueError(f"'{'/'.join(path)}/kernel' is a {type(merged).__name__}, not a merged array")
         _check_shapes(cfg, path, merged.shape, ab["a"].shape, ab["b"].shape)
         delta = LoraKernel(merged, ab["a"], ab["b"], scale=lora.config.scale).delta()
-        out = paths.replace(out, path + ("kernel",), (layers.materialize(merged, jnp.float32) - delta).astype(merged.dtype))
+        restored = (merged.astype(jnp.float32) - delta).astype(merged.dtype)
+        out = paths.replace(out, path + ("kernel",), restored)
     return out

@@ -100,7 +100,8 @@ def _pad_last(x: jax.Array, size: int) -> jax.Array:
 
 def _nearest_nf4(normalized: jax.Array) -> jax.Array:
     mids = jnp.asarray((NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2)
-    return jnp.searchsorted(mids, normalized, side="left").astype(jnp.uint8)
+    # 15 comparisons fuse into one elementwise pass (cheaper to compile than a search).
+    return jnp.sum(normalized[..., None] > mids, axis=-1, dtype=jnp.uint8)
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "double_quant"))

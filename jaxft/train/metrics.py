@@ -17,24 +17,43 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 
 
 class MetricWriter:
-    def __init__(self, directory: Path, enabled: bool = True):
-        self._writer = None
-        if enabled:
-            from tensorboardX import SummaryWriter
+    """TensorBoard event files, and optionally Weights & Biases (``logging.wandb``)."""
 
-            directory.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(str(directory))
+    def __init__(self, directory: Path, enabled: bool = True, wandb_project: str | None = None,
+                 run_config: dict | None = None):
+        self._writer = None
+        self._wandb = None
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self._writer = SummaryWriter(str(directory))
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise ValueError("config key 'logging.wandb' is on but wandb is not installed "
+                                 "(pip install wandb)") from None
+            self._wandb = wandb.init(project=wandb_project, config=run_config, dir=str(directory))
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = ""):
         if self._writer is None:
             return
         for k, v in values.items():
             self._writer.add_scalar(prefix + k, v, step)
+        if self._wandb is not None:
+            self._wandb.log({prefix + k: v for k, v in values.items()}, step=step)
 
     def text(self, step: int, tag: str, text: str):
         if self._writer is not None:
             self._writer.add_text(tag, text, step)
 
-    def flush(self):
+    def close(self):
+        """Write everything out (tensorboardX flushes asynchronously; only close waits)."""
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None

@@ -84,7 +84,10 @@ class Trainer:
         self._compiled = None
         self._eval = None
         self.checkpointer = self._make_checkpointer()
-        self.writer = MetricWriter(self.workdir / "tb", enabled=self.is_main)
+        logging_cfg = config.get("logging", {})
+        self.writer = MetricWriter(self.workdir / "tb", enabled=self.is_main,
+                                   wandb_project=logging_cfg.get("wandb_project") if logging_cfg.get("wandb") else None,
+                                   run_config=config.to_dict())
         self._preempted = False
 
     # -- checkpoints -----------------------------------------------------------------
@@ -170,15 +173,17 @@ class Trainer:
         best, bad_evals = None, 0
         bar = tqdm(total=total, initial=start, disable=not self.is_main, dynamic_ncols=True, desc="train")
         t_last, tokens = time.perf_counter(), 0.0
+        pending_checks: list = []  # (step, finite flag) not yet read back, to avoid a sync every step
         try:
             for step in range(start + 1, last + 1):
                 host_batch = next(self.task.train_batches)
                 tokens += float(np.sum(host_batch[self.task.tokens_key])) * jax.process_count()
                 metrics = self.train_step(host_batch)
+                pending_checks.append((step, metrics["finite"]))
                 if step % int(cfg.log_every) == 0 or step == last:
+                    self._report_skipped(pending_checks)
+                    pending_checks = []
                     m = jax.device_get(metrics)
-                    if not bool(m["finite"]):
-                        log.warning("step %d: non-finite loss or gradient; update skipped", step)
                     now = time.perf_counter()
                     scalars = summarize({k: float(v) for k, v in m.items() if k not in ("finite",)})
                     scalars["tokens_per_s"] = tokens / max(now - t_last, 1e-9)
@@ -220,12 +225,20 @@ class Trainer:
                     raise Preempted(f"SIGTERM at step {step}: checkpoint saved")
         finally:
             bar.close()
+            self.writer.close()
             self.checkpointer.wait()
             signal.signal(signal.SIGTERM, previous)
-        self.writer.flush()
         history["checkpoints"] = str(self.checkpointer.directory)
         history["final_step"] = int(jax.device_get(self.state["step"]))
         return history
+
+    def _report_skipped(self, checks):
+        per_process = int(self.config.train.batch_size) // jax.process_count()
+        for step, finite in checks:
+            if not bool(jax.device_get(finite)):
+                log.warning("step %d: non-finite loss or gradient on the batch of step %d (process %d rows "
+                            "%d-%d of the data stream); the update was skipped", step, step, jax.process_index(),
+                            (step - 1) * per_process, step * per_process - 1)
 
     def _learning_rates(self, step: int) -> dict[str, float]:
         from jaxft.train.optim import current_learning_rates
