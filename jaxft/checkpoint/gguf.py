@@ -105,9 +105,9 @@ class GGUFSource:
                                   f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
         self._hf_names: dict[str, str] = {}
         for gguf_name, tensor in self._tensors.items():
-            hf_name = gguf_to_hf_name(gguf_name)
             if gguf_name == _ROPE_FREQS:
                 continue
+            hf_name = gguf_to_hf_name(gguf_name)
             if hf_name is not None and tensor.tensor_type.name not in SUPPORTED_TENSOR_TYPES:
                 raise CheckpointError(
                     f"{path}: tensor '{gguf_name}' has GGUF type {tensor.tensor_type.name}, which jaxft cannot "
@@ -146,16 +146,18 @@ class GGUFSource:
 
         tensor = self._tensors[gguf_name]
         shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dims innermost first
+        # Plain float tensors are views of the memory map: copy them, so nothing outlives close().
         if tensor.tensor_type == GGMLQuantizationType.F16:
-            # Keep half precision (the loader casts to its dtype anyway); copy off the memory map.
-            return np.array(tensor.data, dtype=np.float16).reshape(shape)
+            return np.array(tensor.data, dtype=np.float16).reshape(shape)  # the loader casts later
+        if tensor.tensor_type == GGMLQuantizationType.F32:
+            return np.array(tensor.data, dtype=np.float32).reshape(shape)
         try:
             # A plain ndarray view: slicing the np.memmap subclass costs more than the maths.
             value = dequantize(tensor.data.view(np.ndarray), tensor.tensor_type)
         except NotImplementedError:
             raise CheckpointError(f"{self.origin}: tensor '{gguf_name}' has GGUF type {tensor.tensor_type.name}, "
                                   "which gguf cannot dequantize") from None
-        return np.array(value, dtype=np.float32, copy=True).reshape(shape)
+        return np.asarray(value, dtype=np.float32).reshape(shape)
 
     def _field(self, key: str, default: Any = None) -> Any:
         field = self._reader.get_field(key)
