@@ -73,3 +73,81 @@ def test_cli_reports_config_mistakes_in_one_line(args, message):
     assert proc.returncode == 2
     assert message in err
     assert "Traceback" not in err
+
+
+def _user_checkpoint(directory):
+    """A small HF checkpoint + tokenizer directory, as a user would point model.path at."""
+    import torch
+    import transformers
+
+    from jaxft.tokenization.demo import demo_tokenizer
+
+    tokenizer = demo_tokenizer("bpe", vocab_size=2048)
+    config = transformers.Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      head_dim=16, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_lora_on_a_user_checkpoint_and_jsonl_exports_a_peft_adapter(tmp_path):
+    import json
+
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    import jaxft
+    from jaxft.data.corpus import demo_corpus
+    from jaxft.train.trainer import Trainer
+
+    model_dir = _user_checkpoint(tmp_path / "model")
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in demo_corpus()[:300]) + "\n")
+    c = recipe_config("lm", "default")
+    c.model.path = str(model_dir)
+    c.data.path = str(data)
+    c.data.seq_len = 64
+    c.lora.rank = 4
+    c.train.steps = 6
+    c.train.batch_size = 4
+    c.train.eval_every = 3
+    c.train.eval_batches = 1
+    c.optim.schedule.warmup_steps = 1
+    c.optim.schedule.peak_lr = 1e-2
+    trainer = Trainer(c, tmp_path / "run")
+    history = trainer.run()
+    export = trainer.export()
+    assert history["final_step"] == 6 and len(history["eval"]) == 2
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+    # the exported adapter gives the same logits in peft as the trained LoRA does in jaxft
+    cfg, base = jaxft.load_pretrained(model_dir)
+    adapters = jaxft.lora.LoRA(jax_params(trainer.state["params"]["lora"]), trainer.task.extras["lora_config"])
+    ids = np.array([[5, 17, 42, 9, 77, 3, 100, 64]])
+    ours = np.asarray(jaxft.logits(cfg, base, ids, lora=adapters))
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(model, export / "adapter").eval()
+    with torch.no_grad():
+        theirs = peft_model(torch.tensor(ids)).logits.numpy()
+    assert np.abs(ours - theirs).max() <= 1e-4
+    merged = transformers.AutoModelForCausalLM.from_pretrained(export / "merged", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert np.abs(merged(torch.tensor(ids)).logits.numpy() - ours).max() <= 1e-4
+
+
+def jax_params(tree):
+    import jax
+
+    return jax.device_get(tree)
+
+
+def test_bad_record_is_named_with_file_and_row(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"txt": "oops"}\n')
+    proc = _cli("--config", "configs/lm.py:smoke", f"--config.data.path={data}")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "bad.jsonl:3" in err and "'text'" in err

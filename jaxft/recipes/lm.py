@@ -58,6 +58,9 @@ def load_texts(data_cfg) -> list[str]:
         records = load_hf_dataset(data_cfg.hf_dataset, data_cfg.hf_split, (column,))
     else:
         return demo_corpus()
+    summary = getattr(records, "summary", None)
+    if summary is not None:
+        log.info("data: %s", summary)  # includes the count of skipped bad records
     return [r[column] for r in records]
 
 
@@ -132,7 +135,7 @@ def build(config, mesh) -> TrainTask:
             return
         adapters = lora_lib.LoRA(trainable["lora"], lora_config)
         lora_lib.save_peft(directory / "adapter", cfg, adapters, base_model_name_or_path=config.model.path or None)
-        if config.export.merged and config.model.quantize == "none":
+        if config.export.merged:  # a quantized base is dequantized to its original dtype
             merged = lora_lib.merge(cfg, jax.device_get(frozen["base"]), adapters)
             save_pretrained(directory / "merged", cfg, merged, tokenizer=tokenizer)
 
@@ -143,4 +146,5 @@ def build(config, mesh) -> TrainTask:
         eval_batches=eval_batches, samples_fn=samples_fn if config.sample.prompt else None, export_fn=export_fn,
         description=f"lm: {'full fine-tuning' if full_finetune else f'LoRA r={lcfg.rank}'} of {where} on {text}; "
                     f"{len(train)} train / {len(valid)} validation sequences of {seq_len} tokens",
+        extras={"model_config": cfg, "lora_config": lora_config, "tokenizer": tokenizer},
     )
