@@ -133,38 +133,55 @@ def _get(params: dict[str, Any], path: tuple[str, ...]):
 _DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(jnp.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}
 
 
+def _plan_shards(cfg: DecoderConfig, params: dict[str, Any], max_shard_bytes: int):
+    """Assign every HF tensor to a shard file before anything is copied to the host."""
+    shards: list[list[tuple[ParamSpec, int | None, str]]] = [[]]
+    sizes = [0]
+    for spec in param_specs(cfg):
+        value = _get(params, spec.path)
+        itemsize = np.dtype(value.dtype).itemsize if hasattr(value, "dtype") else 4
+        layer_bytes = math.prod(spec.hf_shape) * itemsize
+        for i, name in enumerate(spec.hf_names(cfg.num_hidden_layers)):
+            if sizes[-1] and sizes[-1] + layer_bytes > max_shard_bytes:
+                shards.append([])
+                sizes.append(0)
+            shards[-1].append((spec, i if spec.stacked else None, name))
+            sizes[-1] += layer_bytes
+    return shards, sum(sizes)
+
+
+def _host_tensor(params, spec: ParamSpec, layer: int | None) -> np.ndarray:
+    value = _get(params, spec.path)
+    if layer is not None:  # every leaf of a wrapped kernel keeps the layer axis first
+        value = jax.tree.map(lambda x: x[layer], value)
+    if hasattr(value, "materialize"):  # a LoRA-wrapped or quantized kernel: save plain weights
+        value = layers.materialize(value, jnp.float32)
+    t = np.asarray(jax.device_get(value))
+    return np.ascontiguousarray(t.T if spec.transpose else t)
+
+
 def save_pretrained(path: str | Path, cfg: DecoderConfig, params: dict[str, Any], *,
                     max_shard_bytes: int = 2 * 1024**3, tokenizer=None) -> Path:
     """Write ``config.json`` and safetensors (sharded with an index past ``max_shard_bytes``)
-    that ``transformers.AutoModelForCausalLM.from_pretrained`` loads."""
+    that ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
+
+    Shards are planned from shapes first and written one at a time, so host memory
+    holds at most one shard (not the whole model) on top of the device copy.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    sizes = [0]
-    dtype_name = "float32"
-    for spec in param_specs(cfg):
-        value = _get(params, spec.path)
-        if hasattr(value, "materialize"):  # merged LoRA or a dequantized kernel
-            value = layers.materialize(value, jnp.float32)
-        host = np.asarray(jax.device_get(value))
-        dtype_name = _DTYPE_NAMES.get(host.dtype, "float32")
-        for i, name in enumerate(spec.hf_names(cfg.num_hidden_layers)):
-            t = host[i] if spec.stacked else host
-            t = np.ascontiguousarray(t.T if spec.transpose else t)
-            if sizes[-1] and sizes[-1] + t.nbytes > max_shard_bytes:
-                shards.append({})
-                sizes.append(0)
-            shards[-1][name] = t
-            sizes[-1] += t.nbytes
-        del host
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    weight_map = {}
-    for fname, shard in zip(names, shards):
+    plan, total_bytes = _plan_shards(cfg, params, max_shard_bytes)
+    names = (["model.safetensors"] if len(plan) == 1 else
+             [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))])
+    weight_map, dtype_name = {}, "float32"
+    for fname, entries in zip(names, plan):
+        shard = {name: _host_tensor(params, spec, layer) for spec, layer, name in entries}
+        dtype_name = _DTYPE_NAMES.get(next(iter(shard.values())).dtype, dtype_name)
         save_file(shard, str(path / fname), metadata={"format": "pt"})
         weight_map.update({k: fname for k in shard})
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
+        del shard
+    if len(plan) > 1:
+        index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
         (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     hf = cfg.hf_config
     hf.update(_ARCHITECTURES.get(cfg.model_type, {}))
