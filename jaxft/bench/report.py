@@ -35,7 +35,7 @@ def print_run(what: str, r: dict[str, Any]) -> None:
                 ("compile s", r["compile_s"]), ("peak RSS MiB", r["peak_rss_mib"]),
                 ("device peak MiB", r.get("device_peak_mib")),
                 ("model FLOPs/step", r.get("model_flops_per_step")), ("FLOP formula", r.get("flop_formula")),
-                ("XLA FLOPs/step (incl. recompute)", r.get("xla_flops_per_step")),
+                ("XLA cost-analysis FLOPs (loop bodies once)", r.get("xla_flops_per_step")),
                 (f"matmul peak GFLOP/s ({c.get('dtype')})", r.get("matmul_peak_gflops")), ("MFU", r.get("mfu")),
                 ("loss first/last", f"{r.get('loss_first', 0):.4f} / {r.get('loss_last', 0):.4f}")]
     else:
@@ -70,7 +70,7 @@ def print_plan(r: dict[str, Any]) -> None:
     g = r["global_bytes"]
     rows += [("trainable GiB (global)", g["trainable"] / GiB), ("frozen GiB (global)", g["frozen"] / GiB),
              ("optimizer state GiB (global)", g["optimizer_state"] / GiB),
-             ("XLA FLOPs per device per step", r["xla_flops_per_device"]),
+             ("XLA FLOPs per device (loop bodies once)", r["xla_flops_per_device"]),
              ("model FLOPs per step (formula)", r.get("model_flops_per_step"))]
     rows += [(f"fits {name}", ok) for name, ok in r["fits"].items()]
     if r.get("note"):
