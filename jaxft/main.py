@@ -75,6 +75,10 @@ def main(argv):
         losses = history["train_loss"]
         if losses:
             print(f"train loss: {losses[0][1]:.4f} (step {losses[0][0]}) -> {losses[-1][1]:.4f} (step {losses[-1][0]})")
+        evals = history["eval"]
+        if len(evals) > 1:
+            (s0, e0), (s1, e1) = evals[0], evals[-1]
+            print("eval: " + ", ".join(f"{k} {e0[k]:.4f} (step {s0}) -> {e1[k]:.4f} (step {s1})" for k in e1 if k in e0))
         print(f"checkpoints: {history['checkpoints']}")
         print(f"tensorboard: {workdir / 'tb'}")
         if exported:

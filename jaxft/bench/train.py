@@ -80,7 +80,9 @@ def build_step(cfg, *, batch: int, seq: int, dtype: str, lora_rank: int, remat: 
     from jaxft.train.step import init_state
 
     compute = jnp.dtype(dtype)
-    base = init_params(cfg, jax.random.key(seed), compute)  # stored in the compute dtype, as PEFT's torch_dtype
+    # A frozen LoRA base is stored in the compute dtype (as PEFT's torch_dtype); fully trained
+    # weights keep float32 master copies and are cast to the compute dtype in the matmuls.
+    base = init_params(cfg, jax.random.key(seed), compute if lora_rank else jnp.float32)
     trainable, frozen, loss_fn = lm_task(cfg, base, lora_rank=lora_rank, compute=compute, remat=remat,
                                          chunk=chunk, seed=seed)
     rng = np.random.default_rng(seed)

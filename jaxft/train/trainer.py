@@ -174,6 +174,8 @@ class Trainer:
         bar = tqdm(total=total, initial=start, disable=not self.is_main, dynamic_ncols=True, desc="train")
         t_last, tokens = time.perf_counter(), 0.0
         pending_checks: list = []  # (step, finite flag) not yet read back, to avoid a sync every step
+        if start == 0 and cfg.get("eval_at_start"):
+            self._eval_and_log(0, history)
         try:
             for step in range(start + 1, last + 1):
                 host_batch = next(self.task.train_batches)
@@ -197,16 +199,8 @@ class Trainer:
                 eval_now = int(cfg.eval_every) and (step % int(cfg.eval_every) == 0 or step == total)
                 eval_metrics = None
                 if eval_now:
-                    eval_metrics = self.evaluate()
-                    if eval_metrics and es.metric and es.metric not in eval_metrics:
-                        raise ValueError(f"config key 'train.early_stopping.metric': '{es.metric}' is not an eval "
-                                         f"metric of this recipe (available: {', '.join(sorted(eval_metrics))})")
+                    eval_metrics = self._eval_and_log(step, history)
                     if eval_metrics:
-                        history["eval"].append((step, eval_metrics))
-                        self.writer.scalars(step, eval_metrics, prefix="eval/")
-                        self._log_samples(step)
-                        if self.is_main:
-                            tqdm.write(f"step {step}: eval " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
                         if es.metric and es.metric in eval_metrics:
                             value = eval_metrics[es.metric]
                             improved = best is None or (value < best if es.mode == "min" else value > best)
@@ -231,6 +225,20 @@ class Trainer:
         history["checkpoints"] = str(self.checkpointer.directory)
         history["final_step"] = int(jax.device_get(self.state["step"]))
         return history
+
+    def _eval_and_log(self, step: int, history: dict) -> dict[str, float]:
+        es = self.config.train.early_stopping
+        eval_metrics = self.evaluate()
+        if eval_metrics and es.metric and es.metric not in eval_metrics:
+            raise ValueError(f"config key 'train.early_stopping.metric': '{es.metric}' is not an eval "
+                             f"metric of this recipe (available: {', '.join(sorted(eval_metrics))})")
+        if eval_metrics:
+            history["eval"].append((step, eval_metrics))
+            self.writer.scalars(step, eval_metrics, prefix="eval/")
+            if self.is_main:
+                tqdm.write(f"step {step}: eval " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+        self._log_samples(step)
+        return eval_metrics
 
     def _report_skipped(self, checks):
         per_process = int(self.config.train.batch_size) // jax.process_count()
