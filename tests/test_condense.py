@@ -291,9 +291,14 @@ def test_ae_loss_drops_with_frozen_decoder():
     assert acc1 > acc0 + 0.25, history[::10]  # measured: 0.02 -> 0.45
 
 
-def test_export_reload_gives_identical_states(tmp_path):
+EXPORT_TEXT = "the cat sat on the mat and then a dog ran"  # 10 words: 3 segments, the last one partial
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(condenser, export directory) of the tiny condenser with word/byte tokenizers."""
     from jaxft.recipes.condense.export import export_condenser
-    from jaxft.recipes.condense.inference import Condenser, load_condenser
+    from jaxft.recipes.condense.inference import Condenser
 
     byte, words = byte_tokenizer(), word_tokenizer()
     assert len(words) <= ENC_VOCAB and len(byte) == DEC_VOCAB
@@ -301,15 +306,115 @@ def test_export_reload_gives_identical_states(tmp_path):
     layout = Layout(num_condense_tokens=N, segment_length=SEG_LEN, max_segments=SEGMENTS, max_decoder_tokens=64,
                     max_continuation_tokens=8, max_characters=500)
     condenser = Condenser(model, layout, trainable, frozen, words, byte)
-    text = "the cat sat on the mat and then a dog ran"  # 10 words: 3 segments, the last one partial
-    before = condenser.compress(text)
-    assert before.shape == (3 * N, model.decoder.hidden_size)
-    export_condenser(tmp_path / "export", condenser)
-    assert {p.name for p in (tmp_path / "export").iterdir()} >= {
+    directory = export_condenser(tmp_path_factory.mktemp("condenser") / "export", condenser)
+    return condenser, directory
+
+
+def test_export_reload_gives_identical_states(exported):
+    from jaxft.recipes.condense.inference import load_condenser
+
+    condenser, directory = exported
+    before = condenser.compress(EXPORT_TEXT)
+    assert before.shape == (3 * N, condenser.model.decoder.hidden_size)
+    assert {p.name for p in directory.iterdir()} >= {
         "condenser.json", "condenser.safetensors", "adapter", "encoder", "decoder", "encoder_tokenizer",
         "decoder_tokenizer"}
-    loaded = load_condenser(tmp_path / "export")
-    np.testing.assert_allclose(loaded.compress(text), before, atol=1e-6)
-    np.testing.assert_array_equal(loaded.compress(text, num_segments=2), before[:2 * N])
+    loaded = load_condenser(directory)
+    np.testing.assert_allclose(loaded.compress(EXPORT_TEXT), before, atol=1e-6)
+    np.testing.assert_array_equal(loaded.compress(EXPORT_TEXT, num_segments=2), before[:2 * N])
     generated = condenser.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False)
     assert generated and loaded.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False) == generated
+
+
+def test_cli_compress_then_generate(exported, tmp_path, capsys):
+    from jaxft.recipes.condense.cli import main
+
+    condenser, directory = exported
+    out = tmp_path / "states.npy"
+    assert main(["compress", "--condenser", str(directory), "--text", EXPORT_TEXT, "--segments", "2",
+                 "--out", str(out)]) == 0
+    states = np.load(out)
+    np.testing.assert_allclose(states, condenser.compress(EXPORT_TEXT)[:2 * N], atol=1e-6)
+    capsys.readouterr()
+    assert main(["generate", "--condenser", str(directory), "--compressed", str(out), "--prompt", "the",
+                 "--max-new-tokens", "5"]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    assert printed == condenser.generate(states, "the", max_new_tokens=5)
+    assert main(["generate", "--condenser", str(tmp_path / "missing")]) == 2
+    assert "give --compressed, --text or --file" in capsys.readouterr().err
+
+
+def test_export_rejects_mismatched_weights(exported, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from jaxft.recipes.condense.inference import load_condenser
+
+    _, directory = exported
+    broken = tmp_path / "broken"
+    shutil.copytree(directory, broken)
+    weights = load_file(str(broken / "condenser.safetensors"))
+    weights["projector.kernel"] = weights["projector.kernel"][:, :-1]
+    save_file(weights, str(broken / "condenser.safetensors"))
+    with pytest.raises(ValueError, match="condenser.safetensors: tensor 'projector.kernel' has shape"):
+        load_condenser(broken)
+
+
+def test_test_preset_with_local_checkpoints_nf4_bf16(tmp_path):
+    """The ``test`` preset on local checkpoints: tokenizers from the model dirs, an untied encoder's
+    unused lm_head dropped, an NF4 encoder base, bfloat16 compute; the loss is finite and starts
+    near ln(vocab) per token."""
+    import dataclasses
+
+    from jaxft.checkpoint.hf import save_pretrained
+    from jaxft.recipes.condense import recipe
+    from tests.configs import recipe_config
+
+    byte = byte_tokenizer()
+    enc = dataclasses.replace(tiny_cfg("llama", DEC_VOCAB), tie_word_embeddings=False)
+    dec = tiny_cfg("mistral", DEC_VOCAB)
+    save_pretrained(tmp_path / "enc", enc, init_params(enc, jax.random.key(0)), tokenizer=byte)
+    save_pretrained(tmp_path / "dec", dec, init_params(dec, jax.random.key(1)), tokenizer=byte)
+    config = recipe_config("condense", "test")
+    config.condense.encoder, config.condense.decoder = str(tmp_path / "enc"), str(tmp_path / "dec")
+    config.condense.quantize_encoder, config.condense.dtype = "nf4", "bfloat16"
+    config.condense.num_condense_tokens, config.condense.max_tokens = 8, 64
+    parts = recipe.build_parts(config)
+    encoder = parts["frozen"]["encoder"]
+    assert "lm_head" not in encoder and type(encoder["model"]["layers"]["mlp"]["up_proj"]["kernel"]).__name__ == \
+        "QuantizedKernel"
+    assert sorted(parts["trainable"]) == ["condense_tokens", "lora", "markers", "projector"]
+    layout = parts["layout"]
+    assert (layout.segment_length, layout.max_segments) == (16, 4)
+    builder = ExampleBuilder(parts["encoder_tokenizer"], parts["decoder_tokenizer"], layout)
+    texts = ["Condensed states stand in for the text they summarise. " * 3, "A short one."]
+    batch = {k: np.stack([builder(t)[k] for t in texts]) for k in builder(texts[0])}
+    loss_fn = jax.jit(objectives.make_loss_fn(parts["model"], continuation_weight=1.0, chunk_size=32))
+    loss_sum, weight_sum, metrics = loss_fn(parts["trainable"], parts["frozen"], batch, None)
+    assert float(weight_sum) == 2 and int(metrics["ae_correct_count"]) == 64 + 12
+    per_text = float(metrics["ae_loss"]) / 2
+    assert abs(per_text - np.log(DEC_VOCAB)) < 0.5, per_text
+
+
+# -- the demo through the engine -----------------------------------------------------------------
+
+@pytest.mark.skipif(not (ROOT / "jaxft" / "main.py").exists(), reason="the training engine is not there yet")
+def test_demo_preset_end_to_end(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jaxft.main", "--config", str(ROOT / "configs" / "condense.py") + ":demo",
+           "--config.train.steps=10", "--config.train.log_every=1", "--config.train.eval_every=0",
+           "--config.optim.schedule.warmup_steps=1", "--config.checkpoint.async_save=False",
+           f"--workdir={workdir}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "condense demo" in proc.stdout.splitlines()[0] and "configs/condense.py:seed" in proc.stdout
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("train loss:"))
+    first, last = float(line.split()[2]), float(line.split()[-3])
+    assert last < first - 0.3, line
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))
+    assert (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
+    export = workdir / "export"
+    assert (export / "condenser.json").exists() and (export / "adapter" / "adapter_model.safetensors").exists()

@@ -7,7 +7,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxft import lora as lora_lib
 from jaxft.models.config import DecoderConfig
@@ -142,6 +141,18 @@ def build_parts(config) -> dict[str, Any]:
                 decoder_tokenizer=dec_tok)
 
 
+def pick_sample_text(texts: list[str], builder: ExampleBuilder, candidates: int = 200) -> str:
+    """The first text that fills every segment (so the samples show all levels), else the one filling most."""
+    best, best_segments = texts[0], 0
+    for text in texts[:candidates]:
+        segments = int(builder(text)["num_segments"])
+        if segments == builder.layout.max_segments:
+            return text
+        if segments > best_segments:
+            best, best_segments = text, segments
+    return best
+
+
 def build(config, mesh) -> TrainTask:
     from jaxft.data import split_records
     from jaxft.recipes.condense.export import export_condenser
@@ -173,7 +184,7 @@ def build(config, mesh) -> TrainTask:
         return Condenser(model=model, layout=layout, trainable=trainable, frozen=frozen, encoder_tokenizer=enc_tok,
                          decoder_tokenizer=dec_tok)
 
-    sample_text = valid[0] if valid else train[0]
+    sample_text = pick_sample_text(valid or train, builder)
     max_new = int(k.samples.max_new_tokens)
 
     def samples_fn(trainable, frozen) -> dict[str, str]:
@@ -194,6 +205,5 @@ def build(config, mesh) -> TrainTask:
         trainable=parts["trainable"], frozen=parts["frozen"], loss_fn=loss_fn, train_batches=train_batches,
         group_fn=group_fn, eval_batches=eval_batches, samples_fn=samples_fn, export_fn=export_fn,
         tokens_key="enc_mask", description=description,
-        extras={"layout": layout, "model": model, "demo": demo, "sample_text": sample_text,
-                "shapes": {key: np.shape(v) for key, v in builder(sample_text).items()}},
+        extras={"layout": layout, "model": model, "demo": demo, "sample_text": sample_text},
     )
