@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -262,6 +263,27 @@ def test_batches_fill_and_resume():
     np.testing.assert_array_equal(next(resumed)["dec_ids"], expected["dec_ids"])
 
 
+def test_bad_settings_are_named():
+    from jaxft.recipes.condense.recipe import load_tokenizer
+
+    with pytest.raises(ValueError, match="condense.compression_ratio"):
+        Layout.create(num_condense_tokens=4, compression_ratio=0.0, max_tokens=16, max_decoder_tokens=16,
+                      max_continuation_tokens=4, max_characters=100)
+    with pytest.raises(ValueError, match="condense.max_continuation_tokens"):
+        Layout.create(num_condense_tokens=4, compression_ratio=2.0, max_tokens=16, max_decoder_tokens=16,
+                      max_continuation_tokens=0, max_characters=100)
+    with pytest.raises(ValueError, match="condense.encoder_tokenizer.*demo:<kind>"):
+        load_tokenizer("demo:bpe:many", "", "encoder")
+    with pytest.raises(ValueError, match="'condense.decoder_tokenizer' is empty and so is 'condense.decoder'"):
+        load_tokenizer("", "", "decoder")
+    layout = Layout.create(num_condense_tokens=2, compression_ratio=2.0, max_tokens=8, max_decoder_tokens=40,
+                           max_continuation_tokens=4, max_characters=200)
+    builder = ExampleBuilder(word_tokenizer(), byte_tokenizer(), layout)
+    with pytest.raises(ValueError, match="record 1: .*has no column 'text'"):
+        list(condense_batches([{"text": "the cat"}, {"body": "a dog"}], builder.record_fn("text"), batch_size=2,
+                              shuffle=False, num_epochs=1))
+
+
 # -- learning, export ------------------------------------------------------------------------------
 
 def test_ae_loss_drops_with_frozen_decoder():
@@ -324,6 +346,23 @@ def test_export_reload_gives_identical_states(exported):
     np.testing.assert_array_equal(loaded.compress(EXPORT_TEXT, num_segments=2), before[:2 * N])
     generated = condenser.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False)
     assert generated and loaded.generate(before, mode="reconstruct", max_new_tokens=6, stop_at_eos=False) == generated
+
+
+def test_export_of_nf4_encoder_reloads_quantized(tmp_path):
+    from jaxft.recipes.condense.export import export_condenser
+    from jaxft.recipes.condense.inference import Condenser, load_condenser
+
+    model, trainable, frozen = tiny_condenser()
+    quantized = dict(frozen, encoder=lora_lib.quantize(frozen["encoder"], model.encoder, fmt="nf4"))
+    layout = Layout(num_condense_tokens=N, segment_length=SEG_LEN, max_segments=SEGMENTS, max_decoder_tokens=64,
+                    max_continuation_tokens=8, max_characters=500)
+    condenser = Condenser(model, layout, trainable, quantized, word_tokenizer(), byte_tokenizer())
+    export_condenser(tmp_path, condenser, quantize_encoder="nf4")
+    before = condenser.compress(EXPORT_TEXT)
+    # Re-quantizing the bundled (dequantized) weights gives back the same codes: identical states.
+    np.testing.assert_allclose(load_condenser(tmp_path).compress(EXPORT_TEXT), before, atol=1e-6)
+    plain = load_condenser(tmp_path, quantize=False)
+    assert type(plain.frozen["encoder"]["model"]["layers"]["mlp"]["up_proj"]["kernel"]).__name__ != "QuantizedKernel"
 
 
 def test_cli_compress_then_generate(exported, tmp_path, capsys):
@@ -390,7 +429,7 @@ def test_test_preset_with_local_checkpoints_nf4_bf16(tmp_path):
     builder = ExampleBuilder(parts["encoder_tokenizer"], parts["decoder_tokenizer"], layout)
     texts = ["Condensed states stand in for the text they summarise. " * 3, "A short one."]
     batch = {k: np.stack([builder(t)[k] for t in texts]) for k in builder(texts[0])}
-    loss_fn = jax.jit(objectives.make_loss_fn(parts["model"], continuation_weight=1.0, chunk_size=32))
+    loss_fn = jax.jit(objectives.make_loss_fn(parts["model"], continuation_weight=0.0, chunk_size=32))
     loss_sum, weight_sum, metrics = loss_fn(parts["trainable"], parts["frozen"], batch, None)
     assert float(weight_sum) == 2 and int(metrics["ae_correct_count"]) == 64 + 12
     per_text = float(metrics["ae_loss"]) / 2
@@ -403,7 +442,8 @@ def test_test_preset_with_local_checkpoints_nf4_bf16(tmp_path):
 def test_demo_preset_end_to_end(tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "jaxft.main", "--config", str(ROOT / "configs" / "condense.py") + ":demo",
-           "--config.train.steps=10", "--config.train.log_every=1", "--config.train.eval_every=0",
+           "--config.train.steps=8", "--config.train.log_every=1", "--config.train.eval_every=8",
+           "--config.train.eval_batches=1", "--config.condense.samples.max_new_tokens=8",
            "--config.optim.schedule.warmup_steps=1", "--config.checkpoint.async_save=False",
            f"--workdir={workdir}"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
@@ -413,7 +453,12 @@ def test_demo_preset_end_to_end(tmp_path):
     assert "condense demo" in proc.stdout.splitlines()[0] and "configs/condense.py:seed" in proc.stdout
     line = next(l for l in proc.stdout.splitlines() if l.startswith("train loss:"))
     first, last = float(line.split()[2]), float(line.split()[-3])
-    assert last < first - 0.3, line
+    assert last < first, line
+    # The same validation batch before and after 8 steps (measured: 6.95 -> 6.22).
+    before, after = map(float, re.search(r"ae_loss ([\d.]+) \(step 0\) -> ([\d.]+) \(step 8\)", out).groups())
+    assert after < before - 0.4, (before, after)
+    # The demo evaluates once before training: decoded samples from the condensed states.
+    assert "[reconstruction]" in out and "[continuation]" in out and "step 0: eval" in out
     assert list((workdir / "tb").glob("events.out.tfevents.*"))
     assert (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
     export = workdir / "export"

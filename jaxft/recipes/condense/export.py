@@ -56,8 +56,13 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     return tree
 
 
-def export_condenser(directory: str | Path, condenser, *, encoder_source: str = "", decoder_source: str = "") -> Path:
-    """Write ``condenser`` (a ``jaxft.recipes.condense.inference.Condenser``) to ``directory``."""
+def export_condenser(directory: str | Path, condenser, *, encoder_source: str = "", decoder_source: str = "",
+                     quantize_encoder: str = "none", quantize_decoder: str = "none") -> Path:
+    """Write ``condenser`` (a ``jaxft.recipes.condense.inference.Condenser``) to ``directory``.
+
+    ``quantize_*`` record how the frozen bases were stored in training (none, nf4, int8), so
+    loading can quantize them the same way and reproduce the trained states exactly.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model: CondenseModel = condenser.model
@@ -86,6 +91,7 @@ def export_condenser(directory: str | Path, condenser, *, encoder_source: str = 
         "dtype": jnp.dtype(model.dtype).name,
         "layout": dataclasses.asdict(condenser.layout),
         "lora": dataclasses.asdict(model.lora_config),
+        "quantize": {"encoder": quantize_encoder, "decoder": "none" if model.train_decoder else quantize_decoder},
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return directory
@@ -129,8 +135,11 @@ def _check_shape(file: Path, name: str, tree: dict, path: tuple[str, ...], shape
 
 
 def read_condenser(directory: str | Path, *, encoder_path: str | None = None, decoder_path: str | None = None,
-                   dtype=None):
-    """The ``Condenser`` written by ``export_condenser`` (see ``inference.load_condenser``)."""
+                   dtype=None, quantize: bool = True):
+    """The ``Condenser`` written by ``export_condenser`` (see ``inference.load_condenser``).
+
+    With ``quantize`` the bases are quantized as they were in training (``condenser.json``).
+    """
     from transformers import AutoTokenizer
 
     from jaxft.recipes.condense.inference import Condenser
@@ -155,6 +164,14 @@ def read_condenser(directory: str | Path, *, encoder_path: str | None = None, de
     model = CondenseModel(encoder=enc_cfg, decoder=dec_cfg, num_condense_tokens=n,
                           segment_length=layout.segment_length, dtype=dtype, lora_config=adapters.config)
     trainable = {"lora": adapters.params, **tree}
+    formats = meta.get("quantize", {}) if quantize else {}
+    for fmt in formats.values():
+        if fmt not in ("none", "nf4", "int8"):
+            raise ValueError(f"{directory / CONFIG_FILE}: unknown quantize format {fmt!r}")
+    if formats.get("encoder", "none") != "none":
+        enc_params = lora_lib.quantize(enc_params, enc_cfg, fmt=formats["encoder"])
+    if formats.get("decoder", "none") != "none":
+        dec_params = lora_lib.quantize(dec_params, dec_cfg, fmt=formats["decoder"])
     frozen = {"encoder": enc_params, "decoder": dec_params}
     tokenizers = [AutoTokenizer.from_pretrained(str(directory / f"{w}_tokenizer"), use_fast=True)
                   for w in ("encoder", "decoder")]

@@ -91,7 +91,7 @@ class Condenser:
     def samples(self, text: str, max_new_tokens: int = 64) -> dict[str, str]:
         """The text as the condenser sees it, its reconstruction, and a continuation from all but
         the last segment next to the real rest of the text."""
-        fitted, enc_ids, enc_off, dec_ids, _ = self.builder.fit(text)
+        fitted, _, enc_off, _, _ = self.builder.fit(text)
         example = self.builder(text)
         m = int(example["num_segments"])
         states = self.compress(text)
@@ -108,9 +108,11 @@ class Condenser:
 
 
 def load_condenser(directory: str | Path, encoder_path: str | None = None, decoder_path: str | None = None,
-                   dtype=None) -> Condenser:
+                   dtype=None, quantize: bool = True) -> Condenser:
     """A ``Condenser`` from an export directory; the base LLMs come from the paths recorded at
-    export time (or bundled in the directory) unless ``encoder_path``/``decoder_path`` override them."""
+    export time (or bundled in the directory) unless ``encoder_path``/``decoder_path`` override them.
+    ``quantize=False`` keeps the bases unquantized even if training used NF4/int8."""
     from jaxft.recipes.condense.export import read_condenser
 
-    return read_condenser(directory, encoder_path=encoder_path, decoder_path=decoder_path, dtype=dtype)
+    return read_condenser(directory, encoder_path=encoder_path, decoder_path=decoder_path, dtype=dtype,
+                          quantize=quantize)

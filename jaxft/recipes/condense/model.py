@@ -10,9 +10,9 @@ Condense token positions: token ``j`` (0-based) of a segment holding ``len``
 real tokens sits at position ``ceil((j + 1) * len / n) - 1``, i.e. on the
 position of the last token of the ``j``-th of ``n`` equal slices of the
 segment. So the tokens spread evenly over the segment's positions, the last
-one sits on the segment's last token, and RoPE sees each condense token right
-after the slice it is nearest to (it still attends to the whole segment:
-causality goes by slot, and the condense slots come after every token slot).
+one shares the segment's last position, and under RoPE each condense token is
+nearest to the slice that ends at its position (it still attends to the whole
+segment: causality goes by slot, and the condense slots follow every token slot).
 """
 
 from __future__ import annotations

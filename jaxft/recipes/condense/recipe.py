@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import jax
@@ -16,14 +15,16 @@ from jaxft.recipes.condense import model as model_lib
 from jaxft.recipes.condense.data import ExampleBuilder, Layout, condense_batches
 from jaxft.recipes.condense.objectives import make_loss_fn
 
-log = logging.getLogger("jaxft")
+REAL_SETTING = ("python -m jaxft.main --config configs/condense.py:seed --config.condense.encoder=meta-llama/"
+                "Llama-3.2-1B --config.condense.decoder=mistralai/Mistral-7B-Instruct-v0.2")
 
-TRAINABLE_GROUPS = ("lora", "condense_tokens", "projector", "markers", "decoder")
-DEMO_BANNER = (
-    "condense demo: small random Llama-shaped encoder + Mistral-shaped decoder, offline text (Python docstrings),\n"
-    "  decoder weights trained too (condense.train_decoder, demo only). The real setting:\n"
-    "  python -m jaxft.main --config configs/condense.py:seed "
-    "--config.condense.encoder=meta-llama/Llama-3.2-1B --config.condense.decoder=mistralai/Mistral-7B-Instruct-v0.2")
+
+def demo_banner(train_decoder: bool) -> str:
+    decoder = ("; the decoder's weights train too (condense.train_decoder, demo only: a random frozen decoder "
+               "cannot be steered in minutes)" if train_decoder else "")
+    return ("condense demo: small random Llama-shaped encoder and Mistral-shaped decoder, different tokenizers on "
+            f"the two sides,\n  offline text from Python's docstrings{decoder}.\n"
+            f"  The real setting: {REAL_SETTING}")
 
 
 def load_tokenizer(spec: str, model_path: str, which: str):
@@ -39,12 +40,9 @@ def load_tokenizer(spec: str, model_path: str, which: str):
         if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
             raise ValueError(f"config key 'condense.{which}_tokenizer'={spec!r}: expected demo:<kind>[:vocab_size]")
         return demo_tokenizer(parts[1], int(parts[2]) if len(parts) == 3 else None)
-    from transformers import AutoTokenizer
+    from jaxft.tokenization import load_tokenizer as load_pretrained_tokenizer
 
-    from jaxft.checkpoint.hf import resolve
-
-    path = resolve(spec)
-    return AutoTokenizer.from_pretrained(str(path.parent if path.is_file() else path), use_fast=True)
+    return load_pretrained_tokenizer(spec, use_fast=True)
 
 
 def load_llm(path: str, init_hf: dict, tokenizer, dtype, rng: jax.Array, which: str
@@ -161,7 +159,7 @@ def build(config, mesh) -> TrainTask:
     k = config.condense
     demo = not k.encoder and not k.decoder
     if demo and jax.process_index() == 0:
-        print(DEMO_BANNER, flush=True)
+        print(demo_banner(bool(k.train_decoder)), flush=True)
     parts = build_parts(config)
     model, layout = parts["model"], parts["layout"]
     enc_tok, dec_tok = parts["encoder_tokenizer"], parts["decoder_tokenizer"]
@@ -192,7 +190,8 @@ def build(config, mesh) -> TrainTask:
 
     def export_fn(directory: str, trainable, frozen) -> None:
         export_condenser(directory, condenser_of(trainable, frozen), encoder_source=k.encoder,
-                         decoder_source=k.decoder)
+                         decoder_source=k.decoder, quantize_encoder=k.quantize_encoder,
+                         quantize_decoder=k.quantize_decoder)
 
     loss_fn = make_loss_fn(model, continuation_weight=float(k.continuation_weight),
                            chunk_size=int(config.loss.chunk_size))
