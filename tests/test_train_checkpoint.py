@@ -269,3 +269,17 @@ def test_wrong_paths_and_steps_raise_file_not_found(tmp_path):
             ckpt.restore(4)
     with pytest.raises(FileNotFoundError, match="single step directory"):
         TrainCheckpointer(tmp_path / "run" / "3").restore()
+
+
+def test_relative_directory_is_made_absolute(tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    from jaxft.checkpoint.train_state import TrainCheckpointer
+
+    monkeypatch.chdir(tmp_path)
+    ck = TrainCheckpointer("runs/relative", async_save=False)
+    ck.save(1, {"w": jnp.arange(4.0)}, force=True)
+    ck.wait()
+    state, _, _ = ck.restore(1)
+    assert (tmp_path / "runs" / "relative" / "1").is_dir()
+    assert float(state["w"][3]) == 3.0

@@ -19,6 +19,8 @@ surfacing an Orbax traceback.
 
 from __future__ import annotations
 
+import os
+
 import logging
 from typing import Any, Mapping, Sequence
 
@@ -117,7 +119,9 @@ class TrainCheckpointer:
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
-        self.directory = epath.Path(directory)
+        # Orbax needs absolute local paths; URLs (gs://...) pass through unchanged.
+        text = os.fspath(directory)
+        self.directory = epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
         self.best_metric = best_metric
         keep: ocp.checkpoint_managers.PreservationPolicy = ocp.checkpoint_managers.LatestN(n=max_to_keep)
         best_fn = None

@@ -59,7 +59,7 @@ class Trainer:
         from jaxft.train.optim import make_optimizer  # noqa: heavy import kept local
 
         self.config = config
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).expanduser().resolve()
         self.is_main = jax.process_index() == 0
         self.rules = _rules(config)
         self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
