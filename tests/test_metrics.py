@@ -13,7 +13,6 @@ def test_summarize_turns_count_pairs_into_ratios():
 
 
 def test_tensorboard_events_are_written_and_readable(tmp_path):
-    from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401  (installed with tensorboardX)
     from tensorboardX.proto import event_pb2
 
     writer = MetricWriter(tmp_path)

@@ -1,7 +1,6 @@
 """Logical-axis rules: adapters are sharded exactly like the kernels they adapt."""
 
 import jax
-import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 

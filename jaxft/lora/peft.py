@@ -22,6 +22,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxft.files import read_json
 from jaxft.checkpoint.hf_names import ParamSpec, param_specs
 from jaxft.checkpoint.sources import CheckpointError
 from jaxft.lora.adapters import LoRA, LoraConfig
@@ -104,12 +105,7 @@ _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 
 
 def _read_config(file: Path) -> dict[str, Any]:
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: adapter config not found")
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file}: malformed JSON ({e})") from None
+    config = read_json(file, missing="adapter config not found", error=CheckpointError)
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{file}: peft_type '{config.get('peft_type')}' is not supported (only LORA)")
     for key, defaults in _UNSUPPORTED.items():

@@ -182,10 +182,7 @@ def _read_sliding_window(hf: dict[str, Any], model_type: str, source: str) -> in
 def load_config(path: str | Path) -> DecoderConfig:
     path = Path(path)
     file = path / "config.json" if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: no config.json found")
-    try:
-        hf = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{file}: malformed JSON ({e})") from None
+    from jaxft.files import read_json
+
+    hf = read_json(file, missing="no config.json found", error=ConfigError)
     return DecoderConfig.from_hf(hf, source=str(file))

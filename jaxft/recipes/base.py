@@ -9,7 +9,7 @@ mesh and shardings, the jitted step, optimizer state, checkpoints, logging.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import jax
 

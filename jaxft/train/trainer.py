@@ -9,7 +9,6 @@ stopping, checkpoints (last K + best) and a clean save on SIGTERM.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import time
 from pathlib import Path

@@ -23,6 +23,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jaxft import lora as lora_lib
+from jaxft.files import read_json
 from jaxft.checkpoint.hf import load_pretrained, save_pretrained
 from jaxft.recipes.condense.data import Layout
 from jaxft.recipes.condense.model import CondenseModel
@@ -99,12 +100,7 @@ def export_condenser(directory: str | Path, condenser, *, encoder_source: str = 
 
 def _read_meta(directory: Path) -> dict[str, Any]:
     file = directory / CONFIG_FILE
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: not found; is {directory} a condenser export?")
-    try:
-        meta = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: malformed JSON ({e})") from None
+    meta = read_json(file, missing=f"not found; is {directory} a condenser export?")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"{file}: format {meta.get('format')!r} version {meta.get('version')!r}; "
                          f"expected {FORMAT!r} version {VERSION}")
