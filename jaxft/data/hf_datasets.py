@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from jaxft.data.records import DataError, ReadSummary, RecordList, validate_record
+from jaxft.data.records import DataError, RecordList, collect_records
 
 if TYPE_CHECKING:
     import datasets
@@ -31,20 +31,9 @@ def load_hf_dataset(name_or_local_dir: str | os.PathLike, split: str = "train", 
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise DataError(f"{source}:{split}: no column {missing[0]!r} (available: {', '.join(dataset.column_names)})")
-    summary = ReadSummary(files=1)
-    records = RecordList(summary=summary)
-    for index, row in enumerate(dataset.select_columns(list(columns)).to_list()):
-        try:
-            where = f"{source}:{split}[{index}]"
-            records.add(validate_record(row, columns, where), where)
-        except DataError as err:
-            if on_error == "raise":
-                raise
-            summary.note_skip(str(err))
-    summary.records = len(records)
-    if not records:
-        raise DataError(f"no usable records in {source}:{split}" + (f" ({summary})" if summary.skipped else ""))
-    return records
+    rows = ((f"{source}:{split}[{index}]", row)
+            for index, row in enumerate(dataset.select_columns(list(columns)).to_list()))
+    return collect_records(rows, columns, on_error, 1, f"{source}:{split}")
 
 
 def _open_split(source: str, split: str, config_name: str | None, cache_dir: str | None) -> datasets.Dataset:

@@ -85,22 +85,31 @@ def read_records(path: str | os.PathLike | Sequence[str | os.PathLike], *, fmt: 
     if not columns:
         raise ValueError("columns must name at least one column")
     files = resolve_files(path)
-    summary = ReadSummary(files=len(files))
+
+    def raw_rows():
+        for file in files:
+            file_fmt = fmt or _format_of(file)
+            if file_fmt == "txt" and len(columns) != 1:
+                raise DataError(f"{file}: a text file holds a single column, but columns={list(columns)}")
+            yield from _raw_records(file, file_fmt, columns, paragraphs)
+
+    return collect_records(raw_rows(), columns, on_error, len(files), _describe(path))
+
+
+def collect_records(rows, columns: Sequence[str], on_error: str, files: int, origin: str) -> RecordList:
+    """Validate ``(where, raw)`` rows into a ``RecordList``, raising on or counting bad ones."""
+    summary = ReadSummary(files=files)
     records = RecordList(summary=summary)
-    for file in files:
-        file_fmt = fmt or _format_of(file)
-        if file_fmt == "txt" and len(columns) != 1:
-            raise DataError(f"{file}: a text file holds a single column, but columns={list(columns)}")
-        for where, raw in _raw_records(file, file_fmt, columns, paragraphs):
-            try:
-                records.add(validate_record(raw, columns, where), where)
-            except DataError as err:
-                if on_error == "raise":
-                    raise
-                summary.note_skip(str(err))
+    for where, raw in rows:
+        try:
+            records.add(validate_record(raw, columns, where), where)
+        except DataError as err:
+            if on_error == "raise":
+                raise
+            summary.note_skip(str(err))
     summary.records = len(records)
     if not records:
-        raise DataError(f"no usable records in {_describe(path)}" + (f" ({summary})" if summary.skipped else ""))
+        raise DataError(f"no usable records in {origin}" + (f" ({summary})" if summary.skipped else ""))
     return records
 
 
