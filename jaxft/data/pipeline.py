@@ -45,6 +45,17 @@ EXAMPLE_KEYS = ("input_ids", "loss_mask")
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask", "segment_ids", "positions")
 
 
+def shard_indices(count: int, shard_index: int, shard_count: int, *, seed: int, shuffle: bool,
+                  num_epochs: int | None):
+    """This process's record indices (every shard_count-th), reshuffled each epoch."""
+    if count < shard_count:
+        raise DataError(f"{count} records cannot feed {shard_count} processes: each needs at least one")
+    indices = grain.MapDataset.range(count)[shard_index::shard_count]
+    if shuffle:
+        indices = indices.shuffle(seed=seed)
+    return indices.repeat(num_epochs)
+
+
 def make_batches(records: Sequence, *, example_fn: ExampleFn, batch_size: int, seq_len: int, seed: int = 0,
                  shuffle: bool = True, num_epochs: int | None = None, shard_index: int | None = None,
                  shard_count: int | None = None, packing: bool = False, pad_id: int = 0,
@@ -60,12 +71,7 @@ def make_batches(records: Sequence, *, example_fn: ExampleFn, batch_size: int, s
     shard_index, shard_count = _shard(shard_index, shard_count)
     if batch_size < 1 or seq_len < 2:
         raise ValueError(f"need batch_size >= 1 and seq_len >= 2, got batch_size={batch_size}, seq_len={seq_len}")
-    if len(records) < shard_count:
-        raise DataError(f"{len(records)} records cannot feed {shard_count} processes: each needs at least one")
-    indices = grain.MapDataset.range(len(records))[shard_index::shard_count]
-    if shuffle:
-        indices = indices.shuffle(seed=seed)
-    indices = indices.repeat(num_epochs)
+    indices = shard_indices(len(records), shard_index, shard_count, seed=seed, shuffle=shuffle, num_epochs=num_epochs)
     examples = indices.map(_BuildExamples(records, example_fn, seq_len)).to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, 16)))
     examples = FlatMapIterDataset(examples, _Flatten())

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxft.data.pipeline import shard_indices
 from jaxft.recipes.condense import objectives
 
 Example = dict[str, np.ndarray]
@@ -232,12 +233,9 @@ def condense_batches(records, example_fn, *, batch_size: int, seed: int = 0, shu
 
     if batch_size < 1:
         raise ValueError(f"condense: batch size per process must be >= 1, got {batch_size}")
-    if len(records) < shard_count:
-        raise ValueError(f"condense: {len(records)} records cannot feed {shard_count} processes")
-    indices = grain.MapDataset.range(len(records))[shard_index::shard_count]
-    if shuffle:
-        indices = indices.shuffle(seed=seed)
-    examples = indices.repeat(num_epochs).map(_Build(records, example_fn))
+    indices = shard_indices(len(records), shard_index, shard_count, seed=seed, shuffle=shuffle,
+                            num_epochs=num_epochs)
+    examples = indices.map(_Build(records, example_fn))
     examples = examples.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                           prefetch_buffer_size=max(2 * batch_size, 8)))
     return iter(examples.batch(batch_size).map(_FillBatch(batch_size)))
