@@ -1,0 +1,5 @@
+import sys
+
+from jaxft.recipes.summarize.cli import main
+
+sys.exit(main())
