@@ -66,8 +66,8 @@ def test_recommendations_thresholds_and_wording():
     def recs(params):
         return scaling.analyze(params=params, compute=compute).recommendations()
     assert recs(1e6) == [] and recs(1.19e6) == [] and recs(0.85e6) == []
-    assert recs(1.25e6) == ["Consider reducing LoRA rank. Current trainable: 1.2e+06, Optimal: 1.0e+06",
-                            "Consider using more training data. Available: 1.6e+07, Optimal: 2.0e+07"]
+    assert recs(1.3e6) == ["Consider reducing LoRA rank. Current trainable: 1.3e+06, Optimal: 1.0e+06",
+                           "Consider using more training data. Available: 1.5e+07, Optimal: 2.0e+07"]
     assert recs(0.5e6) == ["Consider increasing LoRA rank. Current trainable: 5.0e+05, Optimal: 1.0e+06",
                            "Consider using less training data. Available: 4.0e+07, Optimal: 2.0e+07"]
 
