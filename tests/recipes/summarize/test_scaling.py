@@ -82,7 +82,7 @@ def test_cli_report(capsys):
     out = capsys.readouterr().out
     for line in ["CHINCHILLA SCALING LAWS ANALYSIS (LoRA)", "Trainable LoRA Parameters: 1.00M",
                  "Base Model Size: 494.00M parameters", "Optimal Model Size: 1.00M parameters",
-                 "Available Tokens: 20.00M", "Optimal Tokens: 20.00M", "Compute Budget: 120000.00M FLOPs",
+                 "Available Tokens: 20.00M", "Optimal Tokens: 20.00M", "Compute Budget: 120000.00B FLOPs",
                  "Model Efficiency: 1.00x", "Token Efficiency: 1.00x", "✓ Configuration is close to optimal!"]:
         assert line in out.splitlines()
     n, d = scaling.HOFFMANN.optimum(1.2e14)
