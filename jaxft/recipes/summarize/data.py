@@ -1,0 +1,140 @@
+"""Document/summary pairs as prompt + completion examples, with counted truncation.
+
+The text of one pair is ``"Summarize: " + document + " " + "\\nTarget:" + summary`` followed by the
+tokenizer's EOS. The prompt (everything up to and including ``\\nTarget:``) is tokenized as one
+string and carries no loss; the summary tokens and the EOS do. The summary is tokenized on its own
+and appended, so the prompt a model sees at generation time is token for token the prompt it was
+trained on (tokenizing the joined string would let BPE merge ``:`` with the summary's first word).
+
+``max_input_length`` cuts the *document* to that many of its own tokens (the cut falls on a token
+boundary of the document's text, which is then put into the prompt; the markers are never cut);
+``max_target_length`` cuts the summary's tokens (the EOS is added after the cut).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxft.data.records import DataError
+
+PROMPT_PREFIX = "Summarize: "
+TARGET_MARKER = "\nTarget:"
+
+
+def prompt_text(document: str) -> str:
+    """The generation prompt for a document: the training text up to ``\\nTarget:``."""
+    return PROMPT_PREFIX + document + " " + TARGET_MARKER
+
+
+@dataclasses.dataclass
+class TruncationCounts:
+    """How many of the encoded pairs lost document or summary tokens."""
+
+    examples: int = 0
+    documents: int = 0
+    summaries: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.documents:,} of {self.examples:,} documents truncated to max_input_length, "
+                f"{self.summaries:,} summaries truncated to max_target_length")
+
+
+class SummaryEncoder:
+    """Token ids and loss masks of document/summary pairs for one tokenizer and length limits."""
+
+    def __init__(self, tokenizer, max_input_length: int, max_target_length: int):
+        if int(max_input_length) < 1 or int(max_target_length) < 1:
+            raise ValueError(f"max_input_length and max_target_length must be positive, got "
+                             f"{max_input_length} and {max_target_length}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token: a summary needs one to end")
+        self.tokenizer = tokenizer
+        self.max_input_length = int(max_input_length)
+        self.max_target_length = int(max_target_length)
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.eos = tokenizer.eos_token_id
+
+    def truncate_documents(self, documents: Sequence[str]) -> tuple[list[str], list[bool]]:
+        """Each document cut to its first ``max_input_length`` tokens (as text), and whether it was cut."""
+        documents = list(documents)
+        if not documents:
+            return [], []
+        fast = bool(getattr(self.tokenizer, "is_fast", False))
+        enc = self.tokenizer(documents, add_special_tokens=False, return_offsets_mapping=fast)
+        out, cut = [], []
+        for i, (document, ids) in enumerate(zip(documents, enc["input_ids"])):
+            if len(ids) <= self.max_input_length:
+                out.append(document)
+                cut.append(False)
+                continue
+            if fast:  # the character span of the last kept token ends the kept text
+                out.append(document[:enc["offset_mapping"][i][self.max_input_length - 1][1]])
+            else:
+                out.append(self.tokenizer.decode(ids[:self.max_input_length], skip_special_tokens=True))
+            cut.append(True)
+        return out, cut
+
+    def prompt_ids(self, documents: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
+        """Prompt token ids (BOS if the tokenizer has one, then the prompt) and the truncation flags."""
+        kept, cut = self.truncate_documents(documents)
+        if not kept:
+            return [], []
+        encoded = self.tokenizer([prompt_text(d) for d in kept], add_special_tokens=False)["input_ids"]
+        return [self.bos + list(ids) for ids in encoded], cut
+
+    def encode(self, pairs: Sequence[tuple[str, str]], origins: Sequence[str] | None = None
+               ) -> tuple[list[dict[str, np.ndarray]], TruncationCounts]:
+        """``{"input_ids", "loss_mask"}`` int32 arrays per pair, and the truncation counts."""
+        pairs = list(pairs)
+        prompts, doc_cut = self.prompt_ids([d for d, _ in pairs])
+        summaries = self.tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"] if pairs else []
+        counts = TruncationCounts(examples=len(pairs), documents=sum(doc_cut))
+        examples = []
+        for i, (prompt, summary) in enumerate(zip(prompts, summaries)):
+            if not summary:
+                where = origins[i] if origins else f"pair {i}"
+                raise DataError(f"{where}: the summary encodes to no tokens")
+            if len(summary) > self.max_target_length:
+                counts.summaries += 1
+                summary = summary[:self.max_target_length]
+            ids = np.asarray(prompt + list(summary) + [self.eos], np.int32)
+            mask = np.zeros(len(ids), np.int32)
+            mask[len(prompt):] = 1
+            examples.append({"input_ids": ids, "loss_mask": mask})
+        return examples, counts
+
+
+# ---- offline demo pairs ------------------------------------------------------------------------
+
+# A sentence ends at . ! or ? after a word, a digit or a closing bracket/quote, when a capital
+# follows; "e.g." and "i.e." do not end one.
+_SENTENCE_END = re.compile(r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<=[a-z0-9)\]\"'`][.!?])\s+(?=[A-Z])")
+
+
+def docstring_pairs(paragraphs: Iterable[str]) -> list[dict[str, str]]:
+    """``{"document", "summary"}`` pairs from prose paragraphs of two sentences or more: a docstring
+    paragraph opens with its summary sentence, so the first sentence is the summary and the rest of
+    the paragraph (its body) is the document."""
+    pairs = []
+    for paragraph in paragraphs:
+        sentences = _SENTENCE_END.split(paragraph)
+        if len(sentences) >= 2:
+            pairs.append({"document": " ".join(sentences[1:]), "summary": sentences[0]})
+    return pairs
+
+
+def demo_pairs() -> list[dict[str, str]]:
+    """The demo data set: pairs from the standard-library docstrings of ``jaxft.data.demo_corpus``."""
+    from jaxft.data.corpus import demo_corpus
+
+    return docstring_pairs(demo_corpus())
+
+
+def column_pairs(records: Iterable[dict[str, Any]], document_column: str, summary_column: str
+                 ) -> list[tuple[str, str]]:
+    return [(r[document_column], r[summary_column]) for r in records]
