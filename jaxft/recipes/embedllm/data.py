@@ -1,0 +1,267 @@
+"""Conversations: reading them, splitting them into turns, and turning them into fixed-shape examples.
+
+A conversation is one string whose turns are separated by a literal separator
+(``<|turn|>`` by default). Chat datasets whose column holds a list of messages
+are joined with the separator, a ``{"role", "content"}`` message becoming
+``role: content``. All turns but the last are the history; the last is the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxft.data.records import DataError
+
+log = logging.getLogger("jaxft")
+
+SEPARATOR = "<|turn|>"
+# The columns looked for, in this order, when no text column is configured (as the reference does).
+CANDIDATE_COLUMNS = ("text", "conversation", "input", "content", "prompt", "messages")
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+def detect_text_column(columns: Sequence[str], override: str = "", where: str = "data") -> str:
+    """``override`` if given (and present), else the first candidate column present, else the first column."""
+    columns = list(columns)
+    if override:
+        if override not in columns:
+            raise DataError(f"{where}: no column {override!r} (available: {', '.join(columns)})")
+        return override
+    if not columns:
+        raise DataError(f"{where}: has no columns")
+    return next((c for c in CANDIDATE_COLUMNS if c in columns), columns[0])
+
+
+def _message_text(message: Any) -> str:
+    if isinstance(message, dict):
+        if "content" in message:
+            role = message.get("role")
+            return f"{role}: {message['content']}" if role else str(message["content"])
+        if "text" in message:
+            return str(message["text"])
+    return str(message)
+
+
+def conversation_text(value: Any, separator: str = SEPARATOR) -> str:
+    """A column value as one conversation string: lists of messages joined by ``separator``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return separator.join(_message_text(m) for m in value)
+    if isinstance(value, dict):
+        if isinstance(value.get("messages"), list):
+            return conversation_text(value["messages"], separator)
+        if "user" in value and "assistant" in value:
+            return f"{value['user']}{separator}{value['assistant']}"
+        return _message_text(value)
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _json_rows(file: Path) -> Iterable[tuple[str, Any]]:
+    text = file.read_text(encoding="utf-8")
+    if file.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    yield f"{file}:{number}", json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{file}:{number}: invalid JSON at column {err.colno}: {err.msg}") from None
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{file}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise DataError(f"{file}: expected a JSON list of objects, got {type(data).__name__}")
+    for index, item in enumerate(data):
+        yield f"{file}[{index}]", item
+
+
+def read_local(path: str | Path, text_column: str = "", separator: str = SEPARATOR) -> list[str]:
+    """Conversation strings of a local ``.json`` (a list of objects) or ``.jsonl`` file."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"no such file: {file}")
+    if file.suffix not in (".json", ".jsonl"):
+        raise DataError(f"{file}: expected a .json or .jsonl file of conversations")
+    texts, column = [], ""
+    for where, row in _json_rows(file):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+        if not column:  # detected on the first row, as a dataset's column list would be
+            column = detect_text_column(list(row), text_column, where)
+            log.info("data: text column %r", column)
+        if column not in row:
+            raise DataError(f"{where}: column {column!r} is missing")
+        texts.append(conversation_text(row[column], separator))
+    if not texts:
+        raise DataError(f"{file}: no records")
+    return texts
+
+
+def open_hf_split(name_or_dir: str, split: str = "train"):
+    """A ``datasets.Dataset``: the ``split`` if the dataset has it, else its first split.
+
+    A ``save_to_disk`` directory is opened with ``load_from_disk``, anything else with ``load_dataset``.
+    """
+    import datasets
+
+    local = Path(name_or_dir).expanduser()
+    try:
+        if local.is_dir() and any((local / m).exists() for m in (datasets.config.DATASET_STATE_JSON_FILENAME,
+                                                                 datasets.config.DATASETDICT_JSON_FILENAME)):
+            loaded = datasets.load_from_disk(str(local))
+        else:
+            loaded = datasets.load_dataset(str(local) if local.is_dir() else name_or_dir)
+    except Exception as err:  # noqa: BLE001 - network, unknown dataset, bad files: reported alike
+        raise DataError(f"could not load dataset {name_or_dir!r}: {type(err).__name__}: {err}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if not loaded:
+            raise DataError(f"{name_or_dir}: the dataset has no splits")
+        chosen = split if split in loaded else next(iter(loaded))
+        if chosen != split:
+            log.info("data: %s has no split %r; using %r", name_or_dir, split, chosen)
+        return loaded[chosen]
+    return loaded
+
+
+def read_hf(name_or_dir: str, split: str = "train", text_column: str = "", separator: str = SEPARATOR,
+            max_records: int = 0) -> list[str]:
+    """Conversation strings of a Hugging Face dataset (hub name or local directory)."""
+    dataset = open_hf_split(name_or_dir, split)
+    column = detect_text_column(dataset.column_names, text_column, name_or_dir)
+    log.info("data: text column %r of %s", column, name_or_dir)
+    values = dataset[column] if not max_records else dataset.select(range(min(max_records, len(dataset))))[column]
+    return [conversation_text(v, separator) for v in values]
+
+
+# --- turns ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TurnStats:
+    """What parsing kept and skipped; ``str()`` is the one summary line."""
+
+    records: int = 0
+    kept: int = 0
+    empty_turns: int = 0  # empty turns dropped from kept or skipped conversations
+    too_few_turns: int = 0  # conversations skipped: fewer than two non-empty turns
+    histories_cut: int = 0  # conversations whose oldest turns were dropped (over max_turns)
+    turns_cut: int = 0  # history turns longer than max_turn_tokens (tail dropped)
+    last_turns_cut: int = 0  # last turns longer than max_last_turn_tokens (tail dropped)
+
+    def __str__(self) -> str:
+        return (f"{self.kept} of {self.records} conversations kept; skipped {self.too_few_turns} with fewer than "
+                f"two turns; dropped {self.empty_turns} empty turns; {self.histories_cut} histories lost their "
+                f"oldest turns (max_turns), {self.turns_cut} history turns and {self.last_turns_cut} last turns "
+                f"were cut to their token limits")
+
+
+def split_turns(text: str, separator: str = SEPARATOR) -> tuple[list[str], int]:
+    """Non-empty, stripped turns of ``text`` and how many empty ones were dropped."""
+    parts = [t.strip() for t in text.split(separator)]
+    turns = [t for t in parts if t]
+    return turns, len(parts) - len(turns)
+
+
+def parse_conversations(texts: Iterable[str], separator: str = SEPARATOR) -> tuple[list[list[str]], TurnStats]:
+    """The conversations with at least two non-empty turns, and the counts of what was skipped."""
+    stats, kept = TurnStats(), []
+    for text in texts:
+        stats.records += 1
+        turns, empty = split_turns(text, separator)
+        stats.empty_turns += empty
+        if len(turns) < 2:
+            stats.too_few_turns += 1
+            continue
+        kept.append(turns)
+    stats.kept = len(kept)
+    return kept, stats
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Fixed shapes of an example: history [max_turns, max_turn_tokens], decoder row 1 + max_last_turn_tokens."""
+
+    max_turns: int
+    max_turn_tokens: int
+    max_last_turn_tokens: int
+    separator: str = SEPARATOR
+    append_eos: bool = True  # the target turn ends with EOS, so generation learns where a turn stops
+
+    @property
+    def seq_len(self) -> int:
+        return 1 + self.max_last_turn_tokens  # slot 0 holds the prefix vector
+
+
+def history_fields(layout: Layout, pad_id: int) -> dict:
+    """The ``jaxft.data.Field``s of an example (history arrays + the decoder row)."""
+    from jaxft.data import Field
+
+    shape = (layout.max_turns, layout.max_turn_tokens)
+    return {"input_ids": Field(pad=pad_id), "loss_mask": Field(),
+            "history_ids": Field(shape=shape, pad=pad_id), "history_mask": Field(shape=shape, pad=0)}
+
+
+class ExampleBuilder:
+    """Turns of one conversation -> the example arrays; counts the cuts it makes in ``stats``.
+
+    ``input_ids`` is ``[pad, last-turn tokens]``: slot 0 is where the prefix vector goes, so the
+    prefix's logits predict the first token of the last turn (``loss_mask`` 1 on every last-turn token).
+    """
+
+    def __init__(self, tokenizer, layout: Layout, stats: TurnStats | None = None):
+        self.tokenizer, self.layout = tokenizer, layout
+        self.stats = stats if stats is not None else TurnStats()
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.eos_id = tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def history(self, turns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``history_ids``/``history_mask`` [max_turns, max_turn_tokens]: the newest turns, oldest first."""
+        lay = self.layout
+        if len(turns) > lay.max_turns:
+            self.stats.histories_cut += 1
+            turns = turns[len(turns) - lay.max_turns:]
+        ids = np.full((lay.max_turns, lay.max_turn_tokens), self.pad_id, np.int32)
+        mask = np.zeros((lay.max_turns, lay.max_turn_tokens), np.int32)
+        for row, turn in enumerate(turns):
+            tokens = self.encode(turn)
+            if len(tokens) > lay.max_turn_tokens:
+                self.stats.turns_cut += 1
+                tokens = tokens[:lay.max_turn_tokens]
+            ids[row, :len(tokens)] = tokens
+            mask[row, :len(tokens)] = 1
+        return ids, mask
+
+    def last_turn(self, text: str, append_eos: bool | None = None) -> list[int]:
+        tokens = self.encode(text) if text else []
+        if (self.layout.append_eos if append_eos is None else append_eos) and self.eos_id is not None:
+            tokens = tokens + [int(self.eos_id)]
+        if len(tokens) > self.layout.max_last_turn_tokens:
+            self.stats.last_turns_cut += 1
+            tokens = tokens[:self.layout.max_last_turn_tokens]
+        return tokens
+
+    def __call__(self, turns: Sequence[str]) -> dict[str, np.ndarray]:
+        history_ids, history_mask = self.history(turns[:-1])
+        target = self.last_turn(turns[-1])
+        input_ids = np.asarray([self.pad_id] + target, np.int32)
+        loss_mask = np.asarray([0] + [1] * len(target), np.int32)
+        return {"input_ids": input_ids, "loss_mask": loss_mask, "history_ids": history_ids,
+                "history_mask": history_mask}
