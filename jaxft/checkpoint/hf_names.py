@@ -55,7 +55,12 @@ def param_specs(cfg: DecoderConfig) -> list[ParamSpec]:
                        (cfg.vocab_size, h), False, False, ("vocab", "embed"))]
     norm = lambda name: ParamSpec(("model", "layers", name, "weight"), f"model.layers.{{i}}.{name}.weight",
                                   (0, h), False, True, ("layers", "norm"))
+    layer_norm = cfg.norm_type == "layer_norm"  # LayerNorm also has a bias beside its weight
+    norm_bias = lambda name: ParamSpec(("model", "layers", name, "bias"), f"model.layers.{{i}}.{name}.bias",
+                                       (0, h), False, True, ("layers", "norm"))
     specs.append(norm("input_layernorm"))
+    if layer_norm:
+        specs.append(norm_bias("input_layernorm"))
     specs += _linear("self_attn.q_proj", "self_attn.q_proj", h, cfg.q_size, "embed", "heads", cfg.attention_bias)
     specs += _linear("self_attn.k_proj", "self_attn.k_proj", h, cfg.kv_size, "embed", "kv_heads", cfg.attention_bias)
     specs += _linear("self_attn.v_proj", "self_attn.v_proj", h, cfg.kv_size, "embed", "kv_heads", cfg.attention_bias)
@@ -66,10 +71,14 @@ def param_specs(cfg: DecoderConfig) -> list[ParamSpec]:
                                    f"model.layers.{{i}}.self_attn.{n}.weight", (0, cfg.head_dim), False, True,
                                    ("layers", "norm")))
     specs.append(norm("post_attention_layernorm"))
+    if layer_norm:
+        specs.append(norm_bias("post_attention_layernorm"))
     specs += _linear("mlp.gate_proj", "mlp.gate_proj", h, f, "embed", "mlp", cfg.mlp_bias)
     specs += _linear("mlp.up_proj", "mlp.up_proj", h, f, "embed", "mlp", cfg.mlp_bias)
     specs += _linear("mlp.down_proj", "mlp.down_proj", f, h, "mlp", "embed", cfg.mlp_bias)
     specs.append(ParamSpec(("model", "norm", "weight"), "model.norm.weight", (h,), False, False, ("norm",)))
+    if layer_norm:
+        specs.append(ParamSpec(("model", "norm", "bias"), "model.norm.bias", (h,), False, False, ("norm",)))
     if not cfg.tie_word_embeddings:
         specs.append(ParamSpec(("lm_head", "kernel"), "lm_head.weight", (h, cfg.vocab_size), True, False,
                                ("embed", "vocab")))
@@ -78,3 +87,13 @@ def param_specs(cfg: DecoderConfig) -> list[ParamSpec]:
 
 def spec_by_path(cfg: DecoderConfig) -> dict[tuple[str, ...], ParamSpec]:
     return {s.path: s for s in param_specs(cfg)}
+
+
+NORM_MODULES = frozenset({"input_layernorm", "post_attention_layernorm", "norm", "q_norm", "k_norm"})
+
+
+def is_norm_bias_or_embedding(path: tuple[str, ...]) -> bool:
+    """Whether a decoder parameter path is a norm scale/bias, a bias, or the embedding table: the
+    leaves that conventionally get no weight decay. Matches HF module names exactly, not substrings."""
+    module = path[-2] if len(path) >= 2 else ""
+    return path[-1] == "bias" or module in NORM_MODULES or module == "embed_tokens"

@@ -13,7 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "minigpt")
+NORM_TYPES = ("rms_norm", "layer_norm")
+POSITION_EMBEDDINGS = ("rope", "sinusoidal")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_ACTIVATIONS = ("silu",)
 
@@ -47,6 +49,13 @@ class DecoderConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # Block-shape options (the "minigpt" family; Llama-family checkpoints keep the defaults).
+    parallel_residual: bool = False  # x + Attn(LN1 x) + MLP(LN2 x) instead of two sequential residuals
+    norm_type: str = "rms_norm"  # or "layer_norm" (scale and bias)
+    layer_norm_eps: float = 1e-5
+    position_embedding: str = "rope"  # or "sinusoidal": fixed sin/cos added to the embeddings
+    embedding_multiplier: float = 1.0  # token embeddings are multiplied by this (sqrt(d) for minigpt)
+    dropout: float = 0.0  # embedding, attention probabilities, attention output, MLP output (training only)
     # The untouched config.json, so save_pretrained writes back what it read.
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
 
@@ -108,7 +117,7 @@ class DecoderConfig:
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
         qwen2 = model_type == "qwen2"
-        return cls(
+        cfg = cls(
             model_type=model_type,
             vocab_size=need("vocab_size"),
             hidden_size=hidden,
@@ -133,9 +142,35 @@ class DecoderConfig:
             pad_token_id=hf.get("pad_token_id"),
             hf_config_json=json.dumps(hf, sort_keys=True),
         )
+        return cfg.replace(**_read_minigpt(hf, source)) if model_type == "minigpt" else cfg
 
     def replace(self, **kw) -> "DecoderConfig":
         return dataclasses.replace(self, **kw)
+
+
+def _read_minigpt(hf: dict[str, Any], source: str) -> dict[str, Any]:
+    """The block-shape keys of a ``minigpt`` config.json (no transformers class reads them)."""
+    norm = hf.get("norm_type", "layer_norm")
+    if norm not in NORM_TYPES:
+        raise ConfigError(f"{source}: norm_type '{norm}' is not one of {', '.join(NORM_TYPES)}")
+    positions = hf.get("position_embedding_type", "sinusoidal")
+    if positions not in POSITION_EMBEDDINGS:
+        raise ConfigError(f"{source}: position_embedding_type '{positions}' is not one of "
+                          f"{', '.join(POSITION_EMBEDDINGS)}")
+    dropout = float(hf.get("dropout", 0.0))
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"{source}: dropout={dropout} must be in [0, 1)")
+    return dict(
+        parallel_residual=bool(hf.get("parallel_residual", True)),
+        norm_type=norm,
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        position_embedding=positions,
+        embedding_multiplier=float(hf.get("embedding_multiplier", math.sqrt(hf["hidden_size"]))),
+        dropout=dropout,
+        # minigpt puts biases on q, k, v and o alike (Llama's attention_bias convention).
+        o_proj_bias=bool(hf.get("attention_bias", True)),
+        attention_bias=bool(hf.get("attention_bias", True)),
+    )
 
 
 def _read_rope(hf: dict[str, Any], source: str) -> tuple[float, str, tuple[tuple[str, float], ...]]:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxft.models import layers
 from jaxft.models.attention import AttentionMask, attention
@@ -67,9 +68,47 @@ def _remat(fn, policy: RematPolicy):
     raise ValueError(f"remat policy '{policy}' is not one of none, full, save_dots")
 
 
-def _attention_block(cfg, p, x, mask, positions, inv_freq, cache_kv, index):
+def _norm(cfg, p, x):
+    """The block's normalisation: RMSNorm (Llama family) or LayerNorm with a bias (minigpt)."""
+    if cfg.norm_type == "layer_norm":
+        return layers.layer_norm(x, p["weight"], p["bias"], cfg.layer_norm_eps)
+    return layers.rms_norm(x, p["weight"], cfg.rms_norm_eps)
+
+
+def _dropout(x, rate: float, key):
+    """Inverted dropout; ``key`` None (evaluation, sampling) leaves ``x`` unchanged."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def _attention_with_dropout(q, k, v, mask, rate, key):
+    """Softmax attention with dropout on the probabilities (training only; plain XLA on every backend)."""
+    b, t, h, d = q.shape
+    kv_h = k.shape[2]
+    q = q.reshape(b, t, kv_h, h // kv_h, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask.dense()[:, None, None], scores, -1e30)
+    probs = _dropout(jax.nn.softmax(scores, axis=-1), rate, key).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+def sinusoidal_positions(positions: jnp.ndarray, dim: int) -> jnp.ndarray:
+    """Fixed sin/cos position vectors [..., dim]: sin in even, cos in odd channels, 10000^(i/dim) wavelengths."""
+    exponents = np.arange(0, dim, 2, dtype=np.float64) / dim
+    angles = positions.astype(jnp.float32)[..., None] / jnp.asarray(10000.0 ** exponents, jnp.float32)
+    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*positions.shape, -1)[..., :dim]
+
+
+def _attention_block(cfg, p, x, mask, positions, inv_freq, cache_kv, index, keys=None, residual=True):
+    """``x + Attn(norm x)``; with ``residual=False`` only the attention branch (parallel blocks).
+
+    ``keys`` (two PRNG keys) switches dropout on for the probabilities and the output.
+    """
     b, t, _ = x.shape
-    h = layers.rms_norm(x, p["input_layernorm"]["weight"], cfg.rms_norm_eps)
+    h = _norm(cfg, p["input_layernorm"], x)
     a = p["self_attn"]
 
     def proj(name, heads):
@@ -82,25 +121,32 @@ def _attention_block(cfg, p, x, mask, positions, inv_freq, cache_kv, index):
     if cfg.qk_norm:
         q = layers.rms_norm(q, a["q_norm"]["weight"], cfg.rms_norm_eps)
         k = layers.rms_norm(k, a["k_norm"]["weight"], cfg.rms_norm_eps)
-    q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq)
+    if cfg.position_embedding == "rope":
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
     if cache_kv is not None:
         ck, cv = cache_kv
         k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
         v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
         cache_kv = (k, v)
         k, v = k.astype(q.dtype), v.astype(q.dtype)
-    o = attention(q, k, v, mask).reshape(b, t, cfg.q_size)
-    x = x + layers.dense(o, a["o_proj"]["kernel"], a["o_proj"].get("bias"))
-    return x, cache_kv
+    if keys is not None and cfg.dropout > 0:
+        o = _attention_with_dropout(q, k, v, mask, cfg.dropout, keys[0])
+    else:
+        o = attention(q, k, v, mask)
+    o = layers.dense(o.reshape(b, t, cfg.q_size), a["o_proj"]["kernel"], a["o_proj"].get("bias"))
+    o = _dropout(o, cfg.dropout, None if keys is None else keys[1])
+    return (x + o if residual else o), cache_kv
 
 
-def _mlp_block(cfg, p, x):
-    h = layers.rms_norm(x, p["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)
+def _mlp_block(cfg, p, x, key=None, residual=True):
+    h = _norm(cfg, p["post_attention_layernorm"], x)
     m = p["mlp"]
     gate = layers.dense(h, m["gate_proj"]["kernel"], m["gate_proj"].get("bias"))
     up = layers.dense(h, m["up_proj"]["kernel"], m["up_proj"].get("bias"))
-    return x + layers.dense(jax.nn.silu(gate) * up, m["down_proj"]["kernel"], m["down_proj"].get("bias"))
+    y = layers.dense(jax.nn.silu(gate) * up, m["down_proj"]["kernel"], m["down_proj"].get("bias"))
+    y = _dropout(y, cfg.dropout, key)
+    return x + y if residual else y
 
 
 def embed(cfg: DecoderConfig, params: Params, input_ids: jnp.ndarray, dtype=None) -> jnp.ndarray:
@@ -145,6 +191,7 @@ def forward(
     output: Literal["logits", "hidden"] = "logits",
     dtype=None,
     segment_ids: jnp.ndarray | None = None,
+    dropout_rng: jax.Array | None = None,
 ) -> tuple[jnp.ndarray, KVCache | None]:
     """Run the decoder.
 
@@ -153,9 +200,12 @@ def forward(
     state) instead of logits. With ``cache`` the new tokens are written at
     ``cache.index`` and attend to everything cached before them. ``segment_ids``
     (with per-segment ``position_ids``) keeps packed sequences from seeing each other.
+    ``dropout_rng`` turns on ``cfg.dropout`` (training); without it the model is deterministic.
     """
     if inputs_embeds is None:
         x = embed(cfg, params, input_ids, dtype)
+        if cfg.embedding_multiplier != 1.0:
+            x = x * jnp.asarray(cfg.embedding_multiplier, x.dtype)
     else:
         x = inputs_embeds.astype(dtype or inputs_embeds.dtype)
     b, t, _ = x.shape
@@ -181,16 +231,31 @@ def forward(
         slots = jnp.broadcast_to(index + jnp.arange(t), (b, t))
         mask = AttentionMask(slots, kv_valid, position_ids, kv_positions, cfg.sliding_window, has_cache=True)
     inv_freq = inverse_frequencies(cfg)
+    if cfg.position_embedding == "sinusoidal":
+        x = x + sinusoidal_positions(position_ids, cfg.hidden_size).astype(x.dtype)
+    train = dropout_rng is not None and cfg.dropout > 0
+    if train:
+        dropout_rng, embed_key = jax.random.split(dropout_rng)
+        x = _dropout(x, cfg.dropout, embed_key)
 
     def body(x, xs):
-        layer_params, cache_kv = xs
-        x, cache_kv = _attention_block(cfg, layer_params, x, mask, position_ids, inv_freq, cache_kv, index)
-        x = _mlp_block(cfg, layer_params, x)
+        layer_params, cache_kv, key = xs
+        keys = None if key is None else jax.random.split(key, 3)
+        attn_keys = None if keys is None else keys[:2]
+        mlp_key = None if keys is None else keys[2]
+        if cfg.parallel_residual:
+            a, cache_kv = _attention_block(cfg, layer_params, x, mask, position_ids, inv_freq, cache_kv, index,
+                                           attn_keys, residual=False)
+            return x + a + _mlp_block(cfg, layer_params, x, mlp_key, residual=False), cache_kv
+        x, cache_kv = _attention_block(cfg, layer_params, x, mask, position_ids, inv_freq, cache_kv, index,
+                                       attn_keys)
+        x = _mlp_block(cfg, layer_params, x, mlp_key)
         return x, cache_kv
 
-    layer_xs = (params["model"]["layers"], None if cache is None else (cache.k, cache.v))
+    layer_keys = jax.random.split(dropout_rng, cfg.num_hidden_layers) if train else None
+    layer_xs = (params["model"]["layers"], None if cache is None else (cache.k, cache.v), layer_keys)
     x, new_kv = jax.lax.scan(_remat(body, remat), x, layer_xs)
-    hidden = layers.rms_norm(x, params["model"]["norm"]["weight"], cfg.rms_norm_eps)
+    hidden = _norm(cfg, params["model"]["norm"], x)
 
     if cache is not None:
         cache = KVCache(
