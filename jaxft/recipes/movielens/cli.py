@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -90,22 +89,13 @@ def _compare(args) -> int:
 COMMANDS = {"prepare": _prepare, "check-seq-len": _check_seq_len, "compare": _compare}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return _run(COMMANDS[args.command], args)
+    return COMMANDS[args.command](args)
 
 
-def _run(command, args) -> int:
-    try:
-        from jaxft.errors import cli_boundary
-    except ImportError:  # older engine without the shared boundary
-        cli_boundary = None
-    if cli_boundary is not None:
-        with cli_boundary():
-            return command(args)
-        return 2
-    try:
-        return command(args)
-    except (OSError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    """Known failures (bad files, rows, paths) are one ``error:`` line and exit code 2."""
+    from jaxft.errors import cli_boundary
+
+    return cli_boundary(_main)(argv)
