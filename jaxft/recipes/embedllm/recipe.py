@@ -1,0 +1,145 @@
+"""``build(config, mesh)``: the embedllm TrainTask (LoRA on the LLM + history encoder, loss on the last turn)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jaxft import lora as lora_lib
+from jaxft.loaders import load_model
+from jaxft.models.perceiver import PerceiverEncoderConfig, load_perceiver
+from jaxft.recipes.embedllm.core import EmbedLLM, eval_sums, init_encoder, split_encoder_params, token_stats
+from jaxft.recipes.embedllm.data import (ExampleBuilder, Layout, history_fields, parse_conversations, read_hf,
+                                         read_local)
+from jaxft.recipes.embedllm.export import EmbedChat, export_embedllm, load_embedllm
+from jaxft.recipes.embedllm.model import CondenserConfig
+from jaxft.train.task import TrainTask
+
+log = logging.getLogger("jaxft")
+
+
+def perceiver_config(section) -> PerceiverEncoderConfig:
+    """``embedllm.perceiver`` shape keys -> the encoder config of a randomly initialised Perceiver."""
+    return PerceiverEncoderConfig(
+        num_latents=int(section.num_latents), d_latents=int(section.latent_dim), d_model=int(section.input_dim),
+        num_blocks=int(section.num_blocks), num_self_attends_per_block=int(section.self_attends_per_block),
+        num_self_attention_heads=int(section.self_attention_heads),
+        num_cross_attention_heads=int(section.cross_attention_heads),
+        self_attention_widening_factor=int(section.self_attention_widening_factor),
+        cross_attention_widening_factor=int(section.cross_attention_widening_factor),
+        attention_probs_dropout_prob=float(section.dropout))
+
+
+def load_perceiver_params(section, seed: int) -> tuple[PerceiverEncoderConfig, dict | None]:
+    """(config, params) of ``embedllm.perceiver.path`` (a directory or hub id), or (config, None) for random init."""
+    if not section.path:
+        return perceiver_config(section), None
+    from jaxft.checkpoint.hf import resolve
+
+    cfg, params = load_perceiver(resolve(section.path))
+    if cfg.d_latents != int(section.latent_dim):
+        raise ValueError(f"config key 'embedllm.perceiver.latent_dim'={section.latent_dim}: the checkpoint "
+                         f"{section.path} has d_latents {cfg.d_latents}")
+    return cfg, params
+
+
+def conversation_texts(config, tokenizer) -> tuple[list[str], str]:
+    """The configured conversations (a local .json/.jsonl file or an HF dataset), or the generated demo ones."""
+    d, e = config.data, config.embedllm
+    if d.path:
+        return read_local(d.path, d.text_column, e.separator), d.path
+    if d.hf_dataset:
+        return read_hf(d.hf_dataset, d.hf_split, d.text_column, e.separator, int(d.max_records)), d.hf_dataset
+    from jaxft.recipes.embedllm.demo import demo_conversations
+
+    texts = demo_conversations(tokenizer, int(e.demo.conversations), num_words=int(e.demo.num_words),
+                               seed=int(config.seed), separator=e.separator)
+    return texts, f"{len(texts)} generated conversations (recall a word stated in an earlier turn)"
+
+
+def build(config, mesh) -> TrainTask:
+    from jaxft.data import make_batches, split_records
+
+    e = config.embedllm
+    llm_cfg, llm_params, tokenizer = load_model(config.model, config.seed)
+    layout = Layout(max_turns=int(e.max_turns), max_turn_tokens=int(e.max_turn_tokens),
+                    max_last_turn_tokens=int(e.max_last_turn_tokens), separator=e.separator,
+                    append_eos=bool(e.append_eos))
+    pcfg, perceiver_params = load_perceiver_params(e.perceiver, int(config.seed))
+    lcfg = config.lora
+    adapters = lora_lib.init(jax.random.PRNGKey(config.seed + 1), llm_cfg, llm_params, rank=int(lcfg.rank),
+                             alpha=float(lcfg.alpha), targets=tuple(lcfg.targets), dropout=float(lcfg.dropout),
+                             use_rslora=bool(lcfg.rslora))
+    model = EmbedLLM(llm=llm_cfg, perceiver=pcfg,
+                     condenser=CondenserConfig(num_heads=int(e.condenser_heads), dropout=float(e.condenser_dropout)),
+                     lora_config=adapters.config, train_perceiver=bool(e.perceiver.train),
+                     dtype=jnp.dtype(config.model.compute_dtype), remat=str(config.model.remat))
+    encoder = init_encoder(jax.random.PRNGKey(config.seed + 2), model)
+    if perceiver_params is not None:
+        encoder["perceiver"] = perceiver_params
+    trainable, frozen = split_encoder_params(model, encoder)
+    trainable["lora"] = adapters.params
+    frozen["llm"] = llm_params
+
+    texts, origin = conversation_texts(config, tokenizer)
+    conversations, stats = parse_conversations(texts, layout.separator)
+    builder = ExampleBuilder(tokenizer, layout, stats)
+    examples = [builder(turns) for turns in conversations]  # tokenized up front so the summary counts all cuts
+    log.info("embedllm data: %s", stats)
+    if len(examples) < 2:
+        raise ValueError(f"data: only {len(examples)} usable conversations in {origin} ({stats})")
+    train, valid = split_records(examples, float(config.data.validation_fraction), int(config.seed))
+    procs = jax.process_count()
+    batches = functools.partial(make_batches, example_fn=lambda ex: ex, batch_size=int(config.train.batch_size) // procs,
+                                seq_len=layout.seq_len, fields=history_fields(layout, builder.pad_id),
+                                shard_index=jax.process_index(), shard_count=procs)
+    chunk = int(config.loss.chunk_size) or None
+
+    def loss_fn(trainable, frozen, batch, rng):
+        out = token_stats(model, trainable, frozen, batch, rng, chunk_size=chunk)
+        return out.loss_sum, out.weight_sum, {"accuracy": out.correct, "accuracy_count": out.count}
+
+    def eval_fn(trainable, frozen, batch):
+        return eval_sums(model, trainable, frozen, batch, chunk_size=chunk)
+
+    sample_texts = [c for c in texts if len(parse_conversations([c], layout.separator)[0]) == 1]
+    sample_texts = sample_texts[-int(e.sample.count):] if int(e.sample.count) else []
+
+    def samples_fn(trainable, frozen):
+        chat = EmbedChat(model, layout, trainable, frozen, tokenizer)
+        # the history and the last turn's opening words; the model writes the rest of the turn
+        prompts = [_open_last_turn(t, layout.separator, int(e.sample.prompt_words)) for t in sample_texts]
+        replies = chat.reply(prompts, max_new_tokens=int(e.sample.max_new_tokens))
+        return {f"sample_{i}": f"{p} ⟶ {r}" for i, (p, r) in enumerate(zip(prompts, replies))}
+
+    def export_fn(directory, trainable, frozen):
+        chat = EmbedChat(model, layout, jax.tree.map(jnp.asarray, trainable), jax.tree.map(jnp.asarray, frozen),
+                         tokenizer)
+        export_embedllm(directory, chat, llm_source=config.model.path, quantize=str(config.model.quantize))
+
+    where = config.model.path or "a randomly initialised LLM (config.model.random_init)"
+    perceiver = e.perceiver.path or "a random Perceiver"
+    return TrainTask(
+        trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=batches(
+            train, seed=int(config.seed), shuffle=True, num_epochs=None),
+        eval_batches=(lambda: batches(valid, seed=0, shuffle=False, num_epochs=1)) if valid else None,
+        eval_fn=eval_fn, samples_fn=samples_fn if sample_texts else None, export_fn=export_fn,
+        no_decay=lambda path, leaf: False,  # AdamW decays every parameter, as torch's AdamW did in the reference
+        description=(f"embedllm: LoRA r={lcfg.rank} on {where}; {perceiver} ({pcfg.num_latents}x{pcfg.d_latents}, "
+                     f"{'trained' if model.train_perceiver else 'frozen'}) over up to {layout.max_turns} earlier "
+                     f"turns; {origin}; {len(train)} train / {len(valid)} validation conversations"),
+    )
+
+
+def _open_last_turn(text: str, separator: str, words: int) -> str:
+    *history, last = text.split(separator)
+    return separator.join(history + [" ".join(last.split()[:words])])
+
+
+def load_export(directory: str) -> EmbedChat:
+    """The model an embedllm export holds (raises naming what is missing or broken)."""
+    return load_embedllm(Path(directory))
