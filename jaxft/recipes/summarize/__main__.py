@@ -2,4 +2,4 @@ import sys
 
 from jaxft.recipes.summarize.cli import main
 
-sys.exit(main())
+sys.exit(main(sys.argv[1:]))

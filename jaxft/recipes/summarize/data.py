@@ -16,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
 
-from jaxft.data.records import DataError
+from jaxft.data.records import DataError, RecordList
 
 PROMPT_PREFIX = "Summarize: "
 TARGET_MARKER = "\nTarget:"
@@ -135,6 +134,46 @@ def demo_pairs() -> list[dict[str, str]]:
     return docstring_pairs(demo_corpus())
 
 
-def column_pairs(records: Iterable[dict[str, Any]], document_column: str, summary_column: str
-                 ) -> list[tuple[str, str]]:
-    return [(r[document_column], r[summary_column]) for r in records]
+
+
+# ---- records from the config ------------------------------------------------------------------
+
+
+def load_pairs(config) -> tuple[RecordList, RecordList, str]:
+    """``(train, validation, source)``: records ``{"document", "summary"}`` with their origins.
+
+    ``data.path`` or ``data.hf_dataset`` (columns ``data.document_column`` / ``data.summary_column``)
+    when configured, else the offline docstring pairs. Validation comes from the dataset's
+    ``summarize.validation_split``, from ``summarize.validation_path``, or else a seeded
+    ``data.validation_fraction`` of the training records.
+    """
+    from jaxft.data.records import split_records
+    from jaxft.loaders import load_records
+
+    d, s = config.data, config.summarize
+    columns = (d.document_column, d.summary_column)
+    records = load_records(d, columns)
+    if records is None:
+        pairs = demo_pairs()[: int(d.max_records) or None]
+        records = RecordList(pairs, origins=[f"docstring pair {i}" for i in range(len(pairs))])
+        train, valid = split_records(records, float(d.validation_fraction), int(config.seed))
+        return train, valid, "document/summary pairs from Python's own docstrings"
+    records = _renamed(records, columns)
+    source = d.path or f"{d.hf_dataset} ({d.hf_config or 'default'}) {d.hf_split}"
+    extra = None
+    if d.path and s.validation_path:
+        extra = d.copy_and_resolve_references()
+        extra.path = s.validation_path
+    elif not d.path and d.hf_dataset and s.validation_split:
+        extra = d.copy_and_resolve_references()
+        extra.hf_split = s.validation_split
+    if extra is None:
+        train, valid = split_records(records, float(d.validation_fraction), int(config.seed))
+        return train, valid, source
+    return records, _renamed(load_records(extra, columns), columns), source
+
+
+def _renamed(records: RecordList, columns: tuple[str, str]) -> RecordList:
+    document, summary = columns
+    return RecordList([{"document": r[document], "summary": r[summary]} for r in records],
+                      origins=getattr(records, "origins", None) or None)
