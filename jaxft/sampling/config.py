@@ -42,6 +42,13 @@ class SamplingConfig:
     stop_sequences: tuple[tuple[int, ...], ...] = ()
     # Also return the raw (unprocessed) float32 logits of every step.
     output_logits: bool = False
+    # Penalties of the minigpt sampler (not in HF): subtract ln(count_penalty) * count(t) from the logit of
+    # every token t seen so far (prompt included); ban the last ``ban_recent`` ids of the row.
+    count_penalty: float = 1.0
+    ban_recent: int = 0
+    # Apply the bans (``ban_recent``, EOS before ``min_new_tokens``) after temperature and top-p, renormalising
+    # what is left; with nothing left, take the best unbanned token. Off: bans act before sampling, HF-style.
+    ban_after_top_p: bool = False
 
     def __post_init__(self):
         # Lists are accepted for convenience but stored as tuples, so the
@@ -73,6 +80,12 @@ class SamplingConfig:
             fail(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not self.repetition_penalty > 0:
             fail(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty!r}")
+        if not isinstance(self.count_penalty, numbers.Real) or not self.count_penalty > 0:
+            fail(f"count_penalty must be a number > 0 (1 disables it), got {self.count_penalty!r}")
+        if not _is_int(self.ban_recent) or self.ban_recent < 0:
+            fail(f"ban_recent must be an int >= 0 (0 disables it), got {self.ban_recent!r}")
+        if self.ban_after_top_p and self.top_k is not None:
+            fail("top_k cannot be combined with ban_after_top_p (that order has temperature and top-p only)")
         if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             fail(f"no_repeat_ngram_size must be an int >= 0 (0 disables it), got {self.no_repeat_ngram_size!r}")
         if self.pad_token_id is not None and (not _is_int(self.pad_token_id) or self.pad_token_id < 0):

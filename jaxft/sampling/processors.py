@@ -9,6 +9,8 @@ ignored instead of being treated as tokens.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -57,6 +59,36 @@ def no_repeat_ngram(logits: jnp.ndarray, tokens: jnp.ndarray, valid: jnp.ndarray
     return jnp.where(banned, -jnp.inf, logits)
 
 
+def count_penalty(logits: jnp.ndarray, tokens: jnp.ndarray, valid: jnp.ndarray, penalty: float) -> jnp.ndarray:
+    """Subtract ``ln(penalty) * count(t)`` from the logit of every token t, counting the valid slots."""
+    b, vocab = logits.shape
+    ids = jnp.where(valid & (tokens < vocab), tokens, vocab)
+    counts = jnp.zeros((b, vocab + 1), jnp.float32).at[jnp.arange(b)[:, None], ids].add(1.0)[:, :vocab]
+    return logits - jnp.float32(math.log(penalty)) * counts
+
+
+def recent_tokens(tokens: jnp.ndarray, valid: jnp.ndarray, length: jnp.ndarray | int, n: int,
+                  vocab: int) -> jnp.ndarray:
+    """Boolean [batch, vocab]: the ids at the last ``n`` filled slots before ``length``."""
+    slots = jnp.arange(tokens.shape[1])[None, :]
+    include = valid & (slots < length) & (slots >= jnp.asarray(length) - n)
+    return _token_mask(tokens, include, vocab)
+
+
+def _filter_then_ban(sampling: SamplingConfig, logits: jnp.ndarray, banned: jnp.ndarray) -> jnp.ndarray:
+    """Temperature and top-p first, then the bans; only the banned-out corner case falls back to greedy."""
+    allowed_best = jnp.where(banned, -jnp.inf, logits)
+    if sampling.greedy:
+        return allowed_best
+    scaled = jax.nn.log_softmax(logits, axis=-1) / sampling.temperature
+    if sampling.top_p < 1.0:
+        scaled = top_p(scaled, sampling.top_p)
+    kept = jnp.where(banned, -jnp.inf, scaled)
+    best = jnp.argmax(allowed_best, axis=-1)
+    one_hot = jnp.where(jnp.arange(logits.shape[-1])[None, :] == best[:, None], 0.0, -jnp.inf)
+    return jnp.where(jnp.isfinite(kept).any(-1, keepdims=True), kept, one_hot)
+
+
 def suppress(logits: jnp.ndarray, token_ids: tuple[int, ...], active: jnp.ndarray | bool) -> jnp.ndarray:
     """Set the logits of ``token_ids`` to -inf where ``active``."""
     if not token_ids:
@@ -90,8 +122,22 @@ def process_logits(sampling: SamplingConfig, logits: jnp.ndarray, tokens: jnp.nd
     """Penalties and EOS suppression, in the order Hugging Face applies them."""
     if sampling.repetition_penalty != 1.0:
         logits = repetition_penalty(logits, tokens, valid, sampling.repetition_penalty)
+    if sampling.count_penalty != 1.0:
+        logits = count_penalty(logits, tokens, valid, sampling.count_penalty)
     if sampling.no_repeat_ngram_size > 0:
         logits = no_repeat_ngram(logits, tokens, valid, length, sampling.no_repeat_ngram_size)
+    if sampling.ban_after_top_p:
+        vocab = logits.shape[-1]
+        banned = jnp.zeros(logits.shape, bool)
+        if sampling.ban_recent > 0:
+            banned |= recent_tokens(tokens, valid, length, sampling.ban_recent, vocab)
+        if sampling.min_new_tokens > 0 and eos_ids:
+            eos = jnp.zeros((vocab,), bool).at[jnp.asarray(eos_ids, jnp.int32)].set(True)
+            banned |= eos[None, :] & (step < sampling.min_new_tokens)
+        return _filter_then_ban(sampling, logits, banned)
+    if sampling.ban_recent > 0:
+        banned = recent_tokens(tokens, valid, length, sampling.ban_recent, logits.shape[-1])
+        logits = jnp.where(banned, -jnp.inf, logits)
     if sampling.min_new_tokens > 0:
         logits = suppress(logits, eos_ids, step < sampling.min_new_tokens)
     return logits
@@ -101,6 +147,8 @@ def select_token(sampling: SamplingConfig, logits: jnp.ndarray, key: jax.Array) 
     """Greedy argmax, or a sample after temperature, top-k and top-p (HF order)."""
     if sampling.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if sampling.ban_after_top_p:  # temperature and top-p were applied by process_logits
+        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
     logits = logits / sampling.temperature
     if sampling.top_k is not None:
         logits = top_k(logits, sampling.top_k)
