@@ -84,9 +84,9 @@ def compare(export: Path, data: Path, *, limit: int | None = None, output: Path 
     loaded = load_export(str(export), base_model)
     s = loaded.settings
     tokenizer = loaded.tokenizer
-    encoded = [encoding.encode_record(tokenizer, prompts.test_row_record(
-        row, s.get("instruction", prompts.INSTRUCTION), s.get("system_prompt", prompts.SYSTEM_PROMPT)),
-        int(s["cutoff_len"])) for row in rows]
+    records = [prompts.test_row_record(row, s.get("instruction", prompts.INSTRUCTION),
+                                       s.get("system_prompt", prompts.SYSTEM_PROMPT)) for row in rows]
+    encoded = encoding.encode_records(tokenizer, records, int(s["cutoff_len"]))
     lost = sum(e.answer_index < 0 for e in encoded)
     if lost:
         raise DataError(f"{data}: {lost} record(s) are longer than cutoff_len={s['cutoff_len']} up to the answer")

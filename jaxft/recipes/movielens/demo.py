@@ -2,10 +2,11 @@
 real ``prepare``, and a small BPE tokenizer trained on the prepared records.
 
 Each movie belongs to one genre, and its title carries one of its genre's words ("The Silent
-Planet (1987)" is science fiction). Each user likes two of the four genres. A rating is about 4.4
-for a liked genre and 2.6 otherwise, shifted by the user's generosity and the movie's quality, plus
-noise, then rounded to half stars. So whether a user will like a candidate is readable from the
-history: the ratings the user gave to earlier movies of the candidate's genre.
+Planet (1987)" is science fiction). Each user likes two of the four genres. A rating is about 4.3
+for a liked genre and 2.7 otherwise, shifted by the user's generosity (sd 0.5) and the movie's
+quality (sd 0.7), plus noise (sd 0.5), then rounded to half stars. So a candidate's label is
+partly readable from the history (the user's ratings of earlier movies of its genre, and how
+generous they are) and partly from the candidate itself (good movies are liked more often).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ GENRES = {
     "Western": ("Saloon", "Canyon", "Sheriff", "Outlaw"),
 }
 ADJECTIVES = ("Silent", "Last", "Golden", "Broken")
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 
 
 def write_demo_movielens(directory: Path, *, users: int = 160, ratings_per_user: int = 30, seed: int = 0) -> Path:
@@ -42,17 +43,17 @@ def write_demo_movielens(directory: Path, *, users: int = 160, ratings_per_user:
             for adjective in ADJECTIVES[:3]:
                 movie_id = len(movies) + 1
                 movies.append((movie_id, f"The {adjective} {noun} ({1950 + int(rng.integers(0, 50))})", genre))
-    quality = rng.normal(0.0, 0.4, size=len(movies))
+    quality = rng.normal(0.0, 0.7, size=len(movies))
     genre_names = list(GENRES)
     lines = ["userId,movieId,rating,timestamp"]
     for user in range(1, users + 1):
         liked = set(rng.choice(genre_names, size=2, replace=False))
-        generosity = rng.normal(0.0, 0.3)
+        generosity = rng.normal(0.0, 0.5)
         seen = rng.choice(len(movies), size=ratings_per_user, replace=False)
         clock = int(rng.integers(9 * 10**8, 10**9))
         for index in seen:
             movie_id, _, genre = movies[index]
-            mean = (4.4 if genre in liked else 2.6) + generosity + quality[index]
+            mean = (4.3 if genre in liked else 2.7) + generosity + quality[index]
             rating = float(np.clip(np.round((mean + rng.normal(0.0, 0.5)) * 2) / 2, 0.5, 5.0))
             clock += int(rng.integers(60, 86_400))
             lines.append(f"{user},{movie_id},{rating:.1f},{clock}")

@@ -81,21 +81,34 @@ def split_rendered(text: str, answer: str) -> tuple[str, str, str]:
 
 
 def encode_record(tokenizer, rec: Mapping[str, str], cutoff_len: int) -> Encoded:
-    answer = rec["output"]
-    if answer not in (prompts.POSITIVE, prompts.NEGATIVE):
-        raise DataError(f"column 'output' is {answer!r}, expected 'Yes' or 'No'")
-    prompt, answer, end = split_rendered(render(tokenizer, prompts.chat_messages(rec)), answer)
+    return encode_records(tokenizer, [rec], cutoff_len)[0]
 
-    def tok(text):
-        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    p, a, e = tok(prompt), tok(answer), tok(end)
-    ids = np.asarray(p + a + e, np.int32)
-    mask = np.asarray([0] * len(p) + [1] * (len(a) + len(e)), np.int32)
-    truncated = len(ids) > cutoff_len
-    ids, mask = ids[:cutoff_len], mask[:cutoff_len]
-    answer_index = len(p) - 1 if len(p) < len(ids) else -1
-    return Encoded(ids, mask, answer_index, int(answer == prompts.POSITIVE), truncated)
+def encode_records(tokenizer, records: Sequence[Mapping[str, str]], cutoff_len: int,
+                   origins: Sequence[str] | None = None) -> list[Encoded]:
+    """Encode many records; the three parts of all records are tokenized in three batched calls."""
+    parts = []
+    for i, rec in enumerate(records):
+        try:
+            answer = rec["output"]
+            if answer not in (prompts.POSITIVE, prompts.NEGATIVE):
+                raise DataError(f"column 'output' is {answer!r}, expected 'Yes' or 'No'")
+            parts.append(split_rendered(render(tokenizer, prompts.chat_messages(rec)), answer))
+        except DataError as err:
+            where = origins[i] if origins else f"record {i}"
+            raise DataError(f"{where}: {err}") from None
+    if not parts:
+        return []
+    tokenized = [tokenizer(list(texts), add_special_tokens=False)["input_ids"] for texts in zip(*parts)]
+    out = []
+    for (prompt, answer, _), p, a, e in zip(parts, *tokenized):
+        ids = np.asarray(p + a + e, np.int32)
+        mask = np.asarray([0] * len(p) + [1] * (len(a) + len(e)), np.int32)
+        truncated = len(ids) > cutoff_len
+        ids, mask = ids[:cutoff_len], mask[:cutoff_len]
+        answer_index = len(p) - 1 if len(p) < len(ids) else -1
+        out.append(Encoded(ids, mask, answer_index, int(answer == prompts.POSITIVE), truncated))
+    return out
 
 
 @dataclasses.dataclass
@@ -160,13 +173,7 @@ def encode_cached(name: str, source: Path, records: Sequence[Mapping], tokenizer
                 return EncodedSet(**{f.name: data[f.name] for f in dataclasses.fields(EncodedSet)}), True
         except (OSError, KeyError, ValueError) as err:  # a damaged entry: encode again
             log.warning("%s: unreadable token cache (%s); re-tokenizing", path, err)
-    encoded = []
-    for i, rec in enumerate(records):
-        try:
-            encoded.append(encode_record(tokenizer, rec, cutoff_len))
-        except DataError as err:
-            where = origins[i] if origins else f"{source}[{i}]"
-            raise DataError(f"{where}: {err}") from None
+    encoded = encode_records(tokenizer, records, cutoff_len, origins)
     result = EncodedSet.build(encoded)
     try:  # written whole, then renamed: a concurrent or killed run never leaves half a file
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,3 +44,21 @@ def write_layout(directory: Path, layout: str, ratings=RATINGS, titles=TITLES) -
 @pytest.fixture(params=["csv", "dat", "100k"])
 def movielens_dir(request, tmp_path) -> Path:
     return write_layout(tmp_path / request.param, request.param)
+
+
+@pytest.fixture
+def prepared_dir(tmp_path) -> Path:
+    """The hand-made ratings prepared with history_len=2 (4 train, 2 eval, 2 test records)."""
+    from jaxft.recipes.movielens.prepare import PrepareOptions, prepare, write_prepared
+
+    out = tmp_path / "prepared"
+    write_prepared(prepare(write_layout(tmp_path / "src", "csv"),
+                           PrepareOptions(history_len=2, val_ratio=0.25, test_ratio=0.25)), out)
+    return out
+
+
+@pytest.fixture
+def demo_tokenizer_dir(prepared_dir, tmp_path) -> Path:
+    from jaxft.recipes.movielens.demo import train_demo_tokenizer
+
+    return train_demo_tokenizer(prepared_dir, 400, tmp_path / "tokenizer")

@@ -1,0 +1,99 @@
+"""compare: base vs base + adapter on test_raw.jsonl, checked against transformers + peft."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxft.recipes.movielens import encoding, prompts
+from jaxft.recipes.movielens.cli import main
+from jaxft.recipes.movielens.compare import compare
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+
+@pytest.fixture
+def export_dir(tmp_path, demo_tokenizer_dir):
+    """An export as export_fn writes it for LoRA over a saved base: base/, adapter/, tokenizer/, movielens.json."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(demo_tokenizer_dir))
+    config = transformers.Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      max_position_embeddings=256, tie_word_embeddings=True,
+                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    export = tmp_path / "export"
+    model.save_pretrained(export / "base")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                           init_lora_weights=False)  # random B: the tuned model really differs
+    tuned = peft.get_peft_model(model, lora)
+    tuned.save_pretrained(export / "adapter")
+    tok.save_pretrained(export / "tokenizer")
+    yes, no = encoding.answer_token_ids(tok)
+    (export / "movielens.json").write_text(json.dumps({
+        "base_model": "base", "tuned": "adapter", "yes_token_id": yes, "no_token_id": no, "cutoff_len": 256,
+        "compute_dtype": "float32", "dtype": "float32", "quantize": "none",
+        "system_prompt": prompts.SYSTEM_PROMPT, "instruction": prompts.INSTRUCTION}))
+    return export, tok
+
+
+def _reference_p_yes(export, tok, rows, adapter: bool):
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(export / "base", attn_implementation="eager").eval()
+    if adapter:
+        model = peft.PeftModel.from_pretrained(model, export / "adapter").eval()
+    yes, no = encoding.answer_token_ids(tok)
+    out = []
+    for row in rows:
+        messages = prompts.chat_messages(prompts.test_row_record(row), with_answer=False)
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logits = model(ids).logits[0, -1].double()
+        out.append(float(torch.softmax(logits[[yes, no]], -1)[0]))
+    return np.array(out)
+
+
+def test_compare_matches_transformers_and_peft(export_dir, prepared_dir, tmp_path, capsys):
+    export, tok = export_dir
+    data = prepared_dir / "test_raw.jsonl"
+    preds = tmp_path / "preds.jsonl"
+    assert main(["compare", "--export", str(export), "--data", str(data), "--output", str(preds),
+                 "--batch-size", "3"]) == 0
+    report = capsys.readouterr().out
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    lines = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(lines) == len(rows) == 2
+    assert [set(line) for line in lines] == [{"user_id", "candidate_title", "label", "p_yes_base", "p_yes_tuned",
+                                             "pred_base", "pred_tuned"}] * 2
+    assert [(line["user_id"], line["candidate_title"], line["label"]) for line in lines] == [
+        (r["user_id"], r["candidate_title"], r["label"]) for r in rows]
+    base = np.array([line["p_yes_base"] for line in lines])
+    tuned = np.array([line["p_yes_tuned"] for line in lines])
+    np.testing.assert_allclose(base, _reference_p_yes(export, tok, rows, adapter=False), atol=1e-5)
+    np.testing.assert_allclose(tuned, _reference_p_yes(export, tok, rows, adapter=True), atol=1e-5)
+    assert np.abs(base - tuned).max() > 1e-4  # two different models, not the adapter twice
+    for line in lines:
+        assert line["pred_base"] == ("Yes" if line["p_yes_base"] > 0.5 else "No")
+        assert line["pred_tuned"] == ("Yes" if line["p_yes_tuned"] > 0.5 else "No")
+    assert "majority-class accuracy" in report and "confusion TP" in report
+
+
+def test_compare_limit_and_bad_inputs(export_dir, prepared_dir, tmp_path, capsys):
+    export, _ = export_dir
+    data = prepared_dir / "test_raw.jsonl"
+    result = compare(export, data, limit=1)
+    assert result["base"]["n"] == 1 and len(result["rows"]) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(data.read_text().splitlines()[0] + "\n" + json.dumps({"user_id": 1}) + "\n")
+    assert main(["compare", "--export", str(export), "--data", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {bad}:2: key 'history_titles' is missing"
+    assert main(["compare", "--export", str(tmp_path), "--data", str(data)]) == 2
+    assert "movielens.json" in capsys.readouterr().err
