@@ -170,6 +170,8 @@ def sft_example(text: str, tokenizer, *, max_len: int, where: str = "record") ->
         raise DataError(f"{where}: no '{RESPONSE_MARKER.strip()}' line followed by a newline; SFT examples "
                         f"look like '### Instruction: ...\\n### Response:\\n ...'")
     response_start = cut + len(RESPONSE_MARKER)
+    if not text[response_start:].strip():
+        raise DataError(f"{where}: the response after '{RESPONSE_MARKER.strip()}' is empty")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     starts = [s for s, _ in enc["offset_mapping"]]
@@ -177,8 +179,6 @@ def sft_example(text: str, tokenizer, *, max_len: int, where: str = "record") ->
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
         mask.append(1)
-    if not any(mask):
-        raise DataError(f"{where}: the response after '{RESPONSE_MARKER.strip()}' is empty")
     if len(ids) > max_len:
         ids, mask = ids[:max_len], mask[:max_len]
         if not any(mask):
