@@ -7,6 +7,7 @@ and its end-of-turn marker; eval adds accuracy and F1 from the Yes/No logits at 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -52,7 +53,8 @@ def model_section(config, directory: Path):
         from jaxft.recipes.movielens.demo import train_demo_tokenizer
 
         vocab = int(config.movielens.demo_tokenizer_vocab)
-        target = cache_dir() / "movielens" / f"tokenizer-{directory.name}-{vocab}"
+        digest = hashlib.sha256((directory / "train.json").read_bytes() + (directory / "eval.json").read_bytes())
+        target = cache_dir() / "movielens" / f"tokenizer-{digest.hexdigest()[:16]}-{vocab}"
         model_cfg.tokenizer = str(train_demo_tokenizer(directory, vocab, target))
     return model_cfg
 
