@@ -1,14 +1,22 @@
 """One process of a two-process run: a sharded step, then a joint save and restore.
 
-Usage: python two_process.py PROCESS_ID PORT CKPT_DIR OUT.npz
+Usage: python two_process.py PROCESS_ID PORT CKPT_DIR OUT.npz [STEPS]
 PROCESS_ID -1 runs the same step alone on one device, as the reference.
+
+With STEPS, it trains like a preemptible job instead: it resumes from the latest checkpoint in
+CKPT_DIR, takes a different batch each step (a function of the step, so a resumed run sees what
+an uninterrupted one would), checkpoints every 5 steps, and on SIGTERM (to any of the processes)
+all processes agree on one step through jax's preemption sync point, save it, and exit 0.
+OUT.npz then holds the steps it trained and their losses, and the step it stopped at.
 """
 
 import sys
+import time
 
 import jax
 
 process_id, port, ckpt_dir, out_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+train_steps = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 alone = process_id < 0
 if not alone:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -54,6 +62,43 @@ state = jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s, l
                      state, s_sh)
 batch = global_batch(local, mesh, rules)
 step = jit_step(make_step_fn(loss_fn, optimizer), s_sh, {}, jax.tree.map(lambda x: x.sharding, batch))
+
+
+def batch_of_step(n: int) -> dict:
+    ids = np.random.default_rng(1000 + n).integers(0, 256, (4, 16)).astype(np.int32)
+    return global_batch({"input_ids": ids[rows], "loss_mask": np.ones_like(ids[rows])}, mesh, rules)
+
+
+if train_steps:
+    from jax.experimental import multihost_utils
+
+    ckpt = TrainCheckpointer(ckpt_dir, max_to_keep=2, async_save=False)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    start = ckpt.latest_step() or 0
+    if start:
+        state, data_state, _ = ckpt.restore(start, abstract)
+        assert data_state == {"next_step": start + 1}, data_state
+    done, losses, stopped_at = [], [], None
+    for n in range(start + 1, train_steps + 1):
+        state, metrics = step(state, {}, batch_of_step(n))
+        done.append(n)
+        losses.append(float(metrics["loss"]))
+        print(f"step {n}", flush=True)
+        # Every process asks at every step; after a SIGTERM reaches any of them, all get True at the
+        # same step (a process-local flag could make one process save while the other steps on).
+        if multihost_utils.reached_preemption_sync_point(n):
+            ckpt.save(n, state, data_state={"next_step": n + 1}, force=True)
+            stopped_at = n
+            break
+        if n % 5 == 0:
+            ckpt.save(n, state, data_state={"next_step": n + 1}, force=True)
+        time.sleep(0.05)  # a slow step, so the test can signal mid-run
+    ckpt.wait()
+    ckpt.close()
+    np.savez(out_path, steps=np.array(done), losses=np.array(losses), start=start,
+             stopped_at=-1 if stopped_at is None else stopped_at)
+    sys.exit(0)
+
 losses = []
 for _ in range(2):
     state, metrics = step(state, {}, batch)
