@@ -89,12 +89,12 @@ def get_config(preset: str = "demo") -> ConfigDict:
         c.optim.schedule.warmup_steps = 20
         c.optim.schedule.end_lr_ratio = 0.1
         c.train.batch_size = 16
-        c.train.steps = 300
-        c.train.eval_every = 100
+        c.train.steps = 200
+        c.train.eval_every = 50
         c.train.eval_batches = 4
         c.train.eval_at_start = True
         c.train.log_every = 10
-        c.checkpoint.every = 100
+        c.checkpoint.every = 50
         if preset == "smoke":
             c.model.random_init.hidden_size = 64
             c.model.random_init.intermediate_size = 128
