@@ -90,26 +90,40 @@ def _is_hub_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and not Path(name).expanduser().exists()
 
 
+def _top_level_json(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The small JSON objects at the top of an export (recipe metadata such as condenser.json or
+    embedllm.json); tokenizer files, indexes and anything unreadable are no concern here."""
+    out = []
+    for file in sorted(directory.glob("*.json")):
+        if not file.is_file() or file.stat().st_size >= 1 << 20:
+            continue
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict):
+            out.append((file, data))
+    return out
+
+
+def _sections_with_source(meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, section)`` for each top-level section recording where a base model came from
+    (``{"source": ..., "bundled": ...}``, as the condense and embedllm exports write them)."""
+    return [(k, v) for k, v in meta.items() if isinstance(v, dict) and ("source" in v or "bundled" in v)]
+
+
 def base_models(directory: str | Path) -> list[str]:
     """Where the base weights of an export come from, as recorded in it: the
-    ``base_model_name_or_path`` of each PEFT adapter, the encoder/decoder sources of a
-    condenser, and a ``"base_models"`` list in any JSON file at the top of the export (how a
-    recipe names bases the other two do not cover). Without duplicates or empty entries."""
+    ``base_model_name_or_path`` of each PEFT adapter, the ``source`` of each section of a
+    top-level JSON file (a condenser's encoder and decoder, an embedllm's LLM), and a
+    ``"base_models"`` list in such a file. Without duplicates or empty entries."""
     directory = Path(directory)
-    found: list[str] = []
-    for file in _files(directory):
-        if file.name == "adapter_config.json":
-            found.append(str(_read(file).get("base_model_name_or_path") or ""))
-        elif file.name == "condenser.json":
-            meta = _read(file)
-            found += [str((meta.get(which) or {}).get("source") or "") for which in ("encoder", "decoder")]
-        elif file.suffix == ".json" and file.parent == directory and file.stat().st_size < 1 << 20:
-            try:  # a recipe's own metadata file; other JSON files (tokenizers, indexes) are no concern here
-                data = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            listed = data.get("base_models", []) if isinstance(data, dict) else []
-            found += [str(b) for b in listed] if isinstance(listed, list) else []
+    found = [str(_read(f).get("base_model_name_or_path") or "")
+             for f in _files(directory) if f.name == "adapter_config.json"]
+    for _, meta in _top_level_json(directory):
+        found += [str(section.get("source") or "") for _, section in _sections_with_source(meta)]
+        listed = meta.get("base_models", [])
+        found += [str(b) for b in listed] if isinstance(listed, list) else []
     return list(dict.fromkeys(b for b in found if b))
 
 
@@ -141,6 +155,13 @@ def model_card(directory: str | Path, repo: str) -> str:
         if local:
             body += ["", "Not on the Hub (local checkpoints at training time): " + ", ".join(f"`{b}`" for b in local)
                      + "; pass the base model yourself when loading."]
+    for file, info in _top_level_json(directory):
+        if isinstance(info.get("format"), str):
+            body += ["", f"A `{info['format']}` export: `{file.name}` describes it."]
+        for key, section in _sections_with_source(info):
+            if section.get("bundled") and not section.get("source"):
+                body += ["", f"The {key} base model has no hub source (trained or randomly initialised for this "
+                         f"export) and is included as `{key}/`."]
     if condenser:
         body += ["", "A condense-token context compressor: `condenser.json` and `condenser.safetensors` hold the "
                  "condense tokens, projector and markers; `adapter/` the encoder LoRA. Load it with "

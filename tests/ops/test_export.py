@@ -161,3 +161,20 @@ def test_check_cli_lists_the_upload(lm_export, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "README.md\t(generated model card)"
     assert "adapter/adapter_config.json\t" in out[0]
+
+
+def test_embedllm_card_names_its_llm_and_bundled_parts(lm_export, tmp_path):
+    _, directory = lm_export
+    out = _materialize(export.upload_plan(directory / "adapter", "a/b")[:-1], tmp_path / "e" / "adapter").parent
+    (out / "embedllm.json").write_text(json.dumps({
+        "format": "jaxft-embedllm", "version": 1, "llm": {"source": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                          "bundled": False, "quantize": "none"},
+        "perceiver": {"d_model": 64}}))
+    assert export.base_models(out) == [HUB_BASE, "HuggingFaceTB/SmolLM2-135M-Instruct"]
+    card = export.model_card(out, "someone/embed")
+    assert "- HuggingFaceTB/SmolLM2-135M-Instruct\n" in card.split("---")[1]
+    assert "A `jaxft-embedllm` export: `embedllm.json` describes it." in card
+
+    (out / "embedllm.json").write_text(json.dumps({"format": "jaxft-embedllm", "llm": {"source": "", "bundled": True}}))
+    assert export.base_models(out) == [HUB_BASE]
+    assert "The llm base model has no hub source" in export.model_card(out, "someone/embed")
