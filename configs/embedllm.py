@@ -61,7 +61,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.model = model_section(tokenizer="demo:bpe:2048", random_init=ConfigDict(dict(
         model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6,
-        tie_word_embeddings=True, rope_theta=1000000.0)))
+        tie_word_embeddings=True, rope_theta=1000000.0, initializer_range=0.02)))
     c.lora = lora_section(rank=16, alpha=32.0, dropout=0.1, targets=SEVEN_TARGETS)
     c.data = data_section(text_column="")  # "" -> auto-detected (text, conversation, input, content, prompt, messages)
     c.embedllm = _embedllm_section()
@@ -77,7 +77,15 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.train.steps = 1000
 
     if preset in ("demo", "smoke"):
+        # A frozen random LLM with init std 0.02 has near-flat logits that LoRA cannot sharpen in minutes
+        # (measured: 600 steps, eval loss 7.67 -> 6.55 while accuracy reached 0.83); std 0.3 lets it.
+        c.model.random_init.initializer_range = 0.3
+        # No dropout in the demo: it halves what the prefix carries in the step budget (measured at
+        # 600 steps: answer-word accuracy ~0.23 with the reference's 0.1 everywhere, ~0.37 without).
+        c.lora.dropout = 0.0
         e = c.embedllm
+        e.condenser_dropout = 0.0
+        e.perceiver.dropout = 0.0
         e.max_turns, e.max_turn_tokens, e.max_last_turn_tokens = 4, 16, 8
         e.condenser_heads = 4
         p = e.perceiver
@@ -86,7 +94,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
         c.optim.schedule.peak_lr = 3e-3
         c.optim.schedule.warmup_steps = 30
         c.train.batch_size = 32
-        c.train.steps = 600
+        c.train.steps = 800
         c.train.eval_every = 200
         c.train.eval_batches = 8
         c.train.eval_at_start = True

@@ -75,10 +75,15 @@ def decoder_embeds(model: EmbedLLM, llm_params: Params, input_ids: jnp.ndarray, 
 
 
 def token_stats(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict, rng: jax.Array | None = None,
-                *, zero_prefix: bool = False, chunk_size: int | None = None) -> LossOutput:
-    """Next-token cross-entropy sums over the last-turn tokens of ``batch`` (the prefix predicts the first)."""
+                *, zero_prefix: bool = False, drop_history: bool = False, chunk_size: int | None = None) -> LossOutput:
+    """Next-token cross-entropy sums over the last-turn tokens of ``batch`` (the prefix predicts the first).
+
+    ``zero_prefix`` replaces the prefix vector by zeros; ``drop_history`` masks every history turn out
+    (the prefix is then the learned empty-history vector).
+    """
     rng_lora, rng_enc = (None, None) if rng is None else jax.random.split(rng)
-    prefix = prefix_vectors(model, trainable, frozen, batch["history_ids"], batch["history_mask"], rng_enc)
+    history_mask = jnp.zeros_like(batch["history_mask"]) if drop_history else batch["history_mask"]
+    prefix = prefix_vectors(model, trainable, frozen, batch["history_ids"], history_mask, rng_enc)
     if zero_prefix:
         prefix = jnp.zeros_like(prefix)
     params = model.llm_params(trainable, frozen, rng_lora)
@@ -92,10 +97,14 @@ def token_stats(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict,
 
 def eval_sums(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict,
               chunk_size: int | None = None) -> dict[str, jnp.ndarray]:
-    """Loss and accuracy with the prefix, with the prefix zeroed, and their gap (all as sums + counts)."""
+    """Loss and accuracy with the prefix, with the prefix zeroed, and without history (the empty-history
+    vector), and the loss gap to the zeroed prefix (all as sums + counts)."""
     real = token_stats(model, trainable, frozen, batch, chunk_size=chunk_size)
     zero = token_stats(model, trainable, frozen, batch, zero_prefix=True, chunk_size=chunk_size)
-    return {"loss": real.loss_sum, "loss_count": real.weight_sum,
+    empty = token_stats(model, trainable, frozen, batch, drop_history=True, chunk_size=chunk_size)
+    return {"no_history_loss": empty.loss_sum, "no_history_loss_count": empty.weight_sum,
+            "no_history_accuracy": empty.correct, "no_history_accuracy_count": empty.count,
+            "loss": real.loss_sum, "loss_count": real.weight_sum,
             "accuracy": real.correct, "accuracy_count": real.count,
             "zero_prefix_loss": zero.loss_sum, "zero_prefix_loss_count": zero.weight_sum,
             "zero_prefix_accuracy": zero.correct, "zero_prefix_accuracy_count": zero.count,

@@ -1,0 +1,75 @@
+"""The embedllm task end to end on the smoke preset: loss on the last turn only, eval metrics, export/reload."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.embedllm import get_config
+from jaxft.recipes.embedllm import build, load_export
+from jaxft.recipes.embedllm.core import logits_jit, token_stats
+
+
+@pytest.fixture(scope="module")
+def task_and_batch():
+    config = get_config("smoke")
+    task = build(config, None)
+    batch = {k: jnp.asarray(v) for k, v in next(task.train_batches).items()}
+    return config, task, batch
+
+
+
+
+def test_loss_is_cross_entropy_of_last_turn_tokens_only(task_and_batch, tmp_path):
+    _, task, batch = task_and_batch
+    task.export_fn(str(tmp_path), task.trainable, task.frozen)
+    chat = load_export(str(tmp_path))
+    logits = np.asarray(logits_jit(chat.model, chat.trainable, chat.frozen, batch["input_ids"],
+                                   batch["attention_mask"], batch["history_ids"], batch["history_mask"]))
+    ids, loss_mask = np.asarray(batch["input_ids"]), np.asarray(batch["loss_mask"])
+    # slot 0 is the prefix slot; targets are the last-turn tokens after it, nothing else
+    assert (loss_mask[:, 0] == 0).all() and loss_mask.sum() == (np.asarray(batch["attention_mask"])[:, 1:]).sum()
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    nll = -np.take_along_axis(logp[:, :-1], ids[:, 1:, None], -1)[..., 0]
+    expected = (nll * loss_mask[:, 1:]).sum()
+    loss_sum, weight_sum, _ = task.loss_fn(task.trainable, task.frozen, batch, None)
+    assert float(weight_sum) == loss_mask.sum()
+    assert abs(float(loss_sum) - expected) <= 1e-3 * max(1.0, abs(expected))
+    # the history reaches the loss only through the prefix: zeroing it changes the loss
+    zeroed = token_stats(chat.model, chat.trainable, chat.frozen, batch, zero_prefix=True)
+    assert abs(float(zeroed.loss_sum) - float(loss_sum)) > 1e-4
+
+
+def test_eval_reports_loss_with_and_without_the_prefix(task_and_batch):
+    _, task, batch = task_and_batch
+    sums = task.eval_fn(task.trainable, task.frozen, batch)
+    for key in ("loss", "zero_prefix_loss", "no_history_loss", "prefix_gain", "accuracy"):
+        assert key in sums and f"{key}_count" in sums
+    np.testing.assert_allclose(float(sums["prefix_gain"]), float(sums["zero_prefix_loss"] - sums["loss"]),
+                               rtol=1e-5)
+
+
+def test_export_reload_gives_identical_logits(task_and_batch, tmp_path):
+    _, task, batch = task_and_batch
+    # perturb every trainable leaf so a group that is not written or not read back shows up
+    rng = np.random.default_rng(0)
+    trainable = jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rng.normal(size=p.shape), p.dtype), task.trainable)
+    task.export_fn(str(tmp_path / "a"), trainable, task.frozen)
+    chat = load_export(str(tmp_path / "a"))
+    assert set(json.loads((tmp_path / "a" / "embedllm.json").read_text())) >= {"perceiver", "condenser", "lora"}
+    assert (tmp_path / "a" / "adapter" / "adapter_config.json").exists()
+    ours = chat.logits({k: np.asarray(v) for k, v in batch.items()})
+    ref = np.asarray(logits_jit(chat.model, trainable, task.frozen, batch["input_ids"], batch["attention_mask"],
+                                batch["history_ids"], batch["history_mask"]))
+    np.testing.assert_array_equal(ours, ref)
+    replies = chat.reply(["Remember the word time.<|turn|>What was the word?<|turn|>The word"], max_new_tokens=3)
+    assert len(replies) == 1 and isinstance(replies[0], str)
+
+    (tmp_path / "a" / "embedllm.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="embedllm.safetensors"):
+        load_export(str(tmp_path / "a"))
