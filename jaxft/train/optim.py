@@ -47,6 +47,7 @@ def default_config() -> ConfigDict:
             end_lr_ratio=0.0,  # final lr = end_lr_ratio * peak_lr
             restart_period=0,  # cosine_restarts: steps per cycle, or
             num_cycles=0,  # cosine_restarts: cycles in total_steps - warmup_steps
+            restart_mult=1,  # cosine_restarts: each cycle this many times longer than the one before (T_mult)
         ),
         b1=0.9,
         b2=0.999,
@@ -112,11 +113,16 @@ def _cosine_cycles(cfg: ConfigDict, peak: float, ratio: float, span: int, where:
     if (period > 0) == (cycles > 0):
         raise ValueError(f"{where}: cosine_restarts needs exactly one of restart_period or num_cycles (> 0); "
                          f"got restart_period={period}, num_cycles={cycles}")
+    mult = int(cfg.get("restart_mult", 1) or 1)
+    if mult < 1 or (mult > 1 and cycles):
+        raise ValueError(f"{where}.restart_mult={mult} must be >= 1, and > 1 only with restart_period")
     if cycles:
         period = -(-span // cycles)
-    cycles = -(-span // period)
-    cycle = optax.cosine_decay_schedule(peak, period, alpha=ratio)
-    return optax.join_schedules([cycle] * cycles, [period * i for i in range(1, cycles)])
+    periods = []  # restart_period * restart_mult**i until the span is covered
+    while sum(periods) < span:
+        periods.append(period * mult ** len(periods))
+    ends = [sum(periods[:i + 1]) for i in range(len(periods) - 1)]
+    return optax.join_schedules([optax.cosine_decay_schedule(peak, p, alpha=ratio) for p in periods], ends)
 
 
 def _with_warmup(schedule: optax.Schedule, peak: float, warmup: int) -> optax.Schedule:
