@@ -248,8 +248,10 @@ def _run_section(run: RunLog, heading: str) -> list[str]:
         at_best = next((r for r in run.eval if r["step"] == best), None)
         value = f" ({metric} = {_fmt(at_best[metric])})" if at_best and metric in at_best else ""
         lines.append(f"- best step: {best}{value}")
+    elif run.summary is None:
+        lines.append(f"- best step: not recorded ({run.workdir / SUMMARY_FILE} is missing)")
     else:
-        lines.append("- best step: none recorded (no eval metric to select on)")
+        lines.append("- best step: none (no eval metric to select on)")
     exported = summary.get("exported_step")
     if exported is not None:
         lines.append(f"- exported step: {exported}" + (f" → `{summary['export_dir']}`" if summary.get("export_dir") else ""))

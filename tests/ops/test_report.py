@@ -116,7 +116,7 @@ def test_missing_pieces_are_reported_not_raised(tmp_path):
     md = (out / "report.md").read_text()
     assert "No data logged for: learning rate, eval metrics, tokens/s." in md
     assert "not available (no config_file recorded" in md
-    assert "- best step: none recorded" in md
+    assert f"- best step: not recorded ({run / 'summary.json'} is missing)" in md
 
 
 def test_bad_log_is_one_line_naming_the_row(tmp_path, capsys):
