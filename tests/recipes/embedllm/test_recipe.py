@@ -13,6 +13,8 @@ from configs.embedllm import get_config
 from jaxft.recipes.embedllm import build, load_export
 from jaxft.recipes.embedllm.core import logits_jit, token_stats
 
+pytestmark = pytest.mark.slow  # builds and compiles the task (~1-2 min on this CPU)
+
 
 @pytest.fixture(scope="module")
 def task_and_batch():
@@ -73,3 +75,21 @@ def test_export_reload_gives_identical_logits(task_and_batch, tmp_path):
     (tmp_path / "a" / "embedllm.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="embedllm.safetensors"):
         load_export(str(tmp_path / "a"))
+
+
+def test_chat_cli(task_and_batch, tmp_path, capsys):
+    from jaxft.recipes.embedllm.cli import main
+
+    _, task, _ = task_and_batch
+    task.export_fn(str(tmp_path / "e"), task.trainable, task.frozen)
+    conv = "Remember the word time.<|turn|>What was the word?<|turn|>The word was"
+    (tmp_path / "c.jsonl").write_text(json.dumps({"conversation": conv}) + "\n" + json.dumps({"conversation": conv}))
+    chat = load_export(str(tmp_path / "e"))
+    expected = chat.reply([conv], max_new_tokens=3)[0]
+    assert main(["chat", "--export", str(tmp_path / "e"), "--conversation", conv, "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    assert main(["chat", "--export", str(tmp_path / "e"), "--conversation", str(tmp_path / "c.jsonl"),
+                 "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.count(expected) == 2
+    assert main(["chat", "--export", str(tmp_path / "e"), "--conversation", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
