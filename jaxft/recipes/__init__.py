@@ -9,6 +9,7 @@ from jaxft.recipes.base import TrainTask
 RECIPES = {
     "lm": "jaxft.recipes.lm",
     "condense": "jaxft.recipes.condense.recipe",
+    "minigpt": "jaxft.recipes.minigpt",
 }
 
 
