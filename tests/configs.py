@@ -1,15 +1,13 @@
 """Load the recipe configs under configs/ the way ``jaxft.main`` does."""
 
-import importlib.util
 from pathlib import Path
+
+from jaxft.config import load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def recipe_config(name: str, preset: str | None = None):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset) if preset else module.get_config()
+    config = load_config_file(f"{ROOT / 'configs' / name}.py" + (f":{preset}" if preset else ""))
     config.unlock() if hasattr(config, "unlock") else None
     return config

@@ -23,7 +23,7 @@ from jaxft.models.decoder import embed, forward
 from jaxft.models.init import init_params
 from jaxft.recipes.condense import model as model_lib
 from jaxft.recipes.condense import objectives
-from jaxft.recipes.condense.data import (ExampleBuilder, Layout, condense_batches, decoder_segment_starts,
+from jaxft.recipes.condense.data import (ExampleBuilder, Layout, decoder_segment_starts, example_fields,
                                          segment_char_starts)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,6 +246,13 @@ def test_example_builder_fits_both_budgets():
         ExampleBuilder(word_tokenizer(), byte, layout)("   ")
 
 
+def condense_batches(records, example_fn, layout=None, **kw):
+    from jaxft.data import make_batches
+
+    return make_batches(records, example_fn=example_fn, fields=example_fields(layout or example_fn.layout),
+                        shard_index=0, shard_count=1, **kw)
+
+
 def test_batches_fill_and_resume():
     layout = Layout.create(num_condense_tokens=2, compression_ratio=2.0, max_tokens=8, max_decoder_tokens=40,
                            max_continuation_tokens=4, max_characters=200)
@@ -254,6 +261,7 @@ def test_batches_fill_and_resume():
     batches = list(condense_batches(texts, builder, batch_size=3, shuffle=False, num_epochs=1))
     assert len(batches) == 2 and batches[1]["enc_ids"].shape == (3, 2, 4)
     assert batches[1]["dec_mask"].sum(-1).tolist()[1:] == [0, 0]  # filled-up rows carry nothing
+    assert batches[1]["dec_mask"].dtype == bool and batches[1]["num_segments"].tolist() == [1, 0, 0]
     it = condense_batches(texts, builder, batch_size=2, seed=3, num_epochs=None)
     next(it)
     state = it.get_state()
@@ -280,7 +288,7 @@ def test_bad_settings_are_named():
                            max_continuation_tokens=4, max_characters=200)
     builder = ExampleBuilder(word_tokenizer(), byte_tokenizer(), layout)
     with pytest.raises(ValueError, match="record 1: .*has no column 'text'"):
-        list(condense_batches([{"text": "the cat"}, {"body": "a dog"}], builder.record_fn("text"), batch_size=2,
+        list(condense_batches([{"text": "the cat"}, {"body": "a dog"}], builder.record_fn("text"), builder.layout, batch_size=2,
                               shuffle=False, num_epochs=1))
 
 

@@ -235,29 +235,89 @@ def test_restored_state_continues_exactly(packing):
 
 
 def test_state_round_trips_through_an_orbax_checkpoint(tmp_path):
-    import grain
     import orbax.checkpoint as ocp
 
-    batches = _batches(packing=True)
+    batches = _batches()
     for _ in range(3):
         next(batches)
     manager = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("state", "data"))
     manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": np.arange(3.0)}),
-                                            data=grain.checkpoint.CheckpointSave(batches)))
+                                            data=ocp.args.JsonSave(batches.get_state())))
     manager.wait_until_finished()
     expected = [next(batches) for _ in range(4)]
-    resumed = _batches(packing=True)
+    resumed = _batches()
     restored = manager.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore({"w": np.zeros(3)}),
-                                                          data=grain.checkpoint.CheckpointRestore(resumed)))
+                                                          data=ocp.args.JsonRestore()))
+    resumed.set_state(restored["data"])
     assert restored["state"]["w"].tolist() == [0.0, 1.0, 2.0]
     for want in expected:
         got = next(resumed)
         assert all(np.array_equal(got[key], want[key]) for key in want)
 
 
+def _rows(batch):
+    return sorted(tuple(r) for r, m in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist()) if any(m))
+
+
 def test_shards_are_disjoint_and_cover_the_data():
-    seen = [_first_ids(_batches(shard_index=i, shard_count=3, num_epochs=1)) for i in range(3)]
-    assert [sorted(s) for s in seen] == [list(range(i, 37, 3)) for i in range(3)]
+    seen = [_first_ids(_batches(batch_size=2, shard_index=i, shard_count=3, num_epochs=1)) for i in range(3)]
+    assert sorted(sum(seen, [])) == list(range(37))
+    counts = [len(list(_batches(batch_size=2, shard_index=i, shard_count=3, num_epochs=1))) for i in range(3)]
+    assert counts == [7, 7, 7]  # padded to whole global batches: no process waits for another
+
+
+def test_union_of_process_batches_is_the_single_process_batch():
+    single = _batches(batch_size=4)
+    shards = [_batches(batch_size=2, shard_index=i, shard_count=2) for i in range(2)]
+    for _ in range(15):  # crosses an epoch boundary
+        want = _rows(next(single))
+        got = sorted(_rows(next(shards[0])) + _rows(next(shards[1])))
+        assert got == want
+
+
+def test_resume_on_a_different_process_count():
+    single = _batches(batch_size=4)
+    expected = [_rows(next(single)) for _ in range(12)]
+    shards = [_batches(batch_size=2, shard_index=i, shard_count=2) for i in range(2)]
+    for _ in range(5):
+        for s in shards:
+            next(s)
+    state = json.loads(json.dumps(shards[0].get_state()))
+    assert state["global_batches"] == 5
+    resumed = _batches(batch_size=4)
+    resumed.set_state(state)
+    assert [_rows(next(resumed)) for _ in range(7)] == expected[5:]
+
+
+def test_packed_state_refuses_another_process_count():
+    shards = [_batches(batch_size=2, shard_index=i, shard_count=2, packing=True) for i in range(2)]
+    next(shards[0])
+    with pytest.raises(DataError, match="saved by 2 processes"):
+        _batches(packing=True).set_state(shards[0].get_state())
+
+
+def test_fixed_shape_fields_are_padded_and_batched():
+    from jaxft.data import Field
+
+    def example(record):
+        n = record["n"]
+        return {"input_ids": np.arange(1, n % 3 + 2), "label": n % 2, "prefix": np.full(n % 4, n)}
+
+    fields = {"input_ids": Field(), "label": Field(shape=()), "prefix": Field(shape=(3,), pad=-1)}
+    batches = list(make_batches(RECORDS[:5], example_fn=example, batch_size=2, seq_len=4, fields=fields,
+                                shuffle=False, num_epochs=1, shard_index=0, shard_count=1))
+    assert len(batches) == 3 and sorted(batches[0]) == sorted(["input_ids", "label", "prefix", "attention_mask",
+                                                                "segment_ids", "positions"])
+    assert batches[0]["label"].tolist() == [0, 1] and batches[1]["label"].tolist() == [0, 1]
+    assert batches[1]["prefix"].tolist() == [[2, 2, -1], [3, 3, 3]]
+    assert batches[2]["prefix"].tolist() == [[-1, -1, -1], [-1, -1, -1]]  # 4 % 4 = 0 entries, then an empty row
+    assert batches[2]["attention_mask"].tolist() == [[1, 1, 0, 0], [0, 0, 0, 0]]
+    with pytest.raises(DataError, match="declared at most"):
+        list(make_batches(RECORDS[:5], example_fn=lambda r: {"input_ids": [1, 2], "label": 0,
+                                                             "prefix": np.zeros(5)},
+                          batch_size=2, seq_len=4, fields=fields, shard_index=0, shard_count=1, num_epochs=1))
+    with pytest.raises(ValueError, match="packing needs per-token fields only"):
+        make_batches(RECORDS, example_fn=example, batch_size=2, seq_len=4, fields=fields, packing=True)
 
 
 def test_order_is_seeded_and_reshuffled_each_epoch():

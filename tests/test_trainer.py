@@ -26,10 +26,12 @@ def _smoke(workdir, steps=8):
 def test_resumed_run_has_the_same_losses_as_an_uninterrupted_one(tmp_path):
     from jaxft.train.trainer import Trainer
 
-    straight = Trainer(_smoke(tmp_path / "a"), tmp_path / "a").run()
-    first = Trainer(_smoke(tmp_path / "b"), tmp_path / "b").run(until_step=4)
+    from jaxft.recipes.lm import build
+
+    straight = Trainer(_smoke(tmp_path / "a"), tmp_path / "a", build).run()
+    first = Trainer(_smoke(tmp_path / "b"), tmp_path / "b", build).run(until_step=4)
     assert [s for s, _ in first["train_loss"]] == [1, 2, 3, 4]
-    resumed = Trainer(_smoke(tmp_path / "b"), tmp_path / "b").run()
+    resumed = Trainer(_smoke(tmp_path / "b"), tmp_path / "b", build).run()
     assert [s for s, _ in resumed["train_loss"]] == [5, 6, 7, 8]
     a = np.array([l for _, l in straight["train_loss"]])
     b = np.array([l for _, l in first["train_loss"] + resumed["train_loss"]])
@@ -97,6 +99,7 @@ def test_lora_on_a_user_checkpoint_and_jsonl_exports_a_peft_adapter(tmp_path):
 
     import torch
     import transformers
+    import jax
     from peft import PeftModel
 
     import jaxft
@@ -117,15 +120,20 @@ def test_lora_on_a_user_checkpoint_and_jsonl_exports_a_peft_adapter(tmp_path):
     c.train.eval_batches = 1
     c.optim.schedule.warmup_steps = 1
     c.optim.schedule.peak_lr = 1e-2
-    trainer = Trainer(c, tmp_path / "run")
+    c.export.source = "last"
+    from jaxft.recipes.lm import build
+
+    trainer = Trainer(c, tmp_path / "run", build)
     history = trainer.run()
     export = trainer.export()
-    assert history["final_step"] == 6 and len(history["eval"]) == 2
+    assert history["final_step"] == 6 and len(history["eval"]) == 2 and trainer.exported_step == 6
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
-    # the exported adapter gives the same logits in peft as the trained LoRA does in jaxft
+    # the exported adapter holds the trained LoRA and gives the same logits in peft as in jaxft
     cfg, base = jaxft.load_pretrained(model_dir)
-    adapters = jaxft.lora.LoRA(jax_params(trainer.state["params"]["lora"]), trainer.task.extras["lora_config"])
+    adapters = jaxft.lora.load_peft(export / "adapter", cfg)
+    for got, want in zip(jax.tree.leaves(adapters.params), jax.tree.leaves(jax_params(trainer.state["params"]["lora"]))):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
     ids = np.array([[5, 17, 42, 9, 77, 3, 100, 64]])
     ours = np.asarray(jaxft.logits(cfg, base, ids, lora=adapters))
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -12,10 +12,10 @@ Typical use::
 from jaxft.data.corpus import demo_corpus
 from jaxft.data.hf_datasets import load_hf_dataset
 from jaxft.data.lm import lm_example, lm_example_fn, text_chunks
-from jaxft.data.pipeline import BATCH_KEYS, make_batches
+from jaxft.data.pipeline import Batches, Field, make_batches, token_fields
 from jaxft.data.records import DataError, ReadSummary, RecordList, read_records, split_records
 
 __all__ = [
-    "BATCH_KEYS", "DataError", "ReadSummary", "RecordList", "demo_corpus", "lm_example", "lm_example_fn",
+    "Batches", "DataError", "Field", "token_fields", "ReadSummary", "RecordList", "demo_corpus", "lm_example", "lm_example_fn",
     "load_hf_dataset", "make_batches", "read_records", "split_records", "text_chunks",
 ]

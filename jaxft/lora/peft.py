@@ -117,6 +117,11 @@ def _read_config(file: Path) -> dict[str, Any]:
     return config
 
 
+def base_model_of(directory: str | Path) -> str | None:
+    """The ``base_model_name_or_path`` a PEFT adapter directory names (None when it names none)."""
+    return _read_config(Path(directory) / CONFIG_FILE).get("base_model_name_or_path") or None
+
+
 def load_peft(directory: str | Path, cfg: DecoderConfig, dtype=jnp.float32) -> LoRA:
     """A ``LoRA`` from a PEFT adapter directory made for a model with config ``cfg``."""
     directory = Path(directory)

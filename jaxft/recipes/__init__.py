@@ -1,23 +1,42 @@
-"""Recipes: one module per job, each turning a config into a ``TrainTask``."""
+"""Recipes: one package per job, each with ``build(config, mesh) -> TrainTask``.
+
+``config.recipe`` is a short name from ``RECIPES`` or a dotted module path of the
+user's own recipe (any importable module with a ``build(config, mesh)``).
+"""
 
 from __future__ import annotations
 
 import importlib
-
-from jaxft.recipes.base import TrainTask
+from types import ModuleType
 
 RECIPES = {
     "lm": "jaxft.recipes.lm",
-    "condense": "jaxft.recipes.condense.recipe",
+    "condense": "jaxft.recipes.condense",
     "minigpt": "jaxft.recipes.minigpt",
 }
 
 
-def build_task(config, mesh) -> TrainTask:
-    name = config.recipe
-    if name not in RECIPES:
-        raise ValueError(f"config key 'recipe': unknown recipe '{name}' (known: {', '.join(sorted(RECIPES))})")
-    return importlib.import_module(RECIPES[name]).build(config, mesh)
+def resolve(name: str) -> ModuleType:
+    """The recipe module for a registered name or a dotted module path."""
+    if not name:
+        raise ValueError("config key 'recipe' is empty")
+    module_name = RECIPES.get(name, name if "." in name else None)
+    if module_name is None:
+        raise ValueError(f"config key 'recipe': unknown recipe '{name}' (known: {', '.join(sorted(RECIPES))}; "
+                         "or a dotted module path with build(config, mesh))")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise ValueError(f"config key 'recipe': cannot import module '{module_name}'") from None
+        raise
+    if not callable(getattr(module, "build", None)):
+        raise ValueError(f"config key 'recipe': module '{module_name}' has no build(config, mesh)")
+    return module
 
 
-__all__ = ["RECIPES", "TrainTask", "build_task"]
+def build_task(config, mesh):
+    return resolve(config.recipe).build(config, mesh)
+
+
+__all__ = ["RECIPES", "build_task", "resolve"]

@@ -10,58 +10,36 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxft import lora as lora_lib
-from jaxft.checkpoint.hf import load_pretrained, save_pretrained
-from jaxft.models.config import DecoderConfig
+from jaxft.checkpoint.hf import save_pretrained
+from jaxft.checkpoint.hf_names import is_norm_bias_or_embedding
+from jaxft.loaders import load_model, load_records
+from jaxft.lora.peft import base_model_of
 from jaxft.models.decoder import forward, lm_head_weight
-from jaxft.models.init import init_params
-from jaxft.recipes.base import TrainTask
 from jaxft.train.loss import causal_lm_loss, next_token_targets
+from jaxft.train.task import TrainTask
 
 log = logging.getLogger("jaxft")
 
 
-def load_model(model_cfg, seed: int) -> tuple[DecoderConfig, dict, Any]:
-    """(cfg, params, tokenizer) from ``config.model``: a checkpoint path/hub id/GGUF, or a
-    config dict with random weights (``model.path`` empty) and a demo tokenizer."""
-    dtype = jnp.dtype(model_cfg.dtype)
-    if model_cfg.path:
-        from jaxft.tokenization import load_tokenizer
-
-        cfg, params = load_pretrained(model_cfg.path, dtype=dtype)
-        tokenizer = load_tokenizer(model_cfg.get("tokenizer") or model_cfg.path)
-        return cfg, params, tokenizer
-    from jaxft.tokenization.demo import demo_tokenizer
-
-    tokenizer = demo_tokenizer(model_cfg.demo_tokenizer, vocab_size=int(model_cfg.demo_vocab_size))
-    hf = dict(model_cfg.random_init.to_dict())
-    hf.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-              pad_token_id=tokenizer.pad_token_id)
-    cfg = DecoderConfig.from_hf(hf, source="config.model.random_init")
-    return cfg, init_params(cfg, jax.random.PRNGKey(seed), dtype), tokenizer
-
-
 def load_texts(data_cfg) -> list[str]:
-    from jaxft.data import load_hf_dataset, read_records
+    """The configured records' text column, or the offline demo corpus when no data is configured."""
     from jaxft.data.corpus import demo_corpus
 
-    column = data_cfg.text_column
-    if data_cfg.path:
-        records = read_records(data_cfg.path, columns=(column,), on_error=data_cfg.on_error)
-    elif data_cfg.hf_dataset:
-        records = load_hf_dataset(data_cfg.hf_dataset, data_cfg.hf_split, (column,))
-    else:
-        return demo_corpus()
-    summary = getattr(records, "summary", None)
-    if summary is not None:
-        log.info("data: %s", summary)  # includes the count of skipped bad records
-    return [r[column] for r in records]
+    records = load_records(data_cfg)
+    if records is None:
+        return demo_corpus()[: int(data_cfg.max_records) or None]
+    return [r[data_cfg.text_column] for r in records]
+
+
+def no_decay(path: tuple[str, ...], leaf) -> bool:
+    """Full fine-tuning: norm scales, biases and embeddings get no weight decay; LoRA factors all do."""
+    return path[0] == "model" and is_norm_bias_or_embedding(path)
 
 
 def build(config, mesh) -> TrainTask:
@@ -69,8 +47,6 @@ def build(config, mesh) -> TrainTask:
     from jaxft.data.lm import text_chunks
 
     cfg, params, tokenizer = load_model(config.model, config.seed)
-    if config.model.quantize != "none":
-        params = lora_lib.quantize(params, cfg, fmt=config.model.quantize)
     compute_dtype = jnp.dtype(config.model.compute_dtype)
     lcfg = config.lora
     full_finetune = int(lcfg.rank) == 0
@@ -142,9 +118,27 @@ def build(config, mesh) -> TrainTask:
     where = config.model.path or "a randomly initialised model (config.model.random_init)"
     text = config.data.path or config.data.hf_dataset or "the offline demo corpus (Python's own docstrings)"
     return TrainTask(
-        trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=train_batches,
+        trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=train_batches, no_decay=no_decay,
         eval_batches=eval_batches, samples_fn=samples_fn if config.sample.prompt else None, export_fn=export_fn,
         description=f"lm: {'full fine-tuning' if full_finetune else f'LoRA r={lcfg.rank}'} of {where} on {text}; "
                     f"{len(train)} train / {len(valid)} validation sequences of {seq_len} tokens",
-        extras={"model_config": cfg, "lora_config": lora_config, "tokenizer": tokenizer},
     )
+
+
+def load_export(directory: str):
+    """``(cfg, params, adapters or None)`` read back from an export: the merged (or fully tuned) model,
+    or the adapter over its base model when no merged copy was written."""
+    from jaxft.checkpoint.hf import load_pretrained
+
+    directory = Path(directory)
+    adapter = directory / "adapter"
+    for name in ("merged", "model"):
+        if (directory / name).is_dir():
+            cfg, params = load_pretrained(directory / name)
+            return cfg, params, lora_lib.load_peft(adapter, cfg) if adapter.is_dir() else None
+    if adapter.is_dir():
+        base = base_model_of(adapter)
+        if base:
+            cfg, params = load_pretrained(base)
+            return cfg, params, lora_lib.load_peft(adapter, cfg)
+    raise FileNotFoundError(f"{directory}: no merged/, model/ or adapter/ (with a base model) export to load")

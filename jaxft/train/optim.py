@@ -14,7 +14,7 @@ whenever micro-batches hold different numbers of target tokens (padding,
 packing, prompt masking): the exact gradient of the large batch is
 ``sum_i grad(loss_sum_i) / sum_i weight_sum_i``, and the divisor is only known
 once all k micro-batches are seen. The step therefore accumulates *sums* over
-micro-batches (``accumulate_gradients``) and hands the optimizer one exact
+micro-batches (``jaxft.train.step``) and hands the optimizer one exact
 gradient; the optimizer state also stays free of an extra gradient buffer.
 """
 
@@ -27,10 +27,11 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from jaxft.train.loss import LossOutput
+from jaxft.train.task import no_decay_rank1
 
 PyTree = Any
 GroupFn = Callable[[tuple[str, ...], Any], str]
+NoDecayFn = Callable[[tuple[str, ...], Any], bool]
 
 SCHEDULES = ("constant", "linear", "warmup_cosine", "cosine_restarts")
 GROUP_OVERRIDES = ("lr", "peak_lr", "weight_decay")
@@ -54,7 +55,6 @@ def default_config() -> ConfigDict:
         eps=1e-8,
         weight_decay=0.0,
         max_grad_norm=1.0,  # 0 disables clipping
-        decay_embeddings=False,
         groups={},  # group name -> overrides among GROUP_OVERRIDES
     ))
 
@@ -157,31 +157,9 @@ def param_groups(tree: PyTree, group_fn: GroupFn) -> PyTree:
     return jax.tree_util.tree_map_with_path(lambda p, x: str(group_fn(path_names(p), x)), tree)
 
 
-_NO_DECAY_PARTS = ("bias", "norm", "ln_", "scale")
-_EMBEDDING_PARTS = ("embed", "wte", "wpe", "tokens", "prompt")
-
-
-def decays(path: tuple[str, ...], leaf: Any, decay_embeddings: bool = False) -> bool:
-    """Whether weight decay applies to a leaf.
-
-    Not decayed: biases, norm scales (RMSNorm, LayerNorm, q/k norms), any leaf
-    of rank <= 1, and learned embeddings / soft tokens unless
-    ``decay_embeddings``. Stacked layers put norms at rank 2, hence the name
-    rules on top of the rank rule.
-    """
-    if len(getattr(leaf, "shape", ())) <= 1:
-        return False
-    parts = [p.lower() for p in path]
-    if any(bad in p for p in parts for bad in _NO_DECAY_PARTS):
-        return False
-    if not decay_embeddings and any(e in p for p in parts for e in _EMBEDDING_PARTS):
-        return False
-    return True
-
-
-def decay_mask(tree: PyTree, decay_embeddings: bool = False) -> PyTree:
-    """A bool tree: True where ``decays``."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: decays(path_names(p), x, decay_embeddings), tree)
+def decay_mask(tree: PyTree, no_decay: NoDecayFn) -> PyTree:
+    """A bool tree: True where weight decay applies (``no_decay(path_names, leaf)`` is false)."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: not no_decay(path_names(p), x), tree)
 
 
 # ----------------------------------------------------------------------------- the optimizer
@@ -202,24 +180,24 @@ def _group_overrides(opt_cfg: ConfigDict, real_groups: list[str]) -> dict[str, M
     return configured
 
 
-def make_optimizer(opt_cfg: ConfigDict, trainable: PyTree, group_fn: GroupFn = single_group
-                   ) -> optax.GradientTransformation:
+def make_optimizer(opt_cfg: ConfigDict, trainable: PyTree, group_fn: GroupFn = single_group,
+                   no_decay: NoDecayFn = no_decay_rank1) -> optax.GradientTransformation:
     """Clip by global norm, then AdamW per parameter group.
 
     Each group's schedule is ``opt_cfg.schedule`` with ``peak_lr`` replaced by
     the group's ``lr``/``peak_lr`` override, so warmup and decay keep their
     shape and only the scale changes. ``trainable`` may hold arrays or
-    ``jax.ShapeDtypeStruct``; only paths and shapes are read.
+    ``jax.ShapeDtypeStruct``; only paths and shapes are read. ``no_decay(path, leaf)`` names the
+    leaves without weight decay (the recipe knows its trees; the default spares scalars and vectors).
     """
     labels = param_groups(trainable, group_fn)
     real_groups = sorted(set(jax.tree.leaves(labels)))
     if not real_groups:
         raise ValueError("make_optimizer: the trainable tree has no leaves; nothing would be trained")
     overrides = _group_overrides(opt_cfg, real_groups)
-    decay_embeddings = bool(opt_cfg.get("decay_embeddings", False))
 
     def mask_fn(params):
-        return decay_mask(params, decay_embeddings)
+        return decay_mask(params, no_decay)
 
     transforms = {}
     for group in real_groups:
@@ -265,35 +243,7 @@ def current_learning_rates(opt_state: Any) -> dict[str, jax.Array]:
     return rates
 
 
-# ----------------------------------------------------------------------------- accumulation, EMA
-
-
-def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], LossOutput], params: PyTree,
-                         micro_batches: PyTree) -> tuple[PyTree, LossOutput]:
-    """Exact token-mean gradient over k micro-batches, one micro-batch alive at a time.
-
-    ``loss_fn(params, micro_batch) -> LossOutput`` returns *sums*; every leaf of
-    ``micro_batches`` has a leading axis k. Returns
-    ``(sum_i grad(loss_sum_i) / sum_i weight_sum_i, LossOutput summed over i)``,
-    which equals the gradient of the token-mean loss of the concatenated batch:
-    each micro-batch counts in proportion to its weight (token) sum, not 1/k.
-    Gradients accumulate in float32.
-    """
-    grad_fn = jax.grad(lambda p, mb: (lambda out: (out.loss_sum, out))(loss_fn(p, mb)), has_aux=True)
-
-    def body(carry, micro_batch):
-        grad_sum, totals = carry
-        grads, out = grad_fn(params, micro_batch)
-        grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
-        totals = LossOutput(*(a + jnp.asarray(b, jnp.float32) for a, b in zip(totals, out)))
-        return (grad_sum, totals), None
-
-    zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
-    init = (zeros, LossOutput(*(jnp.zeros((), jnp.float32),) * 4))
-    (grad_sum, totals), _ = jax.lax.scan(body, init, micro_batches)
-    # All-masked windows give zero gradients, not NaN.
-    scale = jnp.where(totals.weight_sum > 0, 1.0 / jnp.maximum(totals.weight_sum, 1e-30), 0.0)
-    return jax.tree.map(lambda g: g * scale, grad_sum), totals
+# ----------------------------------------------------------------------------- EMA
 
 
 def ema_update(ema: PyTree, params: PyTree, decay: float | jax.Array) -> PyTree:

@@ -17,6 +17,7 @@ import optax
 
 from jaxft.train.loss import all_finite
 from jaxft.train.optim import ema_update
+from jaxft.train.task import RESERVED_METRICS
 
 PyTree = Any
 TrainState = dict[str, Any]  # {"step", "params", "opt_state", "ema" (optional), "rng"}
@@ -52,6 +53,10 @@ def make_step_fn(loss_fn: Callable, optimizer: optax.GradientTransformation, *, 
 
     def with_aux(p, f, mb, key):
         loss_sum, weight_sum, metrics = loss_fn(p, f, mb, key)
+        clash = RESERVED_METRICS & set(metrics)
+        if clash:  # checked while tracing: the step's own entries would silently overwrite them
+            raise ValueError(f"the recipe's loss_fn returns metrics named {sorted(clash)}, which the train step "
+                             f"reports itself ({', '.join(sorted(RESERVED_METRICS))}); rename them")
         return loss_sum, (weight_sum, metrics)
 
     grad_fn = jax.value_and_grad(with_aux, has_aux=True)
@@ -98,7 +103,3 @@ def jit_step(step_fn: Callable, state_shardings, frozen_shardings, batch_shardin
     """Compile with explicit in/out shardings; the state buffers are donated."""
     return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
-
-
-def make_eval_fn(eval_metrics: Callable, frozen_shardings, batch_shardings, params_shardings) -> Callable:
-    return jax.jit(eval_metrics, in_shardings=(params_shardings, frozen_shardings, batch_shardings))

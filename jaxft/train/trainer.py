@@ -2,34 +2,41 @@
 
 Builds the mesh and the recipe's task, places trainable and frozen trees on
 their shardings, restores the latest checkpoint if there is one, then runs the
-jitted step with a progress bar, TensorBoard metrics, periodic eval with early
-stopping, checkpoints (last K + best) and a clean save on SIGTERM.
+jitted step with a progress bar, TensorBoard metrics and a JSONL metric log,
+periodic eval with early stopping, checkpoints (last K + best) and a clean
+save on SIGTERM. It never imports a recipe: the task (or the function that
+builds it from the config and the mesh) is handed to it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxft.recipes import TrainTask, build_task
 from jaxft.train import mesh as mesh_lib
 from jaxft.train.metrics import MetricWriter, summarize
 from jaxft.train.sharding import tree_shardings
 from jaxft.train.step import init_state, jit_step, make_step_fn
+from jaxft.train.task import TrainTask
 
 log = logging.getLogger("jaxft")
 
 
 class Preempted(Exception):
     pass
+
+
+class Diverged(Exception):
+    """Every one of the last ``train.max_skipped_updates`` updates was non-finite: nothing is exported."""
 
 
 def _rules(config) -> dict:
@@ -53,8 +60,14 @@ def global_batch(batch: dict, mesh, rules) -> dict:
     return {k: put(v) for k, v in batch.items()}
 
 
+TaskOrBuilder = TrainTask | Callable[[Any, Any], TrainTask]
+
+
 class Trainer:
-    def __init__(self, config, workdir: str | Path):
+    """``Trainer(config, workdir, task)``: ``task`` is a ``TrainTask`` or a ``build(config, mesh)``
+    that makes one on this trainer's mesh (``jaxft.main`` passes the recipe's ``build``)."""
+
+    def __init__(self, config, workdir: str | Path, task: TaskOrBuilder):
         from jaxft.train.optim import make_optimizer  # noqa: heavy import kept local
 
         self.config = config
@@ -62,14 +75,15 @@ class Trainer:
         self.is_main = jax.process_index() == 0
         self.rules = _rules(config)
         self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
-        with jax.set_mesh(self.mesh):
-            self.task: TrainTask = build_task(config, self.mesh)
-        task = self.task
+        if not isinstance(task, TrainTask):
+            with jax.set_mesh(self.mesh):
+                task = task(config, self.mesh)
+        self.task: TrainTask = task
         self.trainable_sh = tree_shardings(task.trainable, self.mesh, self.rules, task.trainable_axes)
         self.frozen_sh = tree_shardings(task.frozen, self.mesh, self.rules, task.frozen_axes)
         self.frozen = place(task.frozen, self.frozen_sh)
         trainable = place(task.trainable, self.trainable_sh)
-        self.optimizer = make_optimizer(config.optim, trainable, task.group_fn)
+        self.optimizer = make_optimizer(config.optim, trainable, task.group_fn, task.no_decay)
         use_ema = bool(config.optim.get("ema_decay", 0.0))
         state_shapes = jax.eval_shape(lambda p: init_state(p, self.optimizer, config.seed, use_ema), trainable)
         self.state_sh = tree_shardings(state_shapes, self.mesh, self.rules)
@@ -86,8 +100,12 @@ class Trainer:
         logging_cfg = config.get("logging", {})
         self.writer = MetricWriter(self.workdir / "tb", enabled=self.is_main,
                                    wandb_project=logging_cfg.get("wandb_project") if logging_cfg.get("wandb") else None,
-                                   run_config=config.to_dict())
+                                   run_config=config.to_dict(), jsonl=self.workdir / "metrics.jsonl")
+        if self.is_main:
+            (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
         self._preempted = False
+        self.skipped_updates = 0
+        self.exported_step: int | None = None
 
     # -- checkpoints -----------------------------------------------------------------
     def _make_checkpointer(self):
@@ -131,11 +149,22 @@ class Trainer:
             self.state, metrics = self._compiled(self.state, self.frozen, batch)
         return metrics
 
+    def current_params(self, state: dict | None = None):
+        """The params eval, samples and export use: the EMA when ``optim.eval_with_ema``, else the params."""
+        state = self.state if state is None else state
+        use_ema = "ema" in state and self.config.optim.get("eval_with_ema")
+        return state["ema"] if use_ema else state["params"]
+
     def evaluate(self) -> dict[str, float]:
         task = self.task
-        if task.eval_batches is None:
-            return {}
-        params = self.state["ema"] if "ema" in self.state and self.config.optim.get("eval_with_ema") else self.state["params"]
+        metrics = self._batched_eval() if task.eval_batches is not None else {}
+        if task.host_eval_fn is not None and self.is_main:
+            metrics.update(task.host_eval_fn(jax.device_get(self.current_params()), self.frozen))
+        return metrics
+
+    def _batched_eval(self) -> dict[str, float]:
+        task = self.task
+        params = self.current_params()
         if self._eval is None:
             def eval_sums(p, f, b):
                 if task.eval_fn is not None:
@@ -167,7 +196,7 @@ class Trainer:
         total = int(cfg.steps)
         last = min(total, until_step) if until_step else total
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        history: dict[str, Any] = {"train_loss": [], "eval": []}
+        history: dict[str, Any] = {"train_loss": [], "eval": [], "stopped": None}
         es = cfg.early_stopping
         best, bad_evals = None, 0
         bar = tqdm(total=total, initial=start, disable=not self.is_main, dynamic_ncols=True, desc="train")
@@ -181,9 +210,15 @@ class Trainer:
                 tokens += float(np.sum(host_batch[self.task.tokens_key])) * jax.process_count()
                 metrics = self.train_step(host_batch)
                 pending_checks.append((step, metrics["finite"]))
-                if step % int(cfg.log_every) == 0 or step == last:
+                max_skipped = int(cfg.get("max_skipped_updates", 0) or 0)
+                if step % int(cfg.log_every) == 0 or step == last or (max_skipped and len(pending_checks) >= max_skipped):
                     self._report_skipped(pending_checks)
                     pending_checks = []
+                    if max_skipped and self._skipped_in_a_row >= max_skipped:
+                        raise Diverged(f"the last {self._skipped_in_a_row} updates (to step {step}) were all skipped "
+                                       "for non-finite loss or gradients; stopping without an export (lower "
+                                       "optim.schedule.peak_lr or check the data)")
+                if step % int(cfg.log_every) == 0 or step == last:
                     m = jax.device_get(metrics)
                     now = time.perf_counter()
                     scalars = summarize({k: float(v) for k, v in m.items() if k not in ("finite",)})
@@ -208,9 +243,15 @@ class Trainer:
                     self.save(metrics=eval_metrics)
                 elif step % int(self.config.checkpoint.every) == 0 or step == last:
                     self.save()
+                reason = None
                 if eval_metrics and es.patience and bad_evals >= int(es.patience):
+                    reason = f"{es.metric} did not improve for {bad_evals} evals"
+                if eval_metrics and self.task.stop_fn is not None:
+                    reason = self.task.stop_fn(self._eval_records(history)) or reason
+                if reason:
                     if self.is_main:
-                        tqdm.write(f"early stopping at step {step}: {es.metric} did not improve for {bad_evals} evals")
+                        tqdm.write(f"early stopping at step {step}: {reason}")
+                    history["stopped"] = {"step": step, "reason": reason}
                     self.save(force=True)
                     break
                 if self._preempted:
@@ -223,7 +264,18 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
         history["checkpoints"] = str(self.checkpointer.directory)
         history["final_step"] = int(jax.device_get(self.state["step"]))
+        history["skipped_updates"] = self.skipped_updates
+        history["best_step"] = self.checkpointer.best_step()
         return history
+
+    @staticmethod
+    def _eval_records(history: dict) -> list[dict]:
+        """Each eval with the train loss last logged at or before it, for ``TrainTask.stop_fn``."""
+        records = []
+        for step, metrics in history["eval"]:
+            losses = [loss for s, loss in history["train_loss"] if s <= step]
+            records.append({"step": step, "train_loss": losses[-1] if losses else float("nan"), **metrics})
+        return records
 
     def _eval_and_log(self, step: int, history: dict) -> dict[str, float]:
         es = self.config.train.early_stopping
@@ -239,10 +291,16 @@ class Trainer:
         self._log_samples(step)
         return eval_metrics
 
+    _skipped_in_a_row = 0
+
     def _report_skipped(self, checks):
         per_process = int(self.config.train.batch_size) // jax.process_count()
         for step, finite in checks:
-            if not bool(jax.device_get(finite)):
+            if bool(jax.device_get(finite)):
+                self._skipped_in_a_row = 0
+            else:
+                self.skipped_updates += 1
+                self._skipped_in_a_row += 1
                 log.warning("step %d: non-finite loss or gradient on the batch of step %d (process %d rows "
                             "%d-%d of the data stream); the update was skipped", step, step, jax.process_index(),
                             (step - 1) * per_process, step * per_process - 1)
@@ -259,16 +317,31 @@ class Trainer:
     def _log_samples(self, step: int):
         if self.task.samples_fn is None or not self.is_main:
             return
-        params = jax.device_get(self.state["params"])
+        params = jax.device_get(self.current_params())
         for name, text in self.task.samples_fn(params, self.frozen).items():
             self.writer.text(step, f"samples/{name}", text)
             tqdm.write(f"[{name}] {text}")
+
+    def export_params(self) -> tuple[int, Any]:
+        """``(step, params)`` to export: the best checkpoint's when ``export.source`` is ``best`` and one
+        exists (as ``load_best_model_at_end`` users expect), else the current (last) state's."""
+        source = str(self.config.get("export", {}).get("source", "best"))
+        if source not in ("best", "last"):
+            raise ValueError(f"config key 'export.source'={source!r}: expected best or last")
+        step = int(jax.device_get(self.state["step"]))
+        best = self.checkpointer.best_step() if source == "best" else None
+        if best is None or best == step:
+            return step, self.current_params()
+        state, _, _ = self.checkpointer.restore(best, self._abstract_state(), optional_keys=("ema",))
+        return best, self.current_params(state)
 
     def export(self, directory: str | Path | None = None) -> Path | None:
         if self.task.export_fn is None:
             return None
         directory = Path(directory or self.workdir / "export")
-        params = self.state["ema"] if "ema" in self.state and self.config.optim.get("eval_with_ema") else self.state["params"]
+        self.checkpointer.wait()
+        step, params = self.export_params()
         if self.is_main:
             self.task.export_fn(str(directory), jax.device_get(params), self.frozen)
+        self.exported_step = step
         return directory

@@ -11,11 +11,19 @@ continuation (continue the text from the states of its first segments).
 * ``data``: text -> both tokenizations and fixed-shape segments
 * ``recipe``: ``build(config, mesh) -> TrainTask`` (``configs/condense.py``)
 * ``export`` / ``inference``: a trained condenser on disk; ``compress`` and ``generate``
-* ``cli``: ``python -m jaxft.condense compress|generate``
+* ``cli``: ``python -m jaxft.recipes.condense compress|generate``
 """
 
 from jaxft.recipes.condense.data import ExampleBuilder, Layout
 from jaxft.recipes.condense.inference import Condenser, load_condenser
 from jaxft.recipes.condense.model import CondenseModel, condense_position_ids
+from jaxft.recipes.condense.recipe import build
 
-__all__ = ["CondenseModel", "Condenser", "ExampleBuilder", "Layout", "condense_position_ids", "load_condenser"]
+
+def load_export(directory: str) -> Condenser:
+    """The trained condenser an export directory holds (what ``export_fn`` wrote)."""
+    return load_condenser(directory)
+
+
+__all__ = ["CondenseModel", "Condenser", "ExampleBuilder", "Layout", "build", "condense_position_ids",
+           "load_condenser", "load_export"]

@@ -1,9 +1,9 @@
-"""Command line for an exported condenser (``python -m jaxft.condense``).
+"""Command line for an exported condenser (``python -m jaxft.recipes.condense``, or ``jaxft condense``).
 
-    python -m jaxft.condense compress --condenser runs/condense/export --file article.txt --out states.npy
-    python -m jaxft.condense generate --condenser runs/condense/export --compressed states.npy \\
+    python -m jaxft.recipes.condense compress --condenser runs/condense/export --file article.txt --out states.npy
+    python -m jaxft.recipes.condense generate --condenser runs/condense/export --compressed states.npy \\
         --prompt "In short," --max-new-tokens 64
-    python -m jaxft.condense generate --condenser runs/condense/export --file article.txt --mode reconstruct
+    python -m jaxft.recipes.condense generate --condenser runs/condense/export --file article.txt --mode reconstruct
 
 ``--encoder``/``--decoder`` replace the base checkpoints recorded in the export
 (e.g. local copies of hub models).
@@ -12,14 +12,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from jaxft.errors import cli_boundary
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jaxft.condense", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jaxft.recipes.condense", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, text_required: bool):
@@ -56,26 +57,23 @@ def _read_text(args) -> str | None:
     return None
 
 
+@cli_boundary
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from jaxft.recipes.condense.inference import load_condenser
 
-    try:
-        text = _read_text(args)
-        if args.command == "generate" and text is None and args.compressed is None:
-            raise ValueError("generate: give --compressed, --text or --file")
-        condenser = load_condenser(args.condenser, encoder_path=args.encoder, decoder_path=args.decoder)
-        if args.command == "compress":
-            states = condenser.compress(text, num_segments=args.segments)
-            np.save(args.out, states)
-            print(f"{args.out}: {states.shape[0]} condensed states of size {states.shape[1]}")
-            return 0
-        if text is not None:
-            states = condenser.compress(text, num_segments=args.segments)
-        else:
-            states = np.load(args.compressed)
-        print(condenser.generate(states, args.prompt, mode=args.mode, max_new_tokens=args.max_new_tokens))
+    text = _read_text(args)
+    if args.command == "generate" and text is None and args.compressed is None:
+        raise ValueError("generate: give --compressed, --text or --file")
+    condenser = load_condenser(args.condenser, encoder_path=args.encoder, decoder_path=args.decoder)
+    if args.command == "compress":
+        states = condenser.compress(text, num_segments=args.segments)
+        np.save(args.out, states)
+        print(f"{args.out}: {states.shape[0]} condensed states of size {states.shape[1]}")
         return 0
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if text is not None:
+        states = condenser.compress(text, num_segments=args.segments)
+    else:
+        states = np.load(args.compressed, allow_pickle=False)
+    print(condenser.generate(states, args.prompt, mode=args.mode, max_new_tokens=args.max_new_tokens))
+    return 0

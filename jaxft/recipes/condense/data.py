@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from jaxft.data.pipeline import shard_indices
 from jaxft.recipes.condense import objectives
 
 Example = dict[str, np.ndarray]
@@ -195,47 +194,16 @@ class ExampleBuilder:
         return build
 
 
-class _FillBatch:
-    """Pads a short final batch with empty rows (all masks off), so every batch has one shape."""
+def example_fields(layout: Layout) -> dict:
+    """The batch fields of a condense example (see ``ExampleBuilder``), for ``jaxft.data.make_batches``."""
+    from jaxft.data import Field
 
-    def __init__(self, batch_size: int):
-        self._batch_size = batch_size
-
-    def __call__(self, batch: Example) -> Example:
-        missing = self._batch_size - len(batch["enc_ids"])
-        if missing == 0:
-            return batch
-        return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
-
-
-class _Build:
-    """Record index -> example; errors name the record."""
-
-    def __init__(self, records, example_fn):
-        self._records, self._example_fn = records, example_fn
-
-    def __call__(self, index: int) -> Example:
-        try:
-            return self._example_fn(self._records[index])
-        except ValueError as err:
-            raise ValueError(f"record {index}: {err}") from err
-
-
-def condense_batches(records, example_fn, *, batch_size: int, seed: int = 0, shuffle: bool = True,
-                     num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
-                     num_threads: int = 2):
-    """A resumable grain iterator (``get_state``/``set_state``) of stacked condense examples.
-
-    Process ``shard_index`` of ``shard_count`` reads records ``shard_index::shard_count``;
-    ``num_epochs=None`` repeats forever, each epoch in a new order drawn from ``seed``.
-    """
-    import grain
-
-    if batch_size < 1:
-        raise ValueError(f"condense: batch size per process must be >= 1, got {batch_size}")
-    indices = shard_indices(len(records), shard_index, shard_count, seed=seed, shuffle=shuffle,
-                            num_epochs=num_epochs)
-    examples = indices.map(_Build(records, example_fn))
-    examples = examples.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                          prefetch_buffer_size=max(2 * batch_size, 8)))
-    return iter(examples.batch(batch_size).map(_FillBatch(batch_size)))
+    seg = (layout.max_segments, layout.segment_length)
+    cont = (layout.num_levels, layout.max_continuation_tokens)
+    return {
+        "enc_ids": Field(shape=seg), "enc_mask": Field(shape=seg, pad=False, dtype="bool"),
+        "dec_ids": Field(shape=(layout.max_decoder_tokens,)),
+        "dec_mask": Field(shape=(layout.max_decoder_tokens,), pad=False, dtype="bool"),
+        "cont_ids": Field(shape=cont), "cont_mask": Field(shape=cont, pad=False, dtype="bool"),
+        "num_segments": Field(shape=()),
+    }

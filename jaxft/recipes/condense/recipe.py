@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxft import lora as lora_lib
+from jaxft.checkpoint.hf_names import is_norm_bias_or_embedding
 from jaxft.models.config import DecoderConfig
 from jaxft.models.init import init_params as init_llm
-from jaxft.recipes.base import TrainTask
+from jaxft.train.task import TrainTask
 from jaxft.recipes.condense import model as model_lib
-from jaxft.recipes.condense.data import ExampleBuilder, Layout, condense_batches
+from jaxft.recipes.condense.data import ExampleBuilder, Layout, example_fields
 from jaxft.recipes.condense.objectives import make_loss_fn
 
 REAL_SETTING = ("python -m jaxft.main --config configs/condense.py:seed --config.condense.encoder=meta-llama/"
@@ -96,6 +97,15 @@ def group_fn(path: tuple[str, ...], leaf) -> str:
     return path[0]
 
 
+def no_decay(path: tuple[str, ...], leaf) -> bool:
+    """Learned input embeddings (condense tokens, markers), biases and norms get no weight decay."""
+    if path[0] in ("condense_tokens", "markers"):
+        return True
+    if path[0] == "decoder":
+        return is_norm_bias_or_embedding(path)
+    return path[-1] in ("bias", "scale") or len(getattr(leaf, "shape", ())) <= 1
+
+
 def _quantize(params, cfg: DecoderConfig, fmt: str, which: str):
     if fmt in ("", "none"):
         return params
@@ -152,7 +162,7 @@ def pick_sample_text(texts: list[str], builder: ExampleBuilder, candidates: int 
 
 
 def build(config, mesh) -> TrainTask:
-    from jaxft.data import split_records
+    from jaxft.data import make_batches, split_records
     from jaxft.recipes.condense.export import export_condenser
     from jaxft.recipes.condense.inference import Condenser
 
@@ -174,9 +184,9 @@ def build(config, mesh) -> TrainTask:
     if per_process < 1:
         raise ValueError(f"config key 'train.batch_size'={config.train.batch_size} is smaller than the "
                          f"{procs} processes")
-    batches = dict(batch_size=per_process, shard_index=jax.process_index(), shard_count=procs)
-    train_batches = condense_batches(train, builder, seed=int(config.seed), shuffle=True, num_epochs=None, **batches)
-    eval_batches = (lambda: condense_batches(valid, builder, shuffle=False, num_epochs=1, **batches)) if valid else None
+    batches = dict(example_fn=builder, fields=example_fields(layout), batch_size=per_process, num_threads=2)
+    train_batches = make_batches(train, seed=int(config.seed), shuffle=True, num_epochs=None, **batches)
+    eval_batches = (lambda: make_batches(valid, shuffle=False, num_epochs=1, **batches)) if valid else None
 
     def condenser_of(trainable, frozen) -> Condenser:
         return Condenser(model=model, layout=layout, trainable=trainable, frozen=frozen, encoder_tokenizer=enc_tok,
@@ -202,7 +212,6 @@ def build(config, mesh) -> TrainTask:
                    f"{len(train)} train / {len(valid)} validation texts")
     return TrainTask(
         trainable=parts["trainable"], frozen=parts["frozen"], loss_fn=loss_fn, train_batches=train_batches,
-        group_fn=group_fn, eval_batches=eval_batches, samples_fn=samples_fn, export_fn=export_fn,
-        tokens_key="enc_mask", description=description,
-        extras={"layout": layout, "model": model, "demo": demo, "sample_text": sample_text},
+        group_fn=group_fn, no_decay=no_decay, eval_batches=eval_batches, samples_fn=samples_fn,
+        export_fn=export_fn, tokens_key="enc_mask", description=description,
     )
