@@ -38,9 +38,9 @@ def get_config(preset: str = "demo") -> ConfigDict:
     ml.epochs = 3.0  # > 0: train.steps = ceil(epochs * train records / train.batch_size)
     ml.warmup_ratio = 0.03  # > 0: warmup_steps = ceil(ratio * train.steps)
     ml.cache_dir = ""  # tokenized records; default ~/.cache/jaxft/movielens/tokens
-    ml.demo_history_len = 5  # the generated demo data (used when data.dir is empty)
+    ml.demo_history_len = 8  # the generated demo data (used when data.dir is empty)
     ml.demo_seed = 0
-    ml.demo_tokenizer_vocab = 600  # BPE trained on the demo records (when model.path and model.tokenizer are empty)
+    ml.demo_tokenizer_vocab = 1000  # BPE trained on the demo records (when model.path and model.tokenizer are empty)
     c.train.eval_every = ml.get_ref("eval_steps")
     c.checkpoint.every = ml.get_ref("save_steps")
     c.checkpoint.keep = ml.get_ref("save_total_limit")
@@ -84,7 +84,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
         # A tiny random Qwen3-shaped model trained whole (a random base cannot be steered through LoRA in
         # minutes) on the generated data and a BPE tokenizer trained on it.
         c.lora.rank = 0
-        c.data.cutoff_len = 256
+        c.data.cutoff_len = 128
         c.data.max_eval_samples = 160
         c.movielens.epochs = 0.0
         c.movielens.warmup_ratio = 0.0

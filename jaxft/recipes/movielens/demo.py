@@ -1,10 +1,10 @@
 """The offline demo's data: a generated MovieLens folder (users with genre tastes), run through the
-real ``prepare``, and a small BPE tokenizer trained on the prepared records.
+real ``prepare``, and a BPE tokenizer trained on the prepared records.
 
 Each movie belongs to one genre, and its title carries one of its genre's words ("The Silent
-Planet (1987)" is science fiction). Each user likes two of the four genres. A rating is about 4.3
-for a liked genre and 2.7 otherwise, shifted by the user's generosity (sd 0.5) and the movie's
-quality (sd 0.7), plus noise (sd 0.5), then rounded to half stars. So a candidate's label is
+Planet (1987)" is science fiction). Each user likes two of the four genres. A rating is about 4.1
+for a liked genre and 2.9 otherwise, shifted by the user's generosity (sd 0.9) and the movie's
+quality (sd 0.8), plus noise (sd 0.5), then rounded to half stars. So a candidate's label is
 partly readable from the history (the user's ratings of earlier movies of its genre, and how
 generous they are) and partly from the candidate itself (good movies are liked more often).
 """
@@ -29,7 +29,7 @@ GENRES = {
     "Western": ("Saloon", "Canyon", "Sheriff", "Outlaw"),
 }
 ADJECTIVES = ("Silent", "Last", "Golden", "Broken")
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 
 
 def write_demo_movielens(directory: Path, *, users: int = 160, ratings_per_user: int = 30, seed: int = 0) -> Path:
@@ -43,17 +43,17 @@ def write_demo_movielens(directory: Path, *, users: int = 160, ratings_per_user:
             for adjective in ADJECTIVES[:3]:
                 movie_id = len(movies) + 1
                 movies.append((movie_id, f"The {adjective} {noun} ({1950 + int(rng.integers(0, 50))})", genre))
-    quality = rng.normal(0.0, 0.7, size=len(movies))
+    quality = rng.normal(0.0, 0.8, size=len(movies))
     genre_names = list(GENRES)
     lines = ["userId,movieId,rating,timestamp"]
     for user in range(1, users + 1):
         liked = set(rng.choice(genre_names, size=2, replace=False))
-        generosity = rng.normal(0.0, 0.5)
+        generosity = rng.normal(0.0, 0.9)
         seen = rng.choice(len(movies), size=ratings_per_user, replace=False)
         clock = int(rng.integers(9 * 10**8, 10**9))
         for index in seen:
             movie_id, _, genre = movies[index]
-            mean = (4.3 if genre in liked else 2.7) + generosity + quality[index]
+            mean = (4.1 if genre in liked else 2.9) + generosity + quality[index]
             rating = float(np.clip(np.round((mean + rng.normal(0.0, 0.5)) * 2) / 2, 0.5, 5.0))
             clock += int(rng.integers(60, 86_400))
             lines.append(f"{user},{movie_id},{rating:.1f},{clock}")
@@ -88,7 +88,7 @@ def demo_data_dir(history_len: int, seed: int, root: Path | None = None) -> Path
 def train_demo_tokenizer(data_dir: Path, vocab_size: int, target: Path) -> Path:
     """A byte-level BPE tokenizer trained on the prepared records, saved as a transformers
     tokenizer directory with ChatML's markers as special tokens and a ChatML chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from jaxft.recipes.movielens.encoding import CHATML_TEMPLATE
@@ -102,7 +102,12 @@ def train_demo_tokenizer(data_dir: Path, vocab_size: int, target: Path) -> Path:
             texts += [rec["system"], rec["instruction"], rec["input"], rec["output"]]
     specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Pieces never cross a line break, a history number or a rating bracket, so with enough merges
+    # each title, each rating and each constant sentence is one token (item-id-like tokens): the
+    # prompt is a few dozen tokens and a tiny model can learn the task in minutes.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\n|\d+\. | \(rating ≈ [0-9.]+\)"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, show_progress=False,
