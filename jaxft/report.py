@@ -116,7 +116,8 @@ def _resolve_config_file(path: str, workdir: Path) -> Path | None:
     candidate = Path(path).expanduser()
     if candidate.is_absolute():
         return candidate if candidate.is_file() else None
-    for base in (Path.cwd(), workdir, *workdir.resolve().parents):
+    # relative to where the run started: usually the checkout (also tried) or the run's parent directories
+    for base in (Path.cwd(), workdir, *workdir.resolve().parents, Path(__file__).resolve().parents[1]):
         if (base / candidate).is_file():
             return base / candidate
     return None
