@@ -193,7 +193,8 @@ def smollm2_gguf():
 
 
 def test_load_tokenizer_from_gguf_uses_the_embedded_vocabulary(smollm2_gguf):
-    gguf = pytest.importorskip("gguf")
+    import gguf
+
     reader = gguf.GGUFReader(smollm2_gguf)
     tokens = reader.get_field("tokenizer.ggml.tokens").contents()
     template = reader.get_field("tokenizer.chat_template").contents()
@@ -209,10 +210,39 @@ def test_load_tokenizer_from_gguf_uses_the_embedded_vocabulary(smollm2_gguf):
     assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_gguf_tokenizer_without_torch_equals_transformers_gguf_tokenizer(smollm2_gguf):
+    from transformers import AutoTokenizer
+
+    ours = load_tokenizer(smollm2_gguf)
+    theirs = AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    for text in TEXTS + ["  leading spaces\n\n\ttabs", "<|im_start|>user\nHi<|im_end|>"]:
+        assert ours(text)["input_ids"] == theirs(text)["input_ids"]
+        ids = theirs(text)["input_ids"]
+        assert ours.decode(ids) == theirs.decode(ids)
+        assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
+    assert ours.special_tokens_map == theirs.special_tokens_map and len(ours) == len(theirs)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert ours.apply_chat_template(messages, add_generation_prompt=True) == \
+        theirs.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def test_gguf_tokenizer_loads_without_torch(smollm2_gguf):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from jaxft.tokenization import load_tokenizer\n"
+            f"tok = load_tokenizer({str(smollm2_gguf)!r})\n"
+            "print(tok('Hello world')['input_ids'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(load_tokenizer(smollm2_gguf)("Hello world")["input_ids"])
+
+
 def test_directory_with_one_gguf_uses_it(tmp_path, monkeypatch):
     (tmp_path / "model.gguf").write_bytes(b"")
     seen = []
-    monkeypatch.setattr(pretrained, "_from_gguf", lambda path, **kw: seen.append(path) or "tokenizer")
+    monkeypatch.setattr(pretrained, "_from_gguf", lambda path: seen.append(path) or "tokenizer")
     assert load_tokenizer(tmp_path) == "tokenizer"
     assert seen == [tmp_path / "model.gguf"]
     (tmp_path / "other.gguf").write_bytes(b"")

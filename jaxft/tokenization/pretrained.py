@@ -32,8 +32,8 @@ def load_tokenizer(source: str | Path, *, revision: str | None = None, **kwargs)
     """A ``transformers`` tokenizer from a checkpoint directory, a ``.gguf`` file or a hub id.
 
     A directory without tokenizer files but with exactly one ``.gguf`` file uses
-    the tokenizer embedded in that file. Extra ``kwargs`` go to
-    ``AutoTokenizer.from_pretrained``.
+    the tokenizer embedded in that file (built without torch, see ``jaxft.tokenization.gguf``). Extra
+    ``kwargs`` go to ``AutoTokenizer.from_pretrained``.
     """
     from transformers import AutoTokenizer
 
@@ -41,13 +41,13 @@ def load_tokenizer(source: str | Path, *, revision: str | None = None, **kwargs)
     if path.is_file():
         if path.suffix != ".gguf":
             raise TokenizerError(f"{path}: expected a checkpoint directory, a .gguf file or a hub id")
-        return _from_gguf(path, **kwargs)
+        return _from_gguf(path)
     if path.is_dir():
         if any((path / name).is_file() for name in TOKENIZER_FILES) or any(path.glob("*.tiktoken")):
             return AutoTokenizer.from_pretrained(str(path), **kwargs)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
-            return _from_gguf(ggufs[0], **kwargs)
+            return _from_gguf(ggufs[0])
         found = f"{len(ggufs)} .gguf files, pass one of them" if ggufs else "no .gguf file either"
         raise TokenizerError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) and {found}")
     text = str(source)
@@ -60,14 +60,15 @@ def load_tokenizer(source: str | Path, *, revision: str | None = None, **kwargs)
                              f"Hugging Face hub: {e}") from None
 
 
-def _from_gguf(path: Path, **kwargs):
-    from transformers import AutoTokenizer
+def _from_gguf(path: Path):
+    from jaxft.tokenization.gguf import gguf_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
-    except (ValueError, KeyError, OSError) as e:  # e.g. a tokenizer model transformers cannot convert
+        tokenizer = gguf_tokenizer(path)
+    except (ValueError, KeyError, OSError, IndexError) as e:  # not GGUF, or a vocabulary the converters refuse
         raise TokenizerError(f"{path}: cannot build a tokenizer from the GGUF metadata ({type(e).__name__}: {e})"
                              ) from None
+    return tokenizer
 
 
 def load_or_build(name: str, fingerprint: str, build: Callable[[], object]):
