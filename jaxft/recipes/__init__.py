@@ -13,6 +13,8 @@ RECIPES = {
     "lm": "jaxft.recipes.lm",
     "condense": "jaxft.recipes.condense",
     "minigpt": "jaxft.recipes.minigpt",
+    "movielens": "jaxft.recipes.movielens",
+    "summarize": "jaxft.recipes.summarize",
 }
 
 
