@@ -107,7 +107,8 @@ case $command in
     install="cd ~/jaxft && python3 -m venv .venv && . .venv/bin/activate && pip install -q -U pip && pip install -q -e '.[tpu]' gcsfs"
     if [ -n "$git_url" ]; then
       url_q=$(q "$git_url"); ref_q=$(q "$git_ref")
-      ssh_all "set -e; if [ -d ~/jaxft/.git ]; then git -C ~/jaxft fetch -q origin; else git clone -q $url_q ~/jaxft; fi; git -C ~/jaxft checkout -q $ref_q; $install"
+      # fetch + detached FETCH_HEAD: a branch, a tag or a commit, and a re-run moves to the newest branch head
+      ssh_all "set -e; [ -d ~/jaxft/.git ] || git clone -q $url_q ~/jaxft; git -C ~/jaxft fetch -q origin $ref_q; git -C ~/jaxft checkout -q --detach FETCH_HEAD; $install"
     else
       repo=$(cd "$(dirname "$0")/.." && pwd)
       tarball=${TMPDIR:-/tmp}/jaxft-src.tar.gz

@@ -71,6 +71,12 @@ def test_tpu_create_variants_dry_run(fake):
                                      "--runtime-version=tpu-ubuntu2204-base --spot"]
     out = fake.run("tpu_vm_pod.sh", "--dry-run", "create", *TPU, "--type", "v4-8", "--version", "v", "--preemptible")
     assert _commands(out.stdout)[0].endswith("--accelerator-type=v4-8 --version=v --preemptible")
+    out = fake.run("tpu_vm_pod.sh", "--dry-run", "setup", *TPU, "--git", "https://example.com/jaxft.git", "--ref", "v1")
+    assert _commands(out.stdout) == [
+        "gcloud compute tpus tpu-vm ssh pod1 --zone=us-central2-b --worker=all '--command=set -e; "
+        "[ -d ~/jaxft/.git ] || git clone -q https://example.com/jaxft.git ~/jaxft; git -C ~/jaxft fetch -q origin v1; "
+        "git -C ~/jaxft checkout -q --detach FETCH_HEAD; cd ~/jaxft && python3 -m venv .venv && . .venv/bin/activate "
+        "&& pip install -q -U pip && pip install -q -e '\\''.[tpu]'\\'' gcsfs'"]
     out = fake.run("tpu_vm_pod.sh", "--dry-run", "delete", *TPU, "--queued")
     assert _commands(out.stdout) == ["gcloud compute tpus queued-resources delete pod1 --zone=us-central2-b --force --quiet"]
     assert fake.calls() == []  # a dry run runs nothing
@@ -216,3 +222,22 @@ def test_gpu_sh_dry_run_and_run(fake):
         {"JAXFT_COORDINATOR": "host0:1234", "JAXFT_NUM_PROCESSES": "2", "JAXFT_PROCESS_ID": "1"}
     out = fake.run("gpu.sh", "configs/lm.py", JAXFT_COORDINATOR="host0:1234")
     assert out.returncode == 2 and out.stderr.strip() == "error: JAXFT_COORDINATOR is set but JAXFT_NUM_PROCESSES is not"
+
+
+def test_tpu_setup_from_git_on_fake_workers(fake):
+    origin = fake.root / "origin"
+    origin.mkdir()
+    git = ["git", "-C", str(origin), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(origin)], check=True)
+    for version in ("one", "two"):
+        (origin / "VERSION").write_text(version)
+        subprocess.run([*git, "add", "VERSION"], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", version], check=True)
+        if version == "one":
+            subprocess.run([*git, "tag", "v1"], check=True)
+    for ref, expected in (("v1", "one"), ("main", "two")):  # a second setup moves the existing clones
+        out = fake.run("tpu_vm_pod.sh", "setup", *TPU, "--git", f"file://{origin}", "--ref", ref)
+        assert out.returncode == 0, out.stderr
+        for w in ("w0", "w1"):
+            assert (fake.workers / w / "jaxft" / "VERSION").read_text() == expected
+    assert (fake.workers / "w1" / "pip.log").read_text().splitlines()[-1] == "install -q -e .[tpu] gcsfs"
