@@ -1,67 +1,61 @@
 """Condense: train an encoder LLM (LoRA) + condense tokens + projector so a frozen decoder LLM can
-reconstruct and continue a text from its condensed states.
+reconstruct and continue a text (or answer about it) from its condensed states.
 
     python -m jaxft.main --config configs/condense.py:demo     # offline, tiny random models, ~2 min on 2 CPU cores
-    python -m jaxft.main --config configs/condense.py:seed \
-        --config.condense.encoder=meta-llama/Llama-3.2-1B \
-        --config.condense.decoder=mistralai/Mistral-7B-Instruct-v0.2
+    python -m jaxft.main --config configs/condense.py:smol     # offline, SmolLM2-135M-Instruct on both sides
+    python -m jaxft.main --config configs/condense.py:seed     # Llama-3.2-1B -> frozen Mistral-7B-Instruct-v0.2
     python -m jaxft.main --config configs/condense.py:test \
-        --config.condense.encoder=/path/to/small-llama --config.condense.decoder=/path/to/small-mistral
+        --config.encoder.path=/path/to/small-llama --config.decoder.path=/path/to/small-mistral
 
 Presets: ``demo`` (the default) builds a small Llama-shaped encoder and Mistral-shaped decoder with
 random weights and trains on prose from Python's own docstrings, with different tokenizers on the
-two sides; ``seed`` is the full setting; ``test`` runs a few steps on small real checkpoints.
+two sides; ``smoke`` runs a few steps of tiny models (the contract test); ``smol`` is a real
+pretrained model offline; ``seed`` is the reference trainer's setting; ``test`` runs a few steps on
+small real checkpoints.
 """
 
 from ml_collections import ConfigDict
 
-from jaxft.config import base_config
+from jaxft.config import base_config, data_section, lora_section, model_section
 
-SEVEN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PRESETS = ("demo", "seed", "test")
+PRESETS = ("demo", "smoke", "smol", "seed", "test")
 
 
 def _condense_section() -> ConfigDict:
     k = ConfigDict()
-    k.encoder = ""  # checkpoint dir / hub id; empty -> random weights from encoder_init
-    k.decoder = ""
-    # "" -> the model's own tokenizer; "demo:<bpe|unigram|byte>[:vocab_size]" -> a demo tokenizer.
-    k.encoder_tokenizer = ""
-    k.decoder_tokenizer = ""
-    k.encoder_init = ConfigDict()  # HF config keys (vocab size comes from the tokenizer)
-    k.decoder_init = ConfigDict()
-    k.dtype = "bfloat16"  # storage and compute dtype of both LLMs
-    k.quantize_encoder = "none"  # none | nf4 | int8 (frozen base weights)
-    k.quantize_decoder = "none"
-    k.remat = "none"  # none | full | save_dots
+    # The layout: the encoder reads a text's first max_tokens tokens in num_segments equal segments
+    # and condenses them into max_tokens / compression_ratio states in all (an equal share per
+    # segment); the text after them is the continuation target once every segment is read.
+    k.max_tokens = 4096
+    k.compression_ratio = 8.0  # max_tokens / total condensed states
+    k.num_segments = 1
+    k.max_decoder_tokens = 6144  # decoder tokens of the whole text (condensed context + remainder)
+    k.max_continuation_tokens = 0  # cap on each continuation target; 0: score the whole rest of the text
+    k.max_characters = 40_000  # texts are cut here first (0: no cut)
+    k.min_characters = 0  # shorter texts are dropped (and counted)
+    k.projector = "reference"  # reference: LayerNorm(last two encoder hidden states) -> linear | linear_norm
+    k.decay_all = False  # True: weight decay on every trainable leaf (torch AdamW over the reference's groups)
+    k.init_from = ""  # a reference modules.pt (or a directory holding it, with its PEFT adapter) to start from
     # Demo-only switch: also train the decoder's weights. A random frozen decoder cannot be steered
     # through its inputs in a few hundred steps (measured, 150 demo steps: with init std 0.02 its
     # logits hardly move; with std 0.3 the AE loss only goes 12.2 -> 10.7 at ~0% token accuracy),
     # so the demo trains it; with a real pretrained decoder leave this off.
     k.train_decoder = False
-
-    k.num_condense_tokens = 512
-    k.compression_ratio = 2.0  # segment length = compression_ratio * num_condense_tokens encoder tokens
-    k.max_tokens = 4096  # encoder tokens per text (-> number of segments)
-    k.max_decoder_tokens = 4096  # decoder tokens per text (the AE target)
-    k.max_continuation_tokens = 256
-    k.max_characters = 10_000
-    k.continuation_weight = 1.0
-
-    k.lora = ConfigDict(dict(rank=128, alpha=128.0, dropout=0.0, targets=SEVEN_TARGETS))
-
-    k.data = ConfigDict()
-    k.data.path = ""  # .txt/.jsonl/.json/.csv file, directory or glob
-    k.data.hf_dataset = ""  # hub name or local datasets directory
-    k.data.hf_config = ""
-    k.data.hf_split = "train"
-    k.data.text_column = "text"
-    k.data.on_error = "raise"  # raise | skip
-    k.data.validation_fraction = 0.01
-    k.data.max_records = 0  # 0: all
-
+    k.objectives = ConfigDict(dict(ae=1.0, continuation=1.0, instruction=0.0))  # weights of the loss mix
+    # The instruction objective reads records with these columns (the reference's
+    # Condense-AI/benchmark-condense-v0.1): condense the context, read the prompt, score the completion.
+    k.instruction = ConfigDict(dict(context_column="context", prompt_column="activation_prompt",
+                                    completion_column="expected_completion", max_prompt_tokens=128,
+                                    max_completion_tokens=512))
     k.samples = ConfigDict(dict(max_new_tokens=128))
     return k
+
+
+def _tiny(model_type: str, hidden: int, layers: int, **extra) -> ConfigDict:
+    return ConfigDict(dict(
+        model_type=model_type, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5,
+        rope_theta=10000.0, initializer_range=0.02, **extra))
 
 
 def get_config(preset: str = "demo") -> ConfigDict:
@@ -69,87 +63,82 @@ def get_config(preset: str = "demo") -> ConfigDict:
         raise ValueError(f"configs/condense.py: unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
     c = base_config()
     c.recipe = "condense"
+    c.encoder = model_section(path="meta-llama/Llama-3.2-1B", dtype="bfloat16", compute_dtype="bfloat16",
+                              remat="full")
+    # The loss backpropagates through the whole decoder into the condensed states: remat it too.
+    c.decoder = model_section(path="mistralai/Mistral-7B-Instruct-v0.2", dtype="bfloat16",
+                              compute_dtype="bfloat16", remat="full")
+    c.lora = lora_section(rank=128, alpha=128.0)
+    c.data = data_section(hf_dataset="wikimedia/wikipedia", hf_config="20231101.en", streaming=True,
+                          max_records=200_000, validation_fraction=0.01)
     c.condense = _condense_section()
+
+    # The reference's optimizer: AdamW, weight decay 1e-5 on everything, constant rates per group.
     c.optim.groups = ConfigDict({name: ConfigDict({"lr": lr}) for name, lr in (
-        ("lora", 1e-4), ("condense_tokens", 1e-3), ("projector", 1e-3), ("markers", 1e-3))})
+        ("condense_tokens", 1e-5), ("projector", 1e-4), ("lora", 1e-4), ("markers", 1e-4))})
+    c.optim.schedule.name = "constant"
     c.optim.schedule.peak_lr = 1e-4
-    c.optim.schedule.warmup_steps = 200
-    c.optim.weight_decay = 0.01
+    c.optim.schedule.warmup_steps = 0
+    c.optim.weight_decay = 1e-5
+    c.optim.max_grad_norm = 1.0
+    c.condense.decay_all = True
     c.train.steps = 20_000
     c.train.batch_size = 8
-    c.optim.accum_steps = 4
     c.train.eval_every = 500
-    c.train.eval_batches = 16
-    c.train.early_stopping.metric = "ae_loss"
+    c.train.eval_batches = 13  # ~100 validation texts, as the reference's limit_val_batches=100 at batch 1
+    c.train.early_stopping.metric = "loss"  # the total validation loss: AE + continuation (+ instruction)
     c.checkpoint.every = 500
+    c.export.source = "best"
     c.loss.chunk_size = 1024
 
     if preset == "seed":
-        k = c.condense
-        k.encoder = "meta-llama/Llama-3.2-1B"
-        k.decoder = "mistralai/Mistral-7B-Instruct-v0.2"
-        k.remat = "full"  # the loss backpropagates through the whole decoder into the condensed states
-        k.data.hf_dataset = "wikimedia/wikipedia"
-        k.data.hf_config = "20231101.en"
-    elif preset == "test":
-        # Mirrors the seed's quick check: real (small) checkpoints given on the command line, a few steps.
-        k = c.condense
-        k.dtype = "float32"
-        k.num_condense_tokens = 32
-        k.max_tokens = 256
-        k.max_decoder_tokens = 320
-        k.max_continuation_tokens = 64
-        k.max_characters = 2_000
-        k.lora.rank = 16
-        k.lora.alpha = 16.0
-        k.samples.max_new_tokens = 32
-        c.optim.schedule.warmup_steps = 2
-        c.train.steps = 10
-        c.optim.accum_steps = 1
-        c.train.batch_size = 2
-        c.train.log_every = 1
-        c.train.eval_every = 5
-        c.train.eval_batches = 2
-        c.checkpoint.every = 5
+        c.condense.min_characters = 5_000  # the later reference keeps texts over 5,000 characters
     elif preset == "demo":
         _demo(c)
+    elif preset == "smoke":
+        _smoke(c)
+    elif preset == "smol":
+        _smol(c)
+    elif preset == "test":
+        _test(c)
     return c
 
 
+def _random_pair(c: ConfigDict, hidden: int, layers: int, enc_tokenizer: str, dec_tokenizer: str) -> None:
+    c.encoder = model_section(tokenizer=enc_tokenizer,
+                              random_init=_tiny("llama", hidden, layers, tie_word_embeddings=True))
+    c.decoder = model_section(tokenizer=dec_tokenizer,
+                              random_init=_tiny("mistral", hidden, layers, tie_word_embeddings=False,
+                                                sliding_window=None))
+    c.data = data_section(validation_fraction=0.02)
+
+
 def _demo(c: ConfigDict) -> None:
+    # A different vocabulary on each side: exercises the offset mapping.
+    _random_pair(c, 128, 2, "demo:bpe:2048", "demo:unigram:1024")
     k = c.condense
-    k.encoder_tokenizer = "demo:bpe:2048"
-    k.decoder_tokenizer = "demo:unigram:1024"  # a different vocabulary: exercises the offset mapping
-    k.encoder_init = ConfigDict(dict(
-        model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        rope_theta=10000.0, initializer_range=0.02))
-    k.decoder_init = ConfigDict(dict(
-        model_type="mistral", hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        rope_theta=10000.0, sliding_window=None, initializer_range=0.02))
-    k.dtype = "float32"
     k.train_decoder = True
-    k.num_condense_tokens = 8
-    k.max_tokens = 48  # 3 segments of 16 tokens -> continuation levels 1 and 2
-    k.max_decoder_tokens = 64
+    k.max_tokens = 48  # 3 segments of 16 tokens, 8 condensed states each -> continuation levels 1, 2, 3
+    k.compression_ratio = 2.0
+    k.num_segments = 3
+    k.max_decoder_tokens = 96
     k.max_continuation_tokens = 16
-    k.max_characters = 600
+    k.max_characters = 800
+    k.projector = "linear_norm"
+    k.decay_all = False
     # Measured over 500 steps: with weight 1 the short run mostly teaches the decoder the language
     # (AE and continuation losses fall together); at 0.25 the AE loss falls below the continuation
     # loss and reconstructions start to depend on the condensed states.
-    k.continuation_weight = 0.25
-    k.lora.rank = 16
-    k.lora.alpha = 32.0
-    k.data.validation_fraction = 0.02
+    k.objectives.continuation = 0.25
+    c.lora.update(dict(rank=16, alpha=32.0))
     k.samples.max_new_tokens = 80
     for name in ("lora", "condense_tokens", "projector", "markers"):
         c.optim.groups[name].lr = 2e-3
+    c.optim.schedule.name = "warmup_cosine"
     c.optim.schedule.peak_lr = 2e-3  # also the trained decoder's rate (a group with no override)
     c.optim.weight_decay = 0.0
     c.optim.schedule.warmup_steps = 20
     c.train.steps = 400
-    c.optim.accum_steps = 1
     c.train.batch_size = 16
     c.train.log_every = 20
     c.train.eval_every = 200
@@ -157,3 +146,82 @@ def _demo(c: ConfigDict) -> None:
     c.train.eval_at_start = True  # the untrained losses, as the "before" of the summary line
     c.checkpoint.every = 200
     c.loss.chunk_size = 0
+
+
+def _smoke(c: ConfigDict) -> None:
+    _random_pair(c, 32, 2, "demo:byte", "demo:byte")
+    c.data.max_records = 40
+    c.data.validation_fraction = 0.1
+    k = c.condense
+    k.max_tokens = 32  # 2 segments of 16 bytes, 4 condensed states each
+    k.compression_ratio = 4.0
+    k.num_segments = 2
+    k.max_decoder_tokens = 64
+    k.max_continuation_tokens = 16
+    k.max_characters = 200
+    k.samples.max_new_tokens = 4
+    c.lora.update(dict(rank=4, alpha=8.0))
+    c.optim.schedule.peak_lr = 1e-3
+    c.train.steps = 4
+    c.train.batch_size = 2
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.train.eval_batches = 1
+    c.checkpoint.every = 2
+    c.loss.chunk_size = 0
+
+
+def _smol(c: ConfigDict) -> None:
+    # SmolLM2-135M-Instruct (GGUF, offline) as the LoRA'd encoder and the frozen decoder, on the demo
+    # corpus: 64 tokens condensed into 16 states (4x), then the next tokens continued from them.
+    from jaxft.assets import smollm2_gguf_path
+
+    path = str(smollm2_gguf_path())
+    c.encoder = model_section(path=path)
+    c.decoder = model_section(path=path)
+    c.data = data_section(validation_fraction=0.03)
+    k = c.condense
+    k.max_tokens = 64
+    k.compression_ratio = 4.0
+    k.num_segments = 1
+    k.max_decoder_tokens = 112
+    k.max_continuation_tokens = 32
+    k.max_characters = 1_000
+    k.samples.max_new_tokens = 48
+    c.lora.update(dict(rank=16, alpha=32.0))
+    # A short run: rates well above the reference's, after a short warmup.
+    for name, lr in (("condense_tokens", 1e-3), ("projector", 1e-3), ("lora", 5e-4), ("markers", 1e-3)):
+        c.optim.groups[name].lr = lr
+    c.optim.schedule.warmup_steps = 10
+    c.optim.weight_decay = 0.0
+    c.condense.decay_all = False
+    c.train.steps = 150
+    c.train.batch_size = 4
+    c.train.log_every = 10
+    c.train.eval_every = 75
+    c.train.eval_batches = 4
+    c.train.eval_at_start = True
+    c.checkpoint.every = 75
+    c.loss.chunk_size = 0
+
+
+def _test(c: ConfigDict) -> None:
+    # Mirrors the seed's quick check: real (small) checkpoints given on the command line, a few steps.
+    for section in (c.encoder, c.decoder):
+        section.update(dict(path="", dtype="float32", compute_dtype="float32", remat="none"))
+    c.data = data_section(validation_fraction=0.05)
+    k = c.condense
+    k.max_tokens = 256
+    k.compression_ratio = 8.0
+    k.num_segments = 2
+    k.max_decoder_tokens = 384
+    k.max_continuation_tokens = 64
+    k.max_characters = 3_000
+    k.samples.max_new_tokens = 32
+    c.lora.update(dict(rank=16, alpha=16.0))
+    c.train.steps = 10
+    c.train.batch_size = 2
+    c.train.log_every = 1
+    c.train.eval_every = 5
+    c.train.eval_batches = 2
+    c.checkpoint.every = 5

@@ -105,6 +105,24 @@ RENAMED_KEYS = {
     "model.demo_tokenizer": "model.tokenizer (as demo:<bpe|unigram|byte>:<vocab_size>)",
     "model.demo_vocab_size": "model.tokenizer (as demo:<bpe|unigram|byte>:<vocab_size>)",
     "optim.decay_embeddings": "the recipe's no_decay rule (embeddings get no weight decay)",
+    # condense: the models, adapters and data moved to the shared sections
+    "condense.encoder": "encoder.path",
+    "condense.decoder": "decoder.path",
+    "condense.encoder_tokenizer": "encoder.tokenizer",
+    "condense.decoder_tokenizer": "decoder.tokenizer",
+    "condense.encoder_init": "encoder.random_init",
+    "condense.decoder_init": "decoder.random_init",
+    "condense.dtype": "encoder.dtype/compute_dtype and decoder.dtype/compute_dtype",
+    "condense.quantize_encoder": "encoder.quantize",
+    "condense.quantize_decoder": "decoder.quantize",
+    "condense.remat": "encoder.remat and decoder.remat",
+    "condense.num_condense_tokens": "condense.compression_ratio (max_tokens / total condensed states) "
+                                    "and condense.num_segments",
+    "condense.continuation_weight": "condense.objectives.continuation",
+    **{f"condense.lora.{key}": f"lora.{key}" for key in ("rank", "alpha", "dropout", "targets")},
+    **{f"condense.data.{key}": f"data.{key}" for key in (
+        "path", "hf_dataset", "hf_config", "hf_split", "text_column", "on_error", "validation_fraction",
+        "max_records")},
 }
 
 

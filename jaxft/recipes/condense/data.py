@@ -1,15 +1,19 @@
 """Text -> one fixed-shape condense example, tokenized for both models.
 
 The encoder and the decoder have their own tokenizers. A text is cut to
-``max_characters``, tokenized by both, and shortened further (at a token end)
-until both tokenizations fit their budgets. The encoder tokens are split into
+``max_characters``, tokenized by both, and shortened further (at a decoder
+token end) until its decoder tokens fit ``max_decoder_tokens``. The encoder
+reads its first ``max_tokens`` tokens (the condensed context), split into
 segments of ``segment_length`` tokens; segment ``i`` covers the characters
-from the first character of its first token, ``b_i``, onward.
+from the first character of its first token, ``b_i``, onward. The text after
+the context (from ``b_S``, the first encoder token past it) is the remainder:
+the continuation target once every segment has been read.
 
 Decoder tokens are mapped to segments through character offsets: a decoder
 token belongs to the first segment whose range holds the *last* character of
 the token (its end offset minus one). So the continuation target of level
-``i`` (every decoder token from segment ``i`` on) starts with the token that
+``i`` (every decoder token from segment ``i`` on, up to the end of the text,
+capped at ``max_continuation_tokens`` when that is set) starts with the token that
 covers character ``b_i``: no character the encoder has not condensed is
 missing from the target, even when the two tokenizers split a word at
 different places or attach spaces differently.
@@ -25,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from jaxft.recipes.condense import objectives
 
 Example = dict[str, np.ndarray]
 
@@ -37,38 +40,62 @@ class Layout:
     num_condense_tokens: int  # n: condensed states per segment
     segment_length: int  # L: encoder tokens per segment
     max_segments: int  # S
-    max_decoder_tokens: int  # D: decoder tokens of the whole context
-    max_continuation_tokens: int  # C: decoder tokens per continuation level
-    max_characters: int
+    max_decoder_tokens: int  # D: decoder tokens of the whole text (condensed context and remainder)
+    max_continuation_tokens: int  # cap on each continuation target; 0: the whole rest of the text (up to D)
+    max_characters: int  # 0: no cut
+    max_prompt_tokens: int = 0  # instruction objective: prompt and completion budgets (0: no instruction fields)
+    max_completion_tokens: int = 0
 
     @property
     def max_tokens(self) -> int:
         return self.segment_length * self.max_segments
 
     @property
+    def total_condense_tokens(self) -> int:
+        return self.num_condense_tokens * self.max_segments
+
+    @property
     def num_levels(self) -> int:
-        """Continuation levels 1..S-1 (level i reads segments 0..i-1)."""
-        return self.max_segments - 1
+        """Continuation levels 1..S: level i reads segments 0..i-1 and predicts what follows them."""
+        return self.max_segments
+
+    @property
+    def continuation_width(self) -> int:
+        return self.max_continuation_tokens or self.max_decoder_tokens
+
+    @property
+    def instruction_width(self) -> int:
+        return self.max_prompt_tokens + self.max_completion_tokens
 
     @classmethod
-    def create(cls, *, num_condense_tokens: int, compression_ratio: float, max_tokens: int,
-               max_decoder_tokens: int, max_continuation_tokens: int, max_characters: int) -> "Layout":
-        if num_condense_tokens <= 0:
-            raise ValueError(f"config key 'condense.num_condense_tokens' must be positive, got {num_condense_tokens}")
-        if compression_ratio <= 0:
-            raise ValueError(f"config key 'condense.compression_ratio' must be positive, got {compression_ratio}")
-        segment_length = int(round(compression_ratio * num_condense_tokens))
-        if segment_length < 1:
-            raise ValueError(f"condense: compression_ratio {compression_ratio} x num_condense_tokens "
-                             f"{num_condense_tokens} gives segments of {segment_length} tokens")
-        for key, value in (("max_tokens", max_tokens), ("max_decoder_tokens", max_decoder_tokens),
-                           ("max_continuation_tokens", max_continuation_tokens),
-                           ("max_characters", max_characters)):
+    def create(cls, *, max_tokens: int, compression_ratio: float, num_segments: int = 1, max_decoder_tokens: int,
+               max_continuation_tokens: int = 0, max_characters: int = 0, max_prompt_tokens: int = 0,
+               max_completion_tokens: int = 0) -> "Layout":
+        """``max_tokens`` encoder tokens in ``num_segments`` equal segments, condensed into
+        ``max_tokens / compression_ratio`` states in all (an equal share per segment)."""
+        for key, value in (("max_tokens", max_tokens), ("num_segments", num_segments),
+                           ("max_decoder_tokens", max_decoder_tokens)):
             if value <= 0:
                 raise ValueError(f"config key 'condense.{key}' must be positive, got {value}")
-        return cls(num_condense_tokens=num_condense_tokens, segment_length=segment_length,
-                   max_segments=math.ceil(max_tokens / segment_length), max_decoder_tokens=max_decoder_tokens,
-                   max_continuation_tokens=max_continuation_tokens, max_characters=max_characters)
+        for key, value in (("max_continuation_tokens", max_continuation_tokens), ("max_characters", max_characters),
+                           ("instruction.max_prompt_tokens", max_prompt_tokens),
+                           ("instruction.max_completion_tokens", max_completion_tokens)):
+            if value < 0:
+                raise ValueError(f"config key 'condense.{key}' must be >= 0, got {value}")
+        if compression_ratio <= 0:
+            raise ValueError(f"config key 'condense.compression_ratio' must be positive, got {compression_ratio}")
+        total = max_tokens / compression_ratio
+        if abs(total - round(total)) > 1e-6 or round(total) < 1:
+            raise ValueError(f"config key 'condense.compression_ratio'={compression_ratio}: max_tokens {max_tokens} / "
+                             f"ratio = {total:g} condensed states, not a positive whole number")
+        total = int(round(total))
+        if max_tokens % num_segments or total % num_segments:
+            raise ValueError(f"config key 'condense.num_segments'={num_segments} does not divide max_tokens "
+                             f"{max_tokens} and the {total} condensed states into equal segments")
+        return cls(num_condense_tokens=total // num_segments, segment_length=max_tokens // num_segments,
+                   max_segments=num_segments, max_decoder_tokens=max_decoder_tokens,
+                   max_continuation_tokens=max_continuation_tokens, max_characters=max_characters,
+                   max_prompt_tokens=max_prompt_tokens, max_completion_tokens=max_completion_tokens)
 
 
 def _tokenize(tokenizer, text: str) -> tuple[list[int], np.ndarray]:
@@ -84,26 +111,23 @@ def check_fast_tokenizer(tokenizer, name: str) -> None:
                          "character offsets (return_offsets_mapping) need one -- load it with use_fast=True")
 
 
-def fit_text(text: str, enc_tok, dec_tok, max_tokens: int, max_decoder_tokens: int, max_characters: int
+def fit_text(text: str, enc_tok, dec_tok, max_decoder_tokens: int, max_characters: int
              ) -> tuple[str, list[int], np.ndarray, list[int], np.ndarray]:
-    """Shorten ``text`` at token ends until both tokenizations fit; return it with both tokenizations."""
-    text = text[:max_characters]
+    """Cut ``text`` to ``max_characters`` and then at a decoder token end until its decoder tokens
+    fit ``max_decoder_tokens``; return it with both tokenizations (the encoder reads its first
+    ``max_tokens`` tokens, the rest of the text is the continuation after them)."""
+    text = text[:max_characters] if max_characters else text
     for _ in range(16):
         enc_ids, enc_off = _tokenize(enc_tok, text)
         dec_ids, dec_off = _tokenize(dec_tok, text)
-        limit = len(text)
-        if len(enc_ids) > max_tokens:
-            limit = min(limit, int(enc_off[max_tokens - 1, 1]))
-        if len(dec_ids) > max_decoder_tokens:
-            limit = min(limit, int(dec_off[max_decoder_tokens - 1, 1]))
-        if limit >= len(text):
+        if len(dec_ids) <= max_decoder_tokens:
             return text, enc_ids, enc_off, dec_ids, dec_off
         # Re-tokenizing a prefix can merge differently at the cut; shrink by at
         # least one character per round so the loop always ends.
+        limit = int(dec_off[max_decoder_tokens - 1, 1])
         text = text[:min(limit, len(text) - 1)]
-    enc_ids, enc_off = enc_ids[:max_tokens], enc_off[:max_tokens]
-    dec_ids, dec_off = dec_ids[:max_decoder_tokens], dec_off[:max_decoder_tokens]
-    return text, enc_ids, enc_off, dec_ids, dec_off
+    keep = np.searchsorted(enc_off[:, 1], int(dec_off[max_decoder_tokens - 1, 1]), side="right")
+    return text, enc_ids[:keep], enc_off[:keep], dec_ids[:max_decoder_tokens], dec_off[:max_decoder_tokens]
 
 
 def segment_char_starts(enc_offsets: np.ndarray, segment_length: int) -> np.ndarray:
@@ -138,54 +162,129 @@ def pad_to(values, length: int, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]
     return out, mask
 
 
-class ExampleBuilder:
-    """Callable ``text -> Example`` (numpy arrays of static shapes; see ``Layout``).
+def continuation_targets(dec_ids: np.ndarray, dec_len: int, starts: np.ndarray, num_segments: int,
+                         num_levels: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of levels 1..num_levels as ``(ids, mask)`` [num_levels, width]; row r is level r + 1.
 
-    Keys: ``enc_ids``/``enc_mask`` [S, L], ``dec_ids``/``dec_mask`` [D],
-    ``cont_ids``/``cont_mask`` [S-1, C] (row r is continuation level r+1) and
-    ``num_segments`` [] -- the segments holding at least one token.
+    ``starts[i]`` is the first decoder token after segment i - 1 (``starts[num_segments]``: the
+    first one after the condensed context). Level i <= num_segments predicts
+    ``dec_ids[starts[i]:dec_len]``, its first ``width`` tokens; other rows are all-masked.
+    """
+    ids = np.zeros((num_levels, width), np.int32)
+    mask = np.zeros((num_levels, width), bool)
+    for level in range(1, min(num_segments, num_levels) + 1):
+        start = int(starts[level])
+        stop = min(start + width, dec_len)
+        if stop > start:
+            ids[level - 1, : stop - start] = dec_ids[start:stop]
+            mask[level - 1, : stop - start] = True
+    return ids, mask
+
+
+class ExampleBuilder:
+    """Callable ``text (or instruction record) -> Example`` (numpy arrays of static shapes; see ``Layout``).
+
+    Keys: ``enc_ids``/``enc_mask`` [S, L] (the condensed context: the text's first ``S * L``
+    encoder tokens), ``dec_ids``/``dec_mask`` [D] (the context in decoder tokens: the AE target),
+    ``cont_ids``/``cont_mask`` [S, W] (row r is continuation level r + 1: what follows segment r,
+    up to the end of the text) and ``num_segments`` [] -- the segments holding at least one token.
+    With the instruction objective (``layout.max_prompt_tokens > 0``) also ``ins_ids``/``ins_mask``
+    [P + C] (prompt then completion tokens) and ``ins_loss`` (the completion's tokens).
     """
 
-    def __init__(self, encoder_tokenizer, decoder_tokenizer, layout: Layout):
+    def __init__(self, encoder_tokenizer, decoder_tokenizer, layout: Layout,
+                 instruction_columns: tuple[str, str, str] = ("context", "activation_prompt", "expected_completion")):
         check_fast_tokenizer(encoder_tokenizer, "encoder")
         check_fast_tokenizer(decoder_tokenizer, "decoder")
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
         self.layout = layout
+        self.instruction_columns = tuple(instruction_columns)
+
+    @property
+    def instruction(self) -> bool:
+        return self.layout.max_prompt_tokens > 0
 
     def fit(self, text: str):
-        lay = self.layout
-        return fit_text(text, self.encoder_tokenizer, self.decoder_tokenizer, lay.max_tokens,
-                        lay.max_decoder_tokens, lay.max_characters)
+        return fit_text(text, self.encoder_tokenizer, self.decoder_tokenizer, self.layout.max_decoder_tokens,
+                        self.layout.max_characters)
 
-    def __call__(self, text: str) -> Example:
-        if not isinstance(text, str):
-            raise ValueError(f"condense: expected a text string, got {type(text).__name__}")
+    def context_end(self, text: str) -> int:
+        """The character where the condensed context ends (the continuation after it starts)."""
+        fitted, enc_ids, enc_off, _, _ = self.fit(text)
+        return int(enc_off[self.layout.max_tokens, 0]) if len(enc_ids) > self.layout.max_tokens else len(fitted)
+
+    def __call__(self, item) -> Example:
+        if isinstance(item, dict):
+            return self.instruction_example(item)
+        if not isinstance(item, str):
+            raise ValueError(f"condense: expected a text string, got {type(item).__name__}")
+        if self.instruction:
+            raise ValueError("condense: the instruction objective needs records with columns "
+                             f"{', '.join(self.instruction_columns)}, got a plain text")
+        return self.text_example(item)
+
+    def text_example(self, text: str) -> Example:
         lay = self.layout
-        _, enc_ids, enc_off, dec_ids, dec_off = self.fit(text)
+        fitted, enc_ids, enc_off, dec_ids, dec_off = self.fit(text)
         if not enc_ids or not dec_ids:
             raise ValueError(f"condense: text {text[:40]!r} has no tokens (empty or whitespace only)")
-        num_segments = math.ceil(len(enc_ids) / lay.segment_length)
-
-        flat_ids, flat_mask = pad_to(enc_ids, lay.max_tokens)
-        dec, dec_mask = pad_to(dec_ids, lay.max_decoder_tokens)
-        starts = decoder_segment_starts(dec_off, segment_char_starts(enc_off, lay.segment_length))
-        cont_ids, cont_mask = objectives.continuation_targets(
-            dec, len(dec_ids), starts, num_segments, lay.num_levels, lay.max_continuation_tokens)
+        context = min(len(enc_ids), lay.max_tokens)
+        num_segments = math.ceil(context / lay.segment_length)
+        end = int(enc_off[context, 0]) if len(enc_ids) > context else len(fitted)
+        char_starts = np.append(segment_char_starts(enc_off[:context], lay.segment_length), end)
+        starts = decoder_segment_starts(dec_off, char_starts)  # [num_segments + 1]
+        dec, _ = pad_to(dec_ids, lay.max_decoder_tokens)
+        context_dec = int(starts[num_segments])
+        ae_ids, ae_mask = pad_to(dec_ids[:context_dec], lay.max_decoder_tokens)
+        cont_ids, cont_mask = continuation_targets(dec, len(dec_ids), starts, num_segments, lay.num_levels,
+                                                   lay.continuation_width)
+        flat_ids, flat_mask = pad_to(enc_ids[:context], lay.max_tokens)
         return {
             "enc_ids": flat_ids.reshape(lay.max_segments, lay.segment_length),
             "enc_mask": flat_mask.reshape(lay.max_segments, lay.segment_length),
-            "dec_ids": dec,
-            "dec_mask": dec_mask,
+            "dec_ids": ae_ids,
+            "dec_mask": ae_mask,
             "cont_ids": cont_ids,
             "cont_mask": cont_mask,
             "num_segments": np.asarray(num_segments, np.int32),
         }
 
+    def instruction_example(self, record: dict) -> Example:
+        """The context is condensed (with its AE and continuation targets, as any text); the decoder
+        then reads the prompt and is scored on the completion."""
+        lay = self.layout
+        if not self.instruction:
+            raise ValueError("condense: got an instruction record but condense.objectives.instruction is 0")
+        missing = [c for c in self.instruction_columns if not isinstance(record.get(c), str)]
+        if missing:
+            raise ValueError(f"condense: record has no text column(s) {', '.join(repr(c) for c in missing)} "
+                             f"(columns: {sorted(record)})")
+        context, prompt, completion = (record[c] for c in self.instruction_columns)
+        example = self.text_example(context)
+        tok = self.decoder_tokenizer
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"][-lay.max_prompt_tokens:]
+        completion_ids = tok(completion, add_special_tokens=False)["input_ids"][:lay.max_completion_tokens]
+        if not prompt_ids or not completion_ids:
+            raise ValueError(f"condense: record with {self.instruction_columns[1]}={prompt[:30]!r} has an empty "
+                             f"prompt or completion")
+        ids, mask = pad_to(list(prompt_ids) + list(completion_ids), lay.instruction_width)
+        loss = np.zeros_like(mask)
+        loss[len(prompt_ids): len(prompt_ids) + len(completion_ids)] = True
+        return dict(example, ins_ids=ids, ins_mask=mask, ins_loss=loss)
+
+    def usable(self, item) -> bool:
+        """A text that fills at least one whole segment and has a continuation after it (instruction
+        records: always; their parts are checked when their example is built)."""
+        if isinstance(item, dict):
+            return True
+        ex = self.text_example(item)
+        return bool(ex["enc_mask"][0].all()) and bool(ex["cont_mask"][0].any())
+
     def record_fn(self, column: str = "text"):
         """``record -> Example`` for dict records, naming the column when it is missing."""
         def build(record: Any) -> Example:
-            if isinstance(record, str):
+            if isinstance(record, str) or self.instruction:
                 return self(record)
             if column not in record:
                 raise ValueError(f"condense: record has no column '{column}' (columns: {sorted(record)})")
@@ -199,11 +298,16 @@ def example_fields(layout: Layout) -> dict:
     from jaxft.data import Field
 
     seg = (layout.max_segments, layout.segment_length)
-    cont = (layout.num_levels, layout.max_continuation_tokens)
-    return {
+    cont = (layout.num_levels, layout.continuation_width)
+    fields = {
         "enc_ids": Field(shape=seg), "enc_mask": Field(shape=seg, pad=False, dtype="bool"),
         "dec_ids": Field(shape=(layout.max_decoder_tokens,)),
         "dec_mask": Field(shape=(layout.max_decoder_tokens,), pad=False, dtype="bool"),
         "cont_ids": Field(shape=cont), "cont_mask": Field(shape=cont, pad=False, dtype="bool"),
         "num_segments": Field(shape=()),
     }
+    if layout.max_prompt_tokens:
+        ins = (layout.instruction_width,)
+        fields.update({"ins_ids": Field(shape=ins), "ins_mask": Field(shape=ins, pad=False, dtype="bool"),
+                       "ins_loss": Field(shape=ins, pad=False, dtype="bool")})
+    return fields

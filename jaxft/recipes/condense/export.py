@@ -26,12 +26,12 @@ from jaxft import lora as lora_lib
 from jaxft.files import read_json
 from jaxft.checkpoint.hf import load_pretrained, save_pretrained
 from jaxft.recipes.condense.data import Layout
-from jaxft.recipes.condense.model import CondenseModel
+from jaxft.recipes.condense.model import CondenseModel, projector_input_size
 
 CONFIG_FILE = "condenser.json"
 WEIGHTS_FILE = "condenser.safetensors"
 FORMAT = "jaxft-condenser"
-VERSION = 1
+VERSION = 2  # 2: the projector is a flax module ({linear, norm}) and its kind is recorded
 _TREE_KEYS = ("condense_tokens", "projector", "markers")
 
 
@@ -92,6 +92,7 @@ def export_condenser(directory: str | Path, condenser, *, encoder_source: str = 
         "dtype": jnp.dtype(model.dtype).name,
         "layout": dataclasses.asdict(condenser.layout),
         "lora": dataclasses.asdict(model.lora_config),
+        "projector": model.projector,
         "quantize": {"encoder": quantize_encoder, "decoder": "none" if model.train_decoder else quantize_decoder},
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -104,7 +105,7 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"{file}: format {meta.get('format')!r} version {meta.get('version')!r}; "
                          f"expected {FORMAT!r} version {VERSION}")
-    for key in ("encoder", "decoder", "dtype", "layout", "lora"):
+    for key in ("encoder", "decoder", "dtype", "layout", "lora", "projector"):
         if key not in meta:
             raise ValueError(f"{file}: key '{key}' is missing")
     return meta
@@ -152,13 +153,16 @@ def read_condenser(directory: str | Path, *, encoder_path: str | None = None, de
         raise FileNotFoundError(f"{weights_file}: not found")
     tree = _unflatten(load_file(str(weights_file)))
     n, h_enc, h_dec = layout.num_condense_tokens, enc_cfg.hidden_size, dec_cfg.hidden_size
-    for path, shape in ((("condense_tokens",), (n, h_enc)), (("projector", "kernel"), (h_enc, h_dec)),
-                        (("projector", "bias"), (h_dec,)), (("projector", "norm", "scale"), (h_dec,)),
-                        (("projector", "norm", "bias"), (h_dec,)), (("markers", "ae"), (h_dec,)),
+    model = CondenseModel(encoder=enc_cfg, decoder=dec_cfg, num_condense_tokens=n,
+                          segment_length=layout.segment_length, dtype=dtype, lora_config=adapters.config,
+                          projector=meta["projector"])
+    h_in = projector_input_size(model)
+    h_norm = h_in if model.projector == "reference" else h_dec
+    for path, shape in ((("condense_tokens",), (n, h_enc)), (("projector", "linear", "kernel"), (h_in, h_dec)),
+                        (("projector", "linear", "bias"), (h_dec,)), (("projector", "norm", "scale"), (h_norm,)),
+                        (("projector", "norm", "bias"), (h_norm,)), (("markers", "ae"), (h_dec,)),
                         (("markers", "cont"), (h_dec,))):
         _check_shape(weights_file, "this encoder/decoder pair", tree, path, shape)
-    model = CondenseModel(encoder=enc_cfg, decoder=dec_cfg, num_condense_tokens=n,
-                          segment_length=layout.segment_length, dtype=dtype, lora_config=adapters.config)
     trainable = {"lora": adapters.params, **tree}
     formats = meta.get("quantize", {}) if quantize else {}
     for fmt in formats.values():

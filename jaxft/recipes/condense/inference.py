@@ -99,7 +99,11 @@ class Condenser:
         out = {"original": fitted,
                "reconstruction": self.generate(states, mode="reconstruct", max_new_tokens=min(n_dec, max_new_tokens),
                                                stop_at_eos=False)}
-        if m > 1:
+        end = self.builder.context_end(text)
+        if end < len(fitted):  # the text goes on after the condensed context: continue from all of it
+            out["continuation"] = self.generate(states, mode="continue", max_new_tokens=max_new_tokens)
+            out["continuation_reference"] = fitted[end:]
+        elif m > 1:
             seen = (m - 1) * self.model.num_condense_tokens
             cut = int(enc_off[(m - 1) * self.layout.segment_length, 0])
             out["continuation"] = self.generate(states[:seen], mode="continue", max_new_tokens=max_new_tokens)

@@ -3,8 +3,13 @@
 Each context segment of ``L`` encoder tokens is followed by ``n`` learned
 condense tokens and run through the encoder (LoRA-adapted) as
 ``inputs_embeds``; the final hidden states at the condense slots are the
-segment's condensed states. A linear + LayerNorm projector maps them to the
-decoder's embedding size, where they replace token embeddings.
+segment's condensed states. A projector maps them to the decoder's embedding
+size, where they replace token embeddings. The default projector follows the
+reference trainer: LayerNorm over the concatenation of the encoder's last two
+hidden states at the condense slots (transformers' ``hidden_states[-2:]``: the
+input to the last layer and the final normed output), then a linear map
+(``projector="reference"``); ``projector="linear_norm"`` maps the final hidden
+state linearly, then applies LayerNorm.
 
 Condense token positions: token ``j`` (0-based) of a segment holding ``len``
 real tokens sits at position ``ceil((j + 1) * len / n) - 1``, i.e. on the
@@ -21,14 +26,15 @@ import dataclasses
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxft.models import layers
 from jaxft.models.config import DecoderConfig
 from jaxft.models.decoder import embed, forward
 
 Params = dict[str, Any]
+PROJECTORS = ("reference", "linear_norm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +46,23 @@ class CondenseModel:
     num_condense_tokens: int
     segment_length: int
     dtype: Any = jnp.float32  # compute dtype of both LLMs
-    remat: str = "none"
+    remat: str = "none"  # the encoder's remat policy
+    decoder_remat: str = "none"
     train_decoder: bool = False  # demo-only: the decoder's weights train too
     lora_config: Any = None  # jaxft.lora.LoraConfig of the encoder adapters; None: no adapters
+    projector: str = "reference"  # one of PROJECTORS
+
+    def __post_init__(self):
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"config key 'condense.projector'={self.projector!r}: expected one of "
+                             f"{', '.join(PROJECTORS)}")
+        if self.projector == "reference" and self.encoder.norm_type != "rms_norm":
+            raise ValueError("condense.projector=reference reads the input to the encoder's last layer, "
+                             f"which needs an RMSNorm encoder (this one uses {self.encoder.norm_type})")
+
+    @property
+    def projector_module(self) -> "Projector":
+        return Projector(features=self.decoder.hidden_size, kind=self.projector)
 
     def decoder_params(self, trainable: Params, frozen: Params) -> Params:
         return trainable["decoder"] if self.train_decoder else frozen["decoder"]
@@ -70,8 +90,34 @@ def condense_position_ids(lengths: jnp.ndarray, segment_length: int, num_condens
     return jnp.concatenate([tokens, condense], axis=-1)
 
 
+class Projector(nn.Module):
+    """Encoder hidden states -> decoder input embeddings, in float32 (params float32).
+
+    ``kind="reference"``: ``linear(LayerNorm(concat(h_last_input, h_final)))`` -- the input
+    holds both states on its last axis ([..., 2 * H_enc]); ``kind="linear_norm"``:
+    ``LayerNorm(linear(h_final))`` ([..., H_enc] in). Linear: Xavier-uniform kernel, zero
+    bias; LayerNorm: torch's eps 1e-5 and two-pass variance.
+    """
+
+    features: int
+    kind: str = "reference"
+
+    @nn.compact
+    def __call__(self, states: jnp.ndarray) -> jnp.ndarray:
+        x = states.astype(jnp.float32)
+        linear = nn.Dense(self.features, kernel_init=nn.initializers.xavier_uniform(), name="linear",
+                          precision=jax.lax.Precision.HIGHEST)
+        if self.kind == "reference":
+            return linear(nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="norm")(x))
+        return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="norm")(linear(x))
+
+
+def projector_input_size(model: "CondenseModel") -> int:
+    return model.encoder.hidden_size * (2 if model.projector == "reference" else 1)
+
+
 def init_params(rng: jax.Array, model: CondenseModel, decoder_embed_std: float = 0.02) -> Params:
-    """Condense tokens (Xavier-uniform), projector (Xavier-uniform kernel, LayerNorm) and markers.
+    """Condense tokens (Xavier-uniform), projector (see ``Projector``) and markers.
 
     Markers start at the decoder embedding table's scale so they look like
     ordinary inputs to the frozen decoder.
@@ -79,13 +125,10 @@ def init_params(rng: jax.Array, model: CondenseModel, decoder_embed_std: float =
     n, h_enc, h_dec = model.num_condense_tokens, model.encoder.hidden_size, model.decoder.hidden_size
     k_tok, k_proj, k_ae, k_cont = jax.random.split(rng, 4)
     xavier = jax.nn.initializers.xavier_uniform()
+    projector = model.projector_module.init(k_proj, jnp.zeros((1, projector_input_size(model)), jnp.float32))
     return {
         "condense_tokens": xavier(k_tok, (n, h_enc), jnp.float32),
-        "projector": {
-            "kernel": xavier(k_proj, (h_enc, h_dec), jnp.float32),
-            "bias": jnp.zeros((h_dec,), jnp.float32),
-            "norm": {"scale": jnp.ones((h_dec,), jnp.float32), "bias": jnp.zeros((h_dec,), jnp.float32)},
-        },
+        "projector": projector["params"],
         "markers": {
             "ae": decoder_embed_std * jax.random.normal(k_ae, (h_dec,), jnp.float32),
             "cont": decoder_embed_std * jax.random.normal(k_cont, (h_dec,), jnp.float32),
@@ -93,9 +136,36 @@ def init_params(rng: jax.Array, model: CondenseModel, decoder_embed_std: float =
     }
 
 
+# Powers of two, so that in float32 and bfloat16 alike ``x * rsqrt(mean(x^2) + EPS) * SCALE == x``
+# exactly for any activation with mean(x^2) << EPS: an RMSNorm that is the identity.
+_IDENTITY_NORM_EPS, _IDENTITY_NORM_SCALE = 2.0 ** 100, 2.0 ** 50
+
+
+def last_two_hidden_states(cfg: DecoderConfig, params: Params, inputs_embeds: jnp.ndarray, attention_mask,
+                           position_ids, remat: str, dtype) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(input to the last layer, final normed output)`` of an RMSNorm decoder, as transformers'
+    ``hidden_states[-2:]``, with two calls of the public ``forward`` (the first L-1 layers with an
+    identity final norm, then the last layer with the real one): one L-layer forward of compute."""
+    layers_ = params["model"]["layers"]
+    head = jax.tree.map(lambda x: x[:-1], layers_)
+    tail = jax.tree.map(lambda x: x[-1:], layers_)
+    h = cfg.hidden_size
+    first = dataclasses.replace(cfg, num_hidden_layers=cfg.num_hidden_layers - 1, rms_norm_eps=_IDENTITY_NORM_EPS)
+    identity = {"weight": jnp.full((h,), _IDENTITY_NORM_SCALE, jnp.float32)}
+    before_last, _ = forward(first, {"model": {"layers": head, "norm": identity}}, attention_mask=attention_mask,
+                             position_ids=position_ids, inputs_embeds=inputs_embeds, remat=remat, output="hidden",
+                             dtype=dtype)
+    last = dataclasses.replace(cfg, num_hidden_layers=1)
+    final, _ = forward(last, {"model": {"layers": tail, "norm": params["model"]["norm"]}},
+                       attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=before_last,
+                       remat=remat, output="hidden", dtype=dtype)
+    return before_last, final
+
+
 def encode_segments(model: CondenseModel, trainable: Params, encoder_params: Params, enc_ids: jnp.ndarray,
                     enc_mask: jnp.ndarray) -> jnp.ndarray:
-    """Condensed states [B, S, n, H_enc] of segments ``enc_ids`` [B, S, L] (one encoder call)."""
+    """Encoder states [B, S, n, H] at the condense slots of segments ``enc_ids`` [B, S, L]; H is
+    2 * H_enc for the reference projector (the last two hidden states), else H_enc."""
     b, s, seg_len = enc_ids.shape
     if seg_len != model.segment_length:
         raise ValueError(f"condense: segments have {seg_len} tokens, the model expects {model.segment_length}")
@@ -109,15 +179,19 @@ def encode_segments(model: CondenseModel, trainable: Params, encoder_params: Par
     # the objectives drop those segments' states.
     full_mask = jnp.concatenate([mask, jnp.ones((b * s, n), bool)], axis=1)
     positions = condense_position_ids(mask.sum(-1), seg_len, n)
-    hidden, _ = forward(cfg, encoder_params, attention_mask=full_mask, position_ids=positions, inputs_embeds=x,
-                        remat=model.remat, output="hidden", dtype=model.dtype)
-    return hidden[:, seg_len:].reshape(b, s, n, cfg.hidden_size)
+    if model.projector == "reference":
+        pair = last_two_hidden_states(cfg, encoder_params, x, full_mask, positions, model.remat, model.dtype)
+        hidden = jnp.concatenate([state[:, seg_len:] for state in pair], axis=-1)
+    else:
+        hidden, _ = forward(cfg, encoder_params, attention_mask=full_mask, position_ids=positions, inputs_embeds=x,
+                            remat=model.remat, output="hidden", dtype=model.dtype)
+        hidden = hidden[:, seg_len:]
+    return hidden.reshape(b, s, n, hidden.shape[-1])
 
 
-def project(projector: Params, states: jnp.ndarray, dtype) -> jnp.ndarray:
-    """Encoder hidden -> decoder embedding: linear, then LayerNorm (float32 maths, ``dtype`` out)."""
-    y = layers.matmul(states.astype(jnp.float32), projector["kernel"]) + projector["bias"]
-    return layers.layer_norm(y, projector["norm"]["scale"], projector["norm"]["bias"]).astype(dtype)
+def project(model: CondenseModel, projector: Params, states: jnp.ndarray) -> jnp.ndarray:
+    """Encoder states -> decoder embeddings (float32 maths, the model's compute dtype out)."""
+    return model.projector_module.apply({"params": projector}, states).astype(model.dtype)
 
 
 def condense(model: CondenseModel, trainable: Params, frozen: Params, enc_ids: jnp.ndarray, enc_mask: jnp.ndarray,
@@ -125,7 +199,7 @@ def condense(model: CondenseModel, trainable: Params, frozen: Params, enc_ids: j
     """Projected condensed states [B, S, n, H_dec] in the compute dtype."""
     encoder_params = model.encoder_params(trainable, frozen, rng)
     states = encode_segments(model, trainable, encoder_params, enc_ids, enc_mask)
-    return project(trainable["projector"], states, model.dtype)
+    return project(model, trainable["projector"], states)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,7 +1,12 @@
-"""``build(config, mesh) -> TrainTask`` for the condense recipe (see ``configs/condense.py``)."""
+"""``build(config, mesh) -> TrainTask`` for the condense recipe (see ``configs/condense.py``).
+
+The encoder and decoder are ``config.encoder`` / ``config.decoder`` (``jaxft.config.model_section``),
+the encoder's adapters ``config.lora``, the records ``config.data``; everything else is ``config.condense``.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import jax
@@ -9,15 +14,16 @@ import jax.numpy as jnp
 
 from jaxft import lora as lora_lib
 from jaxft.checkpoint.hf_names import is_norm_bias_or_embedding
-from jaxft.models.config import DecoderConfig
-from jaxft.models.init import init_params as init_llm
+from jaxft.loaders import load_model, load_records
 from jaxft.train.task import TrainTask
 from jaxft.recipes.condense import model as model_lib
 from jaxft.recipes.condense.data import ExampleBuilder, Layout, example_fields
-from jaxft.recipes.condense.objectives import make_loss_fn
+from jaxft.recipes.condense.objectives import check_weights, make_loss_fn
 
-REAL_SETTING = ("python -m jaxft.main --config configs/condense.py:seed --config.condense.encoder=meta-llama/"
-                "Llama-3.2-1B --config.condense.decoder=mistralai/Mistral-7B-Instruct-v0.2")
+log = logging.getLogger("jaxft")
+
+REAL_SETTING = ("python -m jaxft.main --config configs/condense.py:seed  (encoder meta-llama/Llama-3.2-1B, "
+                "frozen decoder mistralai/Mistral-7B-Instruct-v0.2)")
 
 
 def demo_banner(train_decoder: bool) -> str:
@@ -28,68 +34,15 @@ def demo_banner(train_decoder: bool) -> str:
             f"  The real setting: {REAL_SETTING}")
 
 
-def load_tokenizer(spec: str, model_path: str, which: str):
-    """``demo:<kind>[:vocab]`` -> a demo tokenizer; a path/hub id (default: the model's) -> its fast tokenizer."""
-    spec = spec or model_path
-    if not spec:
-        raise ValueError(f"config key 'condense.{which}_tokenizer' is empty and so is 'condense.{which}': "
-                         f"name a tokenizer (a checkpoint dir, a hub id or demo:bpe:2048)")
-    if spec.startswith("demo:"):
-        from jaxft.tokenization.demo import demo_tokenizer
-
-        parts = spec.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
-            raise ValueError(f"config key 'condense.{which}_tokenizer'={spec!r}: expected demo:<kind>[:vocab_size]")
-        return demo_tokenizer(parts[1], int(parts[2]) if len(parts) == 3 else None)
-    from jaxft.tokenization import load_tokenizer as load_pretrained_tokenizer
-
-    return load_pretrained_tokenizer(spec, use_fast=True)
-
-
-def load_llm(path: str, init_hf: dict, tokenizer, dtype, rng: jax.Array, which: str
-             ) -> tuple[DecoderConfig, dict[str, Any]]:
-    """A checkpoint, or random weights from an HF-style config whose vocabulary is the tokenizer's."""
-    from jaxft.checkpoint.hf import load_pretrained
-
-    if path:
-        cfg, params = load_pretrained(path, dtype=dtype)
-    else:
-        if not init_hf:
-            raise ValueError(f"config key 'condense.{which}' is empty: give a checkpoint dir or hub id "
-                             f"(or condense.{which}_init for random weights)")
-        hf = dict(init_hf, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        cfg = DecoderConfig.from_hf(hf, source=f"config.condense.{which}_init")
-        # initializer_range is the HF name of the init std; a larger one gives a random model
-        # whose outputs react strongly to its inputs (what the demo's frozen decoder needs).
-        params = init_llm(cfg, rng, dtype, std=float(init_hf.get("initializer_range", 0.02)))
-    if len(tokenizer) > cfg.vocab_size:
-        raise ValueError(f"condense.{which}: the tokenizer has {len(tokenizer)} tokens, the model's vocabulary "
-                         f"only {cfg.vocab_size}")
-    return cfg, params
-
-
-def load_texts(data_cfg) -> list[str]:
-    from jaxft.data import load_hf_dataset, read_records
-    from jaxft.data.corpus import demo_corpus
-
-    column = data_cfg.text_column
-    if data_cfg.path:
-        records = read_records(data_cfg.path, columns=(column,), on_error=data_cfg.on_error)
-    elif data_cfg.hf_dataset:
-        records = load_hf_dataset(data_cfg.hf_dataset, data_cfg.hf_split, (column,),
-                                  config_name=data_cfg.hf_config or None, on_error=data_cfg.on_error)
-    else:
-        return demo_corpus()[: int(data_cfg.max_records) or None]
-    texts = [r[column] for r in records]
-    return texts[: int(data_cfg.max_records) or None]
-
-
 def layout_from_config(k) -> Layout:
-    return Layout.create(num_condense_tokens=int(k.num_condense_tokens), compression_ratio=float(k.compression_ratio),
-                         max_tokens=int(k.max_tokens), max_decoder_tokens=int(k.max_decoder_tokens),
+    ins = k.instruction
+    instruction = float(k.objectives.get("instruction", 0.0)) > 0
+    return Layout.create(max_tokens=int(k.max_tokens), compression_ratio=float(k.compression_ratio),
+                         num_segments=int(k.num_segments), max_decoder_tokens=int(k.max_decoder_tokens),
                          max_continuation_tokens=int(k.max_continuation_tokens),
-                         max_characters=int(k.max_characters))
+                         max_characters=int(k.max_characters),
+                         max_prompt_tokens=int(ins.max_prompt_tokens) if instruction else 0,
+                         max_completion_tokens=int(ins.max_completion_tokens) if instruction else 0)
 
 
 def group_fn(path: tuple[str, ...], leaf) -> str:
@@ -97,59 +50,107 @@ def group_fn(path: tuple[str, ...], leaf) -> str:
     return path[0]
 
 
-def no_decay(path: tuple[str, ...], leaf) -> bool:
-    """Learned input embeddings (condense tokens, markers), biases and norms get no weight decay."""
-    if path[0] in ("condense_tokens", "markers"):
-        return True
-    if path[0] == "decoder":
-        return is_norm_bias_or_embedding(path)
-    return path[-1] in ("bias", "scale") or len(getattr(leaf, "shape", ())) <= 1
+def make_no_decay(decay_all: bool):
+    """``decay_all``: every trainable leaf decays (torch AdamW over the reference's groups); else learned
+    input embeddings (condense tokens, markers), biases and norms get no weight decay."""
+    def no_decay(path: tuple[str, ...], leaf) -> bool:
+        if decay_all:
+            return False
+        if path[0] in ("condense_tokens", "markers"):
+            return True
+        if path[0] == "decoder":
+            return is_norm_bias_or_embedding(path)
+        return path[-1] in ("bias", "scale") or len(getattr(leaf, "shape", ())) <= 1
 
-
-def _quantize(params, cfg: DecoderConfig, fmt: str, which: str):
-    if fmt in ("", "none"):
-        return params
-    if fmt not in ("nf4", "int8"):
-        raise ValueError(f"config key 'condense.quantize_{which}'={fmt!r}: expected none, nf4 or int8")
-    return lora_lib.quantize(params, cfg, fmt=fmt)
+    return no_decay
 
 
 def build_parts(config) -> dict[str, Any]:
     """Models, tokenizers and the initial trees (no data), shared by ``build`` and tests."""
     k = config.condense
-    dtype = jnp.dtype(k.dtype)
-    rng = jax.random.PRNGKey(int(config.seed))
-    k_enc, k_dec, k_lora, k_condense = jax.random.split(rng, 4)
-    enc_tok = load_tokenizer(k.encoder_tokenizer, k.encoder, "encoder")
-    dec_tok = load_tokenizer(k.decoder_tokenizer, k.decoder, "decoder")
-    enc_cfg, enc_params = load_llm(k.encoder, k.encoder_init.to_dict(), enc_tok, dtype, k_enc, "encoder")
-    dec_cfg, dec_params = load_llm(k.decoder, k.decoder_init.to_dict(), dec_tok, dtype, k_dec, "decoder")
-    if k.encoder and not enc_cfg.tie_word_embeddings:
+    seed = int(config.seed)
+    encoder = load_model(config.encoder, seed, section="encoder")
+    decoder = load_model(config.decoder, seed + 1, section="decoder")
+    enc_cfg, enc_params = encoder.cfg, encoder.params
+    if config.encoder.path and not enc_cfg.tie_word_embeddings:
         enc_params = {key: value for key, value in enc_params.items() if key != "lm_head"}  # never read
 
     layout = layout_from_config(k)
-    lk = k.lora
+    lk = config.lora
+    if int(lk.rank) <= 0:
+        raise ValueError("config key 'lora.rank' must be positive: the condense encoder trains through its adapters")
+    k_lora, k_condense = jax.random.split(jax.random.PRNGKey(seed + 2))
     adapters = lora_lib.init(k_lora, enc_cfg, enc_params, rank=int(lk.rank), alpha=float(lk.alpha),
-                             targets=tuple(lk.targets), dropout=float(lk.dropout))
+                             targets=tuple(lk.targets), dropout=float(lk.dropout), use_rslora=bool(lk.rslora))
     train_decoder = bool(k.train_decoder)
-    if train_decoder and k.quantize_decoder not in ("", "none"):
-        raise ValueError("condense.train_decoder cannot train a quantized decoder; set condense.quantize_decoder=none")
+    if train_decoder and config.decoder.quantize not in ("", "none"):
+        raise ValueError("condense.train_decoder cannot train a quantized decoder; set decoder.quantize=none")
+    if config.encoder.compute_dtype != config.decoder.compute_dtype:
+        raise ValueError(f"config keys 'encoder.compute_dtype'={config.encoder.compute_dtype!r} and "
+                         f"'decoder.compute_dtype'={config.decoder.compute_dtype!r} differ; the condensed states "
+                         "pass from one to the other, so give both the same")
     model = model_lib.CondenseModel(
-        encoder=enc_cfg, decoder=dec_cfg, num_condense_tokens=layout.num_condense_tokens,
-        segment_length=layout.segment_length, dtype=dtype, remat=str(k.remat), train_decoder=train_decoder,
-        lora_config=adapters.config)
-    embed_std = float(jnp.std(dec_params["model"]["embed_tokens"]["weight"].astype(jnp.float32)))
+        encoder=enc_cfg, decoder=decoder.cfg, num_condense_tokens=layout.num_condense_tokens,
+        segment_length=layout.segment_length, dtype=jnp.dtype(config.encoder.compute_dtype),
+        remat=str(config.encoder.remat), decoder_remat=str(config.decoder.remat), train_decoder=train_decoder, lora_config=adapters.config,
+        projector=str(k.projector))
+    embed_table = decoder.params["model"]["embed_tokens"]["weight"]
+    embed_std = float(jnp.std(jnp.asarray(embed_table, jnp.float32)))
     trainable = {"lora": adapters.params, **model_lib.init_params(k_condense, model, embed_std)}
-    frozen = {"encoder": _quantize(enc_params, enc_cfg, k.quantize_encoder, "encoder")}
+    if k.init_from:
+        from jaxft.recipes.condense.reference import import_reference
+
+        trainable = import_reference(k.init_from, model, trainable)
+    frozen = {"encoder": enc_params}
     if train_decoder:
-        trainable["decoder"] = dec_params
+        trainable["decoder"] = decoder.params
     else:
-        frozen["decoder"] = _quantize(dec_params, dec_cfg, k.quantize_decoder, "decoder")
-    return dict(model=model, layout=layout, trainable=trainable, frozen=frozen, encoder_tokenizer=enc_tok,
-                decoder_tokenizer=dec_tok)
+        frozen["decoder"] = decoder.params
+    return dict(model=model, layout=layout, trainable=trainable, frozen=frozen,
+                encoder_tokenizer=encoder.tokenizer, decoder_tokenizer=decoder.tokenizer)
 
 
-def pick_sample_text(texts: list[str], builder: ExampleBuilder, candidates: int = 200) -> str:
+def load_items(config, builder: ExampleBuilder) -> tuple[list, str]:
+    """The configured records (texts, or instruction records) after the length filter, and a line saying
+    what was filtered. Without data: the offline demo corpus."""
+    from jaxft.data.corpus import demo_corpus
+
+    k, data = config.condense, config.data
+    if builder.instruction:
+        records = load_records(data, columns=tuple(builder.instruction_columns))
+        if records is None:
+            raise ValueError("condense.objectives.instruction needs records with columns "
+                             f"{', '.join(builder.instruction_columns)}: set data.path or data.hf_dataset")
+        items = list(records)
+    else:
+        records = load_records(data)
+        items = demo_corpus()[: int(data.max_records) or None] if records is None else \
+            [r[data.text_column] for r in records]
+    return filter_items(items, builder, int(k.min_characters))
+
+
+def filter_items(items: list, builder: ExampleBuilder, min_characters: int) -> tuple[list, str]:
+    """Keep texts of at least ``min_characters`` that fill one whole segment and have a continuation
+    after it (every kept text trains every objective); instruction records are kept as they are."""
+    total = len(items)
+    short = structural = 0
+    kept = []
+    for item in items:
+        if isinstance(item, str):
+            if not item.strip() or len(item) < min_characters:
+                short += 1
+                continue
+            if not builder.usable(item):
+                structural += 1
+                continue
+        kept.append(item)
+    line = (f"{len(kept)} of {total} records kept ({short} shorter than condense.min_characters={min_characters} "
+            f"or empty, {structural} without a whole first segment of {builder.layout.segment_length} encoder "
+            "tokens and a continuation after it)")
+    return kept, line
+
+
+def pick_sample_text(texts: list, builder: ExampleBuilder, candidates: int = 200):
     """The first text that fills every segment (so the samples show all levels), else the one filling most."""
     best, best_segments = texts[0], 0
     for text in texts[:candidates]:
@@ -167,24 +168,29 @@ def build(config, mesh) -> TrainTask:
     from jaxft.recipes.condense.inference import Condenser
 
     k = config.condense
-    demo = not k.encoder and not k.decoder
+    weights = check_weights(dict(k.objectives))
+    demo = not config.encoder.path and not config.decoder.path
     if demo and jax.process_index() == 0:
         print(demo_banner(bool(k.train_decoder)), flush=True)
     parts = build_parts(config)
     model, layout = parts["model"], parts["layout"]
     enc_tok, dec_tok = parts["encoder_tokenizer"], parts["decoder_tokenizer"]
-    builder = ExampleBuilder(enc_tok, dec_tok, layout)
+    ins = k.instruction
+    builder = ExampleBuilder(enc_tok, dec_tok, layout,
+                             (ins.context_column, ins.prompt_column, ins.completion_column))
 
-    texts = [t for t in load_texts(k.data) if t.strip()]
-    if len(texts) < 2:
-        raise ValueError(f"condense.data: {len(texts)} usable texts; need at least 2 (train and validation)")
-    train, valid = split_records(texts, float(k.data.validation_fraction), int(config.seed))
+    items, filtered = load_items(config, builder)
+    log.info("condense data: %s", filtered)
+    if len(items) < 2:
+        raise ValueError(f"condense data: {filtered}; need at least 2 (train and validation)")
+    train, valid = split_records(items, float(config.data.validation_fraction), int(config.seed))
     procs = jax.process_count()
     per_process = int(config.train.batch_size) // procs
     if per_process < 1:
         raise ValueError(f"config key 'train.batch_size'={config.train.batch_size} is smaller than the "
                          f"{procs} processes")
-    batches = dict(example_fn=builder, fields=example_fields(layout), batch_size=per_process, num_threads=2)
+    batches = dict(example_fn=builder, fields=example_fields(layout), batch_size=per_process, num_threads=2,
+                   shard_index=jax.process_index(), shard_count=procs)
     train_batches = make_batches(train, seed=int(config.seed), shuffle=True, num_epochs=None, **batches)
     eval_batches = (lambda: make_batches(valid, shuffle=False, num_epochs=1, **batches)) if valid else None
 
@@ -192,26 +198,28 @@ def build(config, mesh) -> TrainTask:
         return Condenser(model=model, layout=layout, trainable=trainable, frozen=frozen, encoder_tokenizer=enc_tok,
                          decoder_tokenizer=dec_tok)
 
-    sample_text = pick_sample_text(valid or train, builder)
+    sample = pick_sample_text(valid or train, builder)
+    sample_text = sample if isinstance(sample, str) else sample[ins.context_column]
     max_new = int(k.samples.max_new_tokens)
 
     def samples_fn(trainable, frozen) -> dict[str, str]:
         return condenser_of(trainable, frozen).samples(sample_text, max_new_tokens=max_new)
 
     def export_fn(directory: str, trainable, frozen) -> None:
-        export_condenser(directory, condenser_of(trainable, frozen), encoder_source=k.encoder,
-                         decoder_source=k.decoder, quantize_encoder=k.quantize_encoder,
-                         quantize_decoder=k.quantize_decoder)
+        export_condenser(directory, condenser_of(trainable, frozen), encoder_source=config.encoder.path,
+                         decoder_source=config.decoder.path, quantize_encoder=config.encoder.quantize,
+                         quantize_decoder=config.decoder.quantize)
 
-    loss_fn = make_loss_fn(model, continuation_weight=float(k.continuation_weight),
-                           chunk_size=int(config.loss.chunk_size))
-    where = (f"encoder {k.encoder or 'random (condense.encoder_init)'}, "
-             f"decoder {k.decoder or 'random (condense.decoder_init)'}")
-    description = (f"condense: {where}; {layout.max_segments} segments x {layout.segment_length} tokens -> "
-                   f"{layout.num_condense_tokens} condensed states each; LoRA r={k.lora.rank}; "
-                   f"{len(train)} train / {len(valid)} validation texts")
+    loss_fn = make_loss_fn(model, weights=weights, chunk_size=int(config.loss.chunk_size))
+    where = (f"encoder {config.encoder.path or 'random (encoder.random_init)'}, "
+             f"decoder {config.decoder.path or 'random (decoder.random_init)'}")
+    objectives = ", ".join(f"{name} x{w:g}" for name, w in weights.items() if w)
+    description = (f"condense: {where}; {layout.max_tokens} encoder tokens in {layout.max_segments} segment(s) -> "
+                   f"{layout.total_condense_tokens} condensed states ({layout.max_tokens / layout.total_condense_tokens:g}"
+                   f"x); projector {model.projector}; objectives {objectives}; LoRA r={config.lora.rank}; "
+                   f"{len(train)} train / {len(valid)} validation records; {filtered}")
     return TrainTask(
         trainable=parts["trainable"], frozen=parts["frozen"], loss_fn=loss_fn, train_batches=train_batches,
-        group_fn=group_fn, no_decay=no_decay, eval_batches=eval_batches, samples_fn=samples_fn,
-        export_fn=export_fn, tokens_key="enc_mask", description=description,
+        group_fn=group_fn, no_decay=make_no_decay(bool(k.decay_all)), eval_batches=eval_batches,
+        samples_fn=samples_fn, export_fn=export_fn, tokens_key="enc_mask", description=description,
     )
