@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jaxft.errors import fail, one_line
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -212,11 +214,6 @@ def _push(directory: Path, repo: str, *, token: str | None, private: bool) -> st
     return str(url)
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 def push(export_dir: str | Path, repo: str, *, token: str | None = None, private: bool = False) -> str | None:
     """Upload ``export_dir`` to the hub model repo ``repo`` (USER/NAME); returns its URL.
 
@@ -229,7 +226,7 @@ def push(export_dir: str | Path, repo: str, *, token: str | None = None, private
     except ExportError as e:
         message = str(e)
     except Exception as e:  # network, auth, hub errors: the run and its local export are done
-        message = _one_line(e)
+        message = f"{type(e).__name__}: {one_line(e)}"
     print(f"error: hub push of {directory} to {repo} failed: {message} (the local export is intact)",
           file=sys.stderr)
     return None
@@ -247,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("directory", metavar="DIR")
     c.add_argument("--repo", default="USER/NAME", help="repo name used in the generated model card")
     args = parser.parse_args(argv)
-    if args.verb == "push":
+    if args.verb == "push":  # push reports its own failures (one line) and returns None
         url = push(args.directory, args.repo, token=args.token, private=args.private)
         if url is None:
             return 2
@@ -256,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = upload_plan(args.directory, args.repo)
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(one_line(e))
     for path, src in plan:
         print(f"{path}\t{'(generated model card)' if isinstance(src, bytes) else src.stat().st_size}")
     return 0

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jaxft.errors import cli_boundary, one_line
 from jaxft.files import read_json
 
 METRICS_FILE = "metrics.jsonl"
@@ -321,20 +322,17 @@ def write_report(workdir: str | Path, *more_workdirs: str | Path) -> Path | None
     try:
         return build_report([workdir, *more_workdirs])
     except Exception as e:  # a report must never turn a finished run into a failed one
-        print(f"error: report for {workdir}: {e}", file=sys.stderr)
+        print(f"error: report for {workdir}: {one_line(e)}", file=sys.stderr)
         return None
 
 
+@cli_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxft.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="run directories; several are overlaid")
     parser.add_argument("--out", help="report directory (default: <first WORKDIR>/report)")
     args = parser.parse_args(argv)
-    try:
-        out = build_report(args.workdirs, args.out)
-    except (ReportError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = build_report(args.workdirs, args.out)
     print(out / "report.md")
     return 0
 
