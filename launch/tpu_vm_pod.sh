@@ -20,9 +20,10 @@
 # --dry-run (or DRY_RUN=1) prints every command (gcloud and local) instead of running it.
 # --name/--zone/--project default to $TPU_NAME, $TPU_ZONE, $TPU_PROJECT.
 #
-# Preemption: a TPU VM gets SIGTERM first and jaxft saves a checkpoint before exiting. A
-# preempted spot slice is gone with its disks, so keep checkpoints in a gs:// bucket
-# (--checkpoint-dir): after `delete`, `create`, `setup`, the same `run` command resumes from the
+# Checkpoints: on a multi-host slice every worker writes its shards of one Orbax checkpoint, so
+# the directory must be one they all share: a gs:// bucket. Preemption: a TPU VM gets SIGTERM
+# first and jaxft saves a checkpoint before exiting; a preempted spot slice is gone with its disks
+# but not the bucket: after `delete`, `create`, `setup`, the same `run` command resumes from the
 # latest checkpoint there. Orbax writes arrays to gs:// through tensorstore and its metadata
 # through etils.epath, which needs gcsfs (installed by `setup`); the slice's service account
 # needs read/write on the bucket (roles/storage.objectUser), ideally in the slice's region.
@@ -121,7 +122,8 @@ case $command in
   run)
     [ -n "$config" ] || die "run needs --config FILE[:PRESET]"
     [ -n "$ckpt" ] || die "run needs --checkpoint-dir (gs://BUCKET/PATH, so a preempted slice can resume)"
-    [[ $ckpt == gs://* ]] || echo "warning: --checkpoint-dir $ckpt is on the workers' disks: a deleted or preempted slice loses it" >&2
+    [[ $ckpt == gs://* ]] || echo "warning: --checkpoint-dir $ckpt is not gs://: each worker writes its own disk, which" \
+      "works on a single-host slice only and is lost with a deleted or preempted slice" >&2
     run_id=${run_id:-$(basename "$ckpt")}
     safe_id "$run_id"
     workdir=${workdir:-"~/jaxft-runs/$run_id"}
