@@ -89,7 +89,7 @@ def _evaluation_pairs(args, summarizer):
     if count < 1:
         raise ValueError(f"--eval-samples must be positive, got {count}")
     if args.data is None:
-        _, valid, _ = load_pairs(config)
+        _, valid, _ = load_pairs(config, train=False)
     else:
         data = _data_config(args, config)
         records = load_records(data, (data.document_column, data.summary_column))

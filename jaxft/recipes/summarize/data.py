@@ -86,25 +86,32 @@ class SummaryEncoder:
         encoded = self.tokenizer([prompt_text(d) for d in kept], add_special_tokens=False)["input_ids"]
         return [self.bos + list(ids) for ids in encoded], cut
 
-    def encode(self, pairs: Sequence[tuple[str, str]], origins: Sequence[str] | None = None
-               ) -> tuple[list[dict[str, np.ndarray]], TruncationCounts]:
-        """``{"input_ids", "loss_mask"}`` int32 arrays per pair, and the truncation counts."""
+    def encode(self, pairs: Sequence[tuple[str, str]], origins: Sequence[str] | None = None, *,
+               chunk: int = 1024) -> tuple[list[dict[str, np.ndarray]], TruncationCounts]:
+        """``{"input_ids": int32, "loss_mask": int8}`` arrays per pair, and the truncation counts.
+
+        Pairs are tokenized ``chunk`` at a time, so the tokenizer's intermediate lists (offsets of
+        whole articles) never exist for a whole data set at once.
+        """
         pairs = list(pairs)
-        prompts, doc_cut = self.prompt_ids([d for d, _ in pairs])
-        summaries = self.tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"] if pairs else []
-        counts = TruncationCounts(examples=len(pairs), documents=sum(doc_cut))
-        examples = []
-        for i, (prompt, summary) in enumerate(zip(prompts, summaries)):
-            if not summary:
-                where = origins[i] if origins else f"pair {i}"
-                raise DataError(f"{where}: the summary encodes to no tokens")
-            if len(summary) > self.max_target_length:
-                counts.summaries += 1
-                summary = summary[:self.max_target_length]
-            ids = np.asarray(prompt + list(summary) + [self.eos], np.int32)
-            mask = np.zeros(len(ids), np.int32)
-            mask[len(prompt):] = 1
-            examples.append({"input_ids": ids, "loss_mask": mask})
+        examples: list[dict[str, np.ndarray]] = []
+        counts = TruncationCounts(examples=len(pairs))
+        for start in range(0, len(pairs), chunk):
+            part = pairs[start:start + chunk]
+            prompts, doc_cut = self.prompt_ids([d for d, _ in part])
+            summaries = self.tokenizer([s for _, s in part], add_special_tokens=False)["input_ids"]
+            counts.documents += sum(doc_cut)
+            for i, (prompt, summary) in enumerate(zip(prompts, summaries), start=start):
+                if not summary:
+                    where = origins[i] if origins else f"pair {i}"
+                    raise DataError(f"{where}: the summary encodes to no tokens")
+                if len(summary) > self.max_target_length:
+                    counts.summaries += 1
+                    summary = summary[:self.max_target_length]
+                ids = np.asarray(prompt + list(summary) + [self.eos], np.int32)
+                mask = np.zeros(len(ids), np.int8)
+                mask[len(prompt):] = 1
+                examples.append({"input_ids": ids, "loss_mask": mask})
         return examples, counts
 
 
@@ -139,27 +146,20 @@ def demo_pairs() -> list[dict[str, str]]:
 # ---- records from the config ------------------------------------------------------------------
 
 
-def load_pairs(config) -> tuple[RecordList, RecordList, str]:
+def load_pairs(config, *, train: bool = True) -> tuple[RecordList | None, RecordList, str]:
     """``(train, validation, source)``: records ``{"document", "summary"}`` with their origins.
 
     ``data.path`` or ``data.hf_dataset`` (columns ``data.document_column`` / ``data.summary_column``)
     when configured, else the offline docstring pairs. Validation comes from the dataset's
     ``summarize.validation_split``, from ``summarize.validation_path``, or else a seeded
-    ``data.validation_fraction`` of the training records.
+    ``data.validation_fraction`` of the training records. With ``train=False`` the training records
+    are only read when validation is a fraction of them, and ``None`` is returned in their place.
     """
     from jaxft.data.records import split_records
     from jaxft.loaders import load_records
 
     d, s = config.data, config.summarize
     columns = (d.document_column, d.summary_column)
-    records = load_records(d, columns)
-    if records is None:
-        pairs = demo_pairs()[: int(d.max_records) or None]
-        records = RecordList(pairs, origins=[f"docstring pair {i}" for i in range(len(pairs))])
-        train, valid = split_records(records, float(d.validation_fraction), int(config.seed))
-        return train, valid, "document/summary pairs from Python's own docstrings"
-    records = _renamed(records, columns)
-    source = d.path or f"{d.hf_dataset} ({d.hf_config or 'default'}) {d.hf_split}"
     extra = None
     if d.path and s.validation_path:
         extra = d.copy_and_resolve_references()
@@ -167,10 +167,27 @@ def load_pairs(config) -> tuple[RecordList, RecordList, str]:
     elif not d.path and d.hf_dataset and s.validation_split:
         extra = d.copy_and_resolve_references()
         extra.hf_split = s.validation_split
+    if extra is not None and not train:
+        extra.max_records = 0
+        return None, _renamed(load_records(extra, columns), columns), str(extra.path or extra.hf_dataset)
+    records = load_records(d, columns)
+    if records is None:
+        pairs = demo_pairs()[: int(d.max_records) or None]
+        records = RecordList(pairs, origins=[f"docstring pair {i}" for i in range(len(pairs))])
+        train_part, valid = split_records(records, float(d.validation_fraction), int(config.seed))
+        return train_part, valid, "document/summary pairs from Python's own docstrings"
+    records = _renamed(records, columns)
+    source = d.path or f"{d.hf_dataset} ({d.hf_config or 'default'}) {d.hf_split}"
     if extra is None:
-        train, valid = split_records(records, float(d.validation_fraction), int(config.seed))
-        return train, valid, source
+        train_part, valid = split_records(records, float(d.validation_fraction), int(config.seed))
+        return train_part, valid, source
     return records, _renamed(load_records(extra, columns), columns), source
+
+
+def head(records: RecordList, count: int) -> RecordList:
+    """The first ``count`` records, keeping their origins."""
+    origins = getattr(records, "origins", None) or None
+    return RecordList(records[:count], origins=origins[:count] if origins else None)
 
 
 def _renamed(records: RecordList, columns: tuple[str, str]) -> RecordList:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxft import lora as lora_lib
-from jaxft.recipes.summarize.data import SummaryEncoder, load_pairs
+from jaxft.recipes.summarize.data import SummaryEncoder, head, load_pairs
 from jaxft.recipes.summarize.evaluation import DecodeSettings, evaluate_summaries, summary_line, write_results
 from jaxft.recipes.summarize.loss import boundary_token_weights
 from jaxft.train.task import TrainTask
@@ -104,7 +104,7 @@ def build(config, mesh) -> TrainTask:
                          f"{source}; need at least one of each")
     batch_size = int(config.train.batch_size)
     eval_rows = int(config.train.eval_batches) * batch_size
-    valid_for_loss = valid_records if not eval_rows else valid_records[:eval_rows]
+    valid_for_loss = head(valid_records, eval_rows) if eval_rows else valid_records
     train_examples, train_counts = encoder.encode([(r["document"], r["summary"]) for r in train_records],
                                                   getattr(train_records, "origins", None))
     valid_examples, valid_counts = encoder.encode([(r["document"], r["summary"]) for r in valid_for_loss],
@@ -216,7 +216,7 @@ def build(config, mesh) -> TrainTask:
         trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=train_batches,
         eval_batches=lambda: batches(valid_examples, seed=0, shuffle=False, num_epochs=1),
         host_eval_fn=host_eval_fn, samples_fn=samples_fn, export_fn=export_fn,
-        no_decay=_no_decay if full_finetune else _decay_all,
+        no_decay=_no_decay if full_finetune else _lora_no_decay,
         description=(f"summarize: {'full fine-tuning' if full_finetune else f'LoRA r={lcfg.rank}'} of {where} on "
                      f"{source}; {len(train_examples)} train / {len(valid_records)} validation pairs, rows of "
                      f"{seq_len} tokens; {loss_text}; ROUGE on {len(eval_pairs)} validation documents"),
@@ -229,8 +229,8 @@ def _no_decay(path, leaf) -> bool:
     return path[0] == "model" and is_norm_bias_or_embedding(path)
 
 
-def _decay_all(path, leaf) -> bool:
-    return False  # LoRA factors all get weight decay, as AdamW over PEFT parameters does
+def _lora_no_decay(path, leaf) -> bool:
+    return False  # every LoRA factor gets weight decay, as AdamW over a PEFT model's parameters does
 
 
 # ---- the export ------------------------------------------------------------------------------

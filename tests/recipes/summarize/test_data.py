@@ -42,7 +42,7 @@ def test_example_layout_and_mask(tok):
     enc = SummaryEncoder(tok, max_input_length=100, max_target_length=100)
     (ex,), counts = enc.encode([("A short document.", "Short.")])
     ids, mask = ex["input_ids"], ex["loss_mask"]
-    assert ids.dtype == np.int32 and mask.dtype == np.int32
+    assert ids.dtype == np.int32 and mask.dtype == np.int8
     prompt = [tok.bos_token_id] + tok("Summarize: A short document. \nTarget:", add_special_tokens=False)["input_ids"]
     summary = tok("Short.", add_special_tokens=False)["input_ids"]
     assert ids.tolist() == prompt + summary + [tok.eos_token_id]
@@ -67,6 +67,10 @@ def test_truncation_cuts_document_and_summary_never_markers(tok, slow):
     assert [int(e["loss_mask"].sum()) for e in examples] == [5, 5, 3]  # summary tokens + EOS
     kept, cut = enc.truncate_documents(["0123456789abcdef"])
     assert kept == ["0123456789"] and cut == [True]
+    again, counts_again = enc.encode(pairs, chunk=2)  # tokenized two pairs at a time: the same
+    assert counts_again == counts
+    assert all((a["input_ids"] == b["input_ids"]).all() and (a["loss_mask"] == b["loss_mask"]).all()
+               for a, b in zip(examples, again))
 
 
 def test_truncation_with_a_bpe_tokenizer_keeps_whole_tokens():

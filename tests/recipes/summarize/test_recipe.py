@@ -119,6 +119,8 @@ def test_pairs_from_jsonl_files_with_named_columns(tmp_path):
     assert [r["summary"] for r in train] == [f"Item {i}." for i in range(10)]
     assert valid[1] == {"document": "Document number 11 talks about item 11.", "summary": "Item 11."}
     assert valid.origins[1].endswith("val.jsonl:2")
+    none, valid_only, _ = load_pairs(c, train=False)  # evaluate reads only the validation file
+    assert none is None and list(valid_only) == list(valid)
     c.summarize.validation_path = ""  # a seeded fraction of the training file instead
     c.data.validation_fraction = 0.2
     train, valid, _ = load_pairs(c)
