@@ -26,17 +26,19 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.recipe = "movielens"
     c.model = model_section(random_init=ConfigDict(QWEN3_DEMO_SHAPE))
     c.lora = lora_section(rank=16, alpha=64.0, dropout=0.05)  # the seven projections
-    c.data = data_section(dir="", cutoff_len=1024, max_eval_samples=1000)
+    c.data = data_section(dir="", cutoff_len=1024, max_eval_samples=25)
 
+    # The reference's YAML values; its callback's patience default (5) was the one in effect.
     c.movielens = ConfigDict()
     ml = c.movielens
-    ml.eval_steps = FieldReference(200)
+    ml.eval_steps = FieldReference(10)
     ml.save_steps = FieldReference(500)
     ml.save_total_limit = FieldReference(2)
     ml.patience = 5  # evals without improvement of train loss, eval accuracy and eval F1 alike; 0: off
     ml.min_delta = 0.001
     ml.epochs = 3.0  # > 0: train.steps = ceil(epochs * train records / train.batch_size)
     ml.warmup_ratio = 0.03  # > 0: warmup_steps = ceil(ratio * train.steps)
+    ml.double_quant = True  # with model.quantize=nf4: NF4 with double quantization (QLoRA's setting)
     ml.cache_dir = ""  # tokenized records; default ~/.cache/jaxft/movielens/tokens
     ml.demo_history_len = 8  # the generated demo data (used when data.dir is empty)
     ml.demo_seed = 0
