@@ -80,7 +80,7 @@ def mistral_sentencepiece_path() -> Path:
 
 def cache_dir() -> Path:
     """Where jaxft keeps derived files: ``$JAXFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxft``,
-    else ``~/.cache/jaxft`` (the same folder as the demo corpus cache)."""
+    else ``~/.cache/jaxft`` (demo corpus, demo tokenizers, converted tokenizers, token files)."""
     if os.environ.get("JAXFT_CACHE_DIR"):
         return Path(os.environ["JAXFT_CACHE_DIR"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "jaxft"

@@ -162,7 +162,10 @@ def peer_cmd(args) -> list[str]:
     cmd = [sys.executable, str(PEER), args.what, "--hf-config", json.dumps(shapes.from_args(args)), "--dtype", args.dtype,
            "--batch", str(args.batch)]
     if args.what == "train":
-        cmd += ["--seq", str(args.seq), "--lora-rank", str(args.lora_rank), "--remat", args.remat,
+        from jaxft.lora.adapters import DEFAULT_TARGETS
+
+        cmd += ["--seq", str(args.seq), "--lora-rank", str(args.lora_rank), "--targets", ",".join(DEFAULT_TARGETS),
+                "--remat", args.remat,
                 "--steps", str(args.steps), "--warmup", str(args.warmup)]
     else:
         cmd += ["--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens),

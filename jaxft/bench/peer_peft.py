@@ -27,7 +27,6 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SEVEN_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _load_system():
@@ -67,7 +66,7 @@ def run_train(args, hf: dict) -> dict:
         from peft import LoraConfig, get_peft_model
 
         lcfg = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
-                          target_modules=SEVEN_TARGETS, task_type="CAUSAL_LM")
+                          target_modules=args.targets.split(","), task_type="CAUSAL_LM")
         model = get_peft_model(model, lcfg)
     if args.remat != "none":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -91,7 +90,7 @@ def run_train(args, hf: dict) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
     step_s = system.median(times)
-    flops = system.train_flops(_dims(config), args.batch, args.seq, args.lora_rank, tuple(SEVEN_TARGETS))
+    flops = system.train_flops(_dims(config), args.batch, args.seq, args.lora_rank, tuple(args.targets.split(",")))
     return {"tokens_per_s": args.batch * args.seq / step_s, "step_s_median": step_s, "step_s": times,
             "loss_first": losses[0], "loss_last": losses[-1], "model_flops_per_step": flops["total"],
             "n_trainable": sum(p.numel() for p in params)}
@@ -142,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--targets", required=True, help="comma-separated module names (jaxft.lora.DEFAULT_TARGETS)")
     p.add_argument("--remat", default="none")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)

@@ -46,7 +46,8 @@ def _base(cfg, dtype, quant: str):
 
 
 def lm_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
-    from jaxft.bench.train import SEVEN_TARGETS, lm_task
+    from jaxft.bench.train import lm_task
+    from jaxft.lora import DEFAULT_TARGETS
 
     from jaxft.models.config import DecoderConfig
 
@@ -56,7 +57,7 @@ def lm_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
                                          chunk=args.chunk)
     b, t = args.batch, args.seq
     batch = {"input_ids": ((b, t), "int32"), "attention_mask": ((b, t), "int32"), "loss_mask": ((b, t), "int32")}
-    flops = system.train_flops(system.Dims.of(cfg), b, t, args.lora_rank, SEVEN_TARGETS)["total"]
+    flops = system.train_flops(system.Dims.of(cfg), b, t, args.lora_rank, DEFAULT_TARGETS)["total"]
     name = args.model or f"custom {cfg.model_type} h{cfg.hidden_size} L{cfg.num_hidden_layers}"
     what = (f"lm recipe, {name} ({cfg.num_params() / 1e9:.2f}B params, {args.quant} base), "
             f"{'LoRA r=%d' % args.lora_rank if args.lora_rank else 'full fine-tuning'}, batch {b}x{t}")
@@ -67,7 +68,7 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     import jax
 
     from jaxft import lora as lora_lib
-    from jaxft.bench.train import SEVEN_TARGETS
+    from jaxft.lora import DEFAULT_TARGETS
     from jaxft.recipes.condense import model as cmodel
     from jaxft.recipes.condense import objectives
 
@@ -76,7 +77,7 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     dec_base = _base(dec, dtype, args.decoder_quant)
     rank = args.lora_rank or 128  # configs/condense.py's rank
     adapters = jax.eval_shape(lambda: lora_lib.init(jax.random.key(1), enc, enc_base, rank=rank, alpha=float(rank),
-                                                    targets=SEVEN_TARGETS))
+                                                    targets=DEFAULT_TARGETS))
     n = args.condense_tokens
     seg = int(round(args.compression * n))
     model = cmodel.CondenseModel(encoder=enc, decoder=dec, num_condense_tokens=n, segment_length=seg, dtype=dtype,

@@ -13,8 +13,8 @@ from typing import Any
 
 from jaxft.bench import system
 from jaxft.bench.system import MiB
+from jaxft.lora.adapters import DEFAULT_TARGETS
 
-SEVEN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def lm_task(cfg, base, *, lora_rank: int, compute, remat: str, chunk: int, seed: int = 0):
@@ -28,7 +28,7 @@ def lm_task(cfg, base, *, lora_rank: int, compute, remat: str, chunk: int, seed:
     if lora_rank:
         # Adapters stay float32 (the optimizer's master copy), like PEFT's autocast_adapter_dtype.
         make = lambda: lora_lib.init(jax.random.key(seed + 1), cfg, base, rank=lora_rank, alpha=2.0 * lora_rank,
-                                     targets=SEVEN_TARGETS)
+                                     targets=DEFAULT_TARGETS)
         abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(base))
         adapters = jax.eval_shape(make) if abstract else make()
         trainable, frozen, lcfg = {"lora": adapters.params}, {"base": base}, adapters.config
@@ -117,9 +117,9 @@ def run(cfg, *, batch: int, seq: int, dtype: str, lora_rank: int, remat: str, ch
             times.append(time.perf_counter() - t)
 
     dims = system.Dims.of(cfg)
-    flops = system.train_flops(dims, batch, seq, lora_rank, SEVEN_TARGETS)
+    flops = system.train_flops(dims, batch, seq, lora_rank, DEFAULT_TARGETS)
     step_s = system.median(times)
-    trainable = dims.lora_params(lora_rank, SEVEN_TARGETS) if lora_rank else cfg.num_params()
+    trainable = dims.lora_params(lora_rank, DEFAULT_TARGETS) if lora_rank else cfg.num_params()
     out = {
         "tokens_per_s": batch * seq / step_s,
         "step_s_median": step_s,

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jaxft.assets import cache_dir as jaxft_cache_dir
+
 # Modules whose import does something (opens a browser, prints, touches the terminal, writes
 # caches), that need a display, or that only hold tests, data tables or third-party shims.
 SKIPPED_MODULES = frozenset({
@@ -27,14 +29,6 @@ SKIPPED_MODULES = frozenset({
 MIN_PARAGRAPH_CHARS = 60
 MAX_PARAGRAPH_CHARS = 2000
 _COLLECT_TIMEOUT_S = 300
-
-
-def cache_root() -> Path:
-    """The cache folder: ``$JAXFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxft``, else ``~/.cache/jaxft``."""
-    if os.environ.get("JAXFT_CACHE_DIR"):
-        return Path(os.environ["JAXFT_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "jaxft"
 
 
 def python_tag() -> str:
@@ -49,7 +43,7 @@ def demo_corpus(min_chars: int | None = None, *, cache_dir: str | os.PathLike | 
     ``min_chars=None`` returns every paragraph; otherwise the shortest leading run of paragraphs
     holding at least ``min_chars`` characters (``ValueError`` if the whole corpus is smaller).
     """
-    paragraphs = _cached_paragraphs(Path(cache_dir) if cache_dir is not None else cache_root())
+    paragraphs = _cached_paragraphs(Path(cache_dir) if cache_dir is not None else jaxft_cache_dir())
     if min_chars is None:
         return paragraphs
     total = 0

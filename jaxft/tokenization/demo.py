@@ -20,7 +20,8 @@ from typing import Literal
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from jaxft.data.corpus import atomic_write_text, cache_root, demo_corpus, python_tag
+from jaxft.assets import cache_dir as jaxft_cache_dir
+from jaxft.data.corpus import atomic_write_text, demo_corpus, python_tag
 
 Kind = Literal["bpe", "unigram", "byte"]
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -47,7 +48,7 @@ def demo_tokenizer(kind: Kind = "bpe", vocab_size: int | None = None, *,
     vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
     if not 300 <= vocab_size <= 32_768:
         raise ValueError(f"vocab_size={vocab_size} is out of range for a demo tokenizer (300..32768)")
-    directory = Path(cache_dir) if cache_dir is not None else cache_root() / "tokenizers"
+    directory = Path(cache_dir) if cache_dir is not None else jaxft_cache_dir() / "tokenizers"
     path = directory / f"{kind}-{vocab_size}-{python_tag()}-r{_RECIPE}.json"
     if not path.exists():
         # Two processes may both train; each renames a complete file into place, so either wins intact.
