@@ -49,9 +49,9 @@ def _texts(config, mode: str) -> tuple[list[str], str]:
 
 
 def _cache_dir(config) -> Path:
-    from jaxft.data.corpus import cache_root
+    from jaxft.assets import cache_dir
 
-    return Path(config.minigpt.cache_dir).expanduser() if config.minigpt.cache_dir else cache_root() / "minigpt"
+    return Path(config.minigpt.cache_dir).expanduser() if config.minigpt.cache_dir else cache_dir() / "minigpt"
 
 
 def _tokenizer(config, texts: list[str]):
