@@ -32,6 +32,13 @@ def _setup_logging():
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax._src", "orbax", "grain", "tensorstore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(_drop_reraised_orbax_errors)
+
+
+def _drop_reraised_orbax_errors(record: logging.LogRecord) -> bool:
+    """Orbax logs a traceback for a failed background save and then re-raises the error in the main
+    thread, where the error boundary reports it in one line; the logged copy is dropped."""
+    return not (record.exc_info and record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
 def _initialize_distributed():
@@ -71,19 +78,22 @@ def _train(config) -> int:
 
     validate(config)
     trainer = Trainer(config, workdir, resolve(config.recipe).build)
-    if trainer.task.description and trainer.is_main:
-        print(trainer.task.description, flush=True)
     try:
-        history = trainer.run()
-    except Preempted as e:
-        print(str(e), file=sys.stderr)
+        if trainer.task.description and trainer.is_main:
+            print(trainer.task.description, flush=True)
+        try:
+            history = trainer.run()
+        except Preempted as e:
+            print(str(e), file=sys.stderr)
+            return e.exit_code
+        except Diverged as e:
+            return fail(str(e), 1)
+        exported = trainer.export()
+        if trainer.is_main:
+            _print_summary(trainer, history, workdir, exported)
         return 0
-    except Diverged as e:
-        return fail(str(e), 1)
-    exported = trainer.export()
-    if trainer.is_main:
-        _print_summary(trainer, history, workdir, exported)
-    return 0
+    finally:
+        trainer.close()
 
 
 def _print_summary(trainer, history: dict, workdir: Path, exported: Path | None) -> None:
@@ -168,7 +178,7 @@ def _recipe_command(name: str, argv: list[str]) -> int:
         cli = importlib.import_module(f"{RECIPES[name]}.cli")
     except ModuleNotFoundError:
         return fail(f"recipe '{name}' has no commands of its own; train it with jaxft train --config configs/{name}.py")
-    return cli.main(argv)
+    return cli_boundary(cli.main)(argv)  # (a recipe's main may lack its own boundary)
 
 
 if __name__ == "__main__":

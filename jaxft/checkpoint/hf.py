@@ -17,6 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from jaxft.checkpoint.hf_names import ParamSpec, param_specs
@@ -60,7 +61,24 @@ def open_checkpoint(path_or_hub_id: str | Path) -> tuple[DecoderConfig, TensorSo
         return DecoderConfig.from_hf(source.hf_config, source=str(path)), source
     if not path.is_dir():
         raise CheckpointError(f"{path}: expected a checkpoint directory or a .gguf file")
-    return load_config(path), SafetensorsSource(path)
+    cfg = load_config(path)
+    try:
+        return cfg, SafetensorsSource(path)
+    except (SafetensorError, OSError) as err:
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(directory: Path, err: BaseException) -> CheckpointError:
+    """Name the safetensors file of ``directory`` that does not read, and why (safetensors' errors name no file)."""
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="np") as f:
+                for name in f.keys():
+                    f.get_slice(name)
+        except (SafetensorError, OSError) as file_err:
+            return CheckpointError(f"{file}: not a readable safetensors file "
+                                   f"({' '.join(str(file_err).split()) or type(file_err).__name__})")
+    return CheckpointError(f"{directory}: safetensors weights do not read ({' '.join(str(err).split())})")
 
 
 def _np_dtype(dtype) -> np.dtype:
@@ -99,7 +117,12 @@ def load_pretrained(path_or_hub_id: str | Path, dtype=jnp.float32, *,
         params: dict[str, Any] = {}
         used = set()
         for spec in param_specs(cfg):
-            host = _read_param(spec, cfg, source, available, np_dtype)
+            try:
+                host = _read_param(spec, cfg, source, available, np_dtype)
+            except (SafetensorError, OSError) as err:
+                if isinstance(source, SafetensorsSource):
+                    raise _unreadable(Path(source.origin), err) from None
+                raise
             used.update(spec.hf_names(cfg.num_hidden_layers))
             target = sharding(spec.path, spec.shape) if sharding else None
             if target is None:

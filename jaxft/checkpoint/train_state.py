@@ -14,7 +14,12 @@ interrupted save are ignored and deleted when a checkpointer is next opened.
 
 Restoring checks the saved tree against the requested one *before* reading
 any array and explains layout changes in terms of tree paths, instead of
-surfacing an Orbax traceback.
+surfacing an Orbax traceback. ``restore_latest_intact`` falls back from a
+damaged newest step to the previous intact one.
+
+A save that fails (read-only directory, full disk) raises ``CheckpointSaveError``
+in the caller's thread -- from ``save``, ``wait`` or ``raise_background_error`` --
+naming the directory; the previous complete step stays the latest.
 """
 
 from __future__ import annotations
@@ -37,7 +42,24 @@ _MAX_LISTED = 12
 
 
 class CheckpointLayoutError(ValueError):
-    """The saved state tree does not match the tree asked for on restore."""
+    """The saved state tree does not match the tree asked for on restore.
+
+    ``missing``/``extra`` list tree paths only the request / only the checkpoint has; ``shapes``
+    holds ``(path, saved shape, requested shape)`` for leaves present in both with other shapes.
+    """
+
+    def __init__(self, message: str, *, step: int = -1, missing: Sequence[str] = (), extra: Sequence[str] = (),
+                 shapes: Sequence[tuple[str, tuple, tuple]] = ()):
+        super().__init__(message)
+        self.step, self.missing, self.extra, self.shapes = step, list(missing), list(extra), list(shapes)
+
+
+class CheckpointSaveError(OSError):
+    """Writing a checkpoint failed (e.g. a read-only directory or a full disk)."""
+
+
+class CheckpointDamagedError(ValueError):
+    """No step of a checkpoint directory could be read back."""
 
 
 def _path_str(path: tuple[str, ...]) -> str:
@@ -132,10 +154,15 @@ class TrainCheckpointer:
         self._options = ocp.CheckpointManagerOptions(
             save_interval_steps=0 if read_only else save_interval_steps, preservation_policy=keep, best_fn=best_fn,
             best_mode=best_mode, enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
-            create=not read_only, read_only=read_only)
+            create=not read_only, read_only=read_only,
+            # Step directories are made in the caller's thread: when that fails in Orbax's background
+            # thread, the thread waiting for it blocks for the 20-minute timeout and the process hangs at exit.
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
         self.read_only = read_only
         # Opened lazily for writing so that restoring from a mistyped path does not create it.
         self._manager: ocp.CheckpointManager | None = None
+        self._saving: int | None = None  # step of the save that may still be running in the background
+        self._damaged: set[int] = set()  # steps found unreadable: a new save of that step replaces them
         self._open_if_exists()
 
     def _open_if_exists(self) -> ocp.CheckpointManager | None:
@@ -186,18 +213,52 @@ class TrainCheckpointer:
         step = int(step)
         if self.read_only:
             raise PermissionError(f"TrainCheckpointer for {self.directory} is read-only")
-        if self._manager is None:
-            self._manager = self._open()
-        if step in self._manager.all_steps():
-            log.info("checkpoint for step %d already exists in %s; not saving it again", step, self.directory)
-            return False
+        try:
+            if self._manager is None:
+                self._manager = self._open()
+            if step in self._damaged and step in self._manager.all_steps():
+                log.warning("replacing the damaged checkpoint of step %d in %s", step, self.directory)
+                self._manager.delete(step)
+            self._damaged.discard(step)
+            if step in self._manager.all_steps():
+                log.info("checkpoint for step %d already exists in %s; not saving it again", step, self.directory)
+                return False
+        except Exception as err:  # noqa: BLE001 - a failed earlier save surfaces here, or the directory is unusable
+            raise self._save_error(self._saving if self._saving is not None else step, err) from err
         items = {STATE: ocp.args.PyTreeSave(_keys_as_data(state))}
         if data_state is not None:
             items[DATA_STATE] = ocp.args.JsonSave(dict(data_state))
         if metadata is not None:
             items[METADATA] = ocp.args.JsonSave(dict(metadata))
-        return self._manager.save(step, args=ocp.args.Composite(**items), metrics=self._json_metrics(metrics),
-                                  force=force)
+        metrics = self._json_metrics(metrics)
+        previous = self._saving
+        try:
+            started = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+        except Exception as err:  # noqa: BLE001 - the previous background save or this one failed
+            raise self._save_error(previous if previous is not None and previous != step else step, err) from err
+        if started:
+            self._saving = step
+        return started
+
+    def _save_error(self, step: int, err: BaseException) -> CheckpointSaveError:
+        self._saving = None
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else (str(err) or type(err).__name__)
+        reason = " ".join(str(reason).split())
+        try:
+            done = [s for s in self._manager.all_steps() if s not in self._damaged] if self._manager else []
+        except Exception:  # noqa: BLE001 - the directory may be unreadable too
+            done = []
+        last = f"the last complete checkpoint is step {max(done)}" if done else "no complete checkpoint was written"
+        return CheckpointSaveError(f"saving checkpoint step {step} in {self.directory} failed: {reason} ({last})")
+
+    def raise_background_error(self) -> None:
+        """Raise ``CheckpointSaveError`` now if a background save has already failed (a cheap check)."""
+        if self._manager is None or self._saving is None:
+            return
+        try:
+            self._manager.check_for_errors()
+        except Exception as err:  # noqa: BLE001
+            raise self._save_error(self._saving, err) from err
 
     def _json_metrics(self, metrics: Mapping[str, Any] | None) -> dict[str, float] | None:
         if metrics is None:
@@ -208,9 +269,13 @@ class TrainCheckpointer:
         return {k: float(np.asarray(v)) for k, v in metrics.items()}
 
     def wait(self) -> None:
-        """Block until a background save has committed."""
+        """Block until a background save has committed; ``CheckpointSaveError`` if it failed."""
         if self._manager is not None:
-            self._manager.wait_until_finished()
+            try:
+                self._manager.wait_until_finished()
+            except Exception as err:  # noqa: BLE001
+                raise self._save_error(self._saving if self._saving is not None else -1, err) from err
+            self._saving = None
 
     def close(self) -> None:
         if self._manager is not None:
@@ -262,6 +327,40 @@ class TrainCheckpointer:
         extras = manager.restore(step, args=ocp.args.Composite(**json_items)) if json_items else {}
         return state, extras.get(DATA_STATE), extras.get(METADATA)
 
+    def restore_latest_intact(self, abstract_state: PyTree, *, optional_keys: Sequence[str] = ()
+                              ) -> tuple[int, PyTree, dict | None, dict | None] | None:
+        """``(step, state, data_state, metadata)`` of the newest step that reads back, or None without any.
+
+        A step that fails to read (truncated or missing files) is logged as damaged and the
+        previous one is tried; a later ``save`` of a damaged step replaces it. A layout mismatch
+        (``CheckpointLayoutError``) is not damage and is raised at once. When no step reads,
+        ``CheckpointDamagedError`` names each step with its error.
+        """
+        steps = self.all_steps()
+        failures = []
+        for step in reversed(steps):
+            try:
+                state, data_state, metadata = self.restore(step, abstract_state, optional_keys=optional_keys)
+            except CheckpointLayoutError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any read failure means this step cannot be resumed from
+                reason = " ".join((str(err) or type(err).__name__).split())[:300]
+                log.warning("checkpoint step %d in %s is damaged and is skipped (%s: %s)", step, self.directory,
+                            type(err).__name__, reason)
+                self._damaged.add(step)
+                failures.append(f"step {step}: {reason}")
+                continue
+            if failures:
+                log.warning("resuming from step %d in %s, the newest intact checkpoint (skipped damaged step%s %s)",
+                            step, self.directory, "s" if len(failures) > 1 else "",
+                            ", ".join(str(s) for s in sorted(self._damaged, reverse=True)))
+            return step, state, data_state, metadata
+        if failures:
+            raise CheckpointDamagedError(
+                f"no checkpoint in {self.directory} can be read (damaged: {'; '.join(failures)}); "
+                f"move {self.directory} aside to start afresh")
+        return None
+
     def _resolve_step(self, step: int | None) -> tuple[ocp.CheckpointManager, int]:
         manager = self._current()
         if manager is None:
@@ -302,10 +401,11 @@ class TrainCheckpointer:
 
         missing = sorted(_path_str(p) for p in wanted.keys() - saved.keys())
         extra = sorted(_path_str(p) for p in saved.keys() - wanted.keys())
-        shapes = sorted(f"{_path_str(p)}: saved {tuple(saved[p].shape)}, requested {tuple(wanted[p].shape)}"
-                        for p in wanted.keys() & saved.keys()
-                        if hasattr(saved[p], "shape") and hasattr(wanted[p], "shape")
-                        and tuple(saved[p].shape) != tuple(wanted[p].shape))
+        differing = sorted((_path_str(p), tuple(saved[p].shape), tuple(wanted[p].shape))
+                           for p in wanted.keys() & saved.keys()
+                           if hasattr(saved[p], "shape") and hasattr(wanted[p], "shape")
+                           and tuple(saved[p].shape) != tuple(wanted[p].shape))
+        shapes = [f"{path}: saved {old}, requested {new}" for path, old, new in differing]
         if missing or extra or shapes:
             parts = [f"checkpoint {self.directory} step {step} does not match the state layout asked for:"]
             if missing:
@@ -317,5 +417,5 @@ class TrainCheckpointer:
             parts.append("This usually means the model, LoRA targets/rank or optimizer groups changed since the "
                          "checkpoint was written. A top-level entry added or removed on purpose (e.g. 'ema') "
                          "can be passed in optional_keys.")
-            raise CheckpointLayoutError("\n".join(parts))
+            raise CheckpointLayoutError("\n".join(parts), step=step, missing=missing, extra=extra, shapes=differing)
         return target, bool(skipped)

@@ -4,8 +4,13 @@ Builds the mesh and the recipe's task, places trainable and frozen trees on
 their shardings, restores the latest checkpoint if there is one, then runs the
 jitted step with a progress bar, TensorBoard metrics and a JSONL metric log,
 periodic eval with early stopping, checkpoints (last K + best) and a clean
-save on SIGTERM. It never imports a recipe: the task (or the function that
-builds it from the config and the mesh) is handed to it.
+save on SIGTERM or Ctrl-C. It never imports a recipe: the task (or the function
+that builds it from the config and the mesh) is handed to it.
+
+Before the model is built it checks that the workdir and the checkpoint
+directory are writable and locks the workdir against a second run. Resuming
+falls back from a damaged newest checkpoint to the previous intact one, and
+refuses (one line) a workdir written with another model shape or other data.
 """
 
 from __future__ import annotations
@@ -32,7 +37,16 @@ log = logging.getLogger("jaxft")
 
 
 class Preempted(Exception):
-    pass
+    """SIGTERM or SIGINT: a checkpoint was saved; ``exit_code`` is 0 for SIGTERM (a job queue's
+    preemption: the same command resumes) and 130 for Ctrl-C, as shells expect."""
+
+    def __init__(self, message: str, exit_code: int = 0):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class WorkdirMismatch(ValueError):
+    """The workdir's checkpoints were written by a run this config cannot continue."""
 
 
 class Diverged(Exception):
@@ -70,9 +84,17 @@ class Trainer:
     def __init__(self, config, workdir: str | Path, task: TaskOrBuilder):
         from jaxft.train.optim import make_optimizer  # noqa: heavy import kept local
 
+        from jaxft.train.workdir import acquire_lock, check_writable
+
         self.config = config
-        self.workdir = Path(workdir).expanduser().resolve()
         self.is_main = jax.process_index() == 0
+        # Checked before the model loads: a bad workdir should cost seconds, not a model load.
+        self.workdir = check_writable(workdir).resolve()
+        ck_dir = str(config.checkpoint.get("dir") or self.workdir / "checkpoints")
+        if "://" not in ck_dir:
+            check_writable(ck_dir, "checkpoint directory")
+        if self.is_main:
+            acquire_lock(self.workdir)
         self.rules = _rules(config)
         self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
         if not isinstance(task, TrainTask):
@@ -103,7 +125,7 @@ class Trainer:
                                    run_config=config.to_dict(), jsonl=self.workdir / "metrics.jsonl")
         if self.is_main:
             (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-        self._preempted = False
+        self._preempted: int | None = None  # the signal asking to stop, once one came
         self.skipped_updates = 0
         self.exported_step: int | None = None
 
@@ -121,11 +143,19 @@ class Trainer:
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.state_sh)
 
     def maybe_restore(self) -> int:
-        step = self.checkpointer.latest_step()
-        if step is None:
+        from jaxft.checkpoint.train_state import CheckpointLayoutError
+
+        if self.checkpointer.latest_step() is None:
             return 0
         # EMA may be switched on for a resumed run: then it restarts from the params.
-        state, data_state, _ = self.checkpointer.restore(step, self._abstract_state(), optional_keys=("ema",))
+        try:
+            found = self.checkpointer.restore_latest_intact(self._abstract_state(), optional_keys=("ema",))
+        except CheckpointLayoutError as err:
+            raise WorkdirMismatch(_layout_message(err, self.checkpointer.directory)) from None
+        if found is None:
+            return 0
+        step, state, data_state, metadata = found
+        self._check_same_data(metadata, data_state)
         if "ema" in self.state and "ema" not in state:
             state["ema"] = jax.tree.map(jnp.copy, state["params"])
         self.state = state
@@ -134,10 +164,35 @@ class Trainer:
         log.info("resumed from step %d (%s)", step, self.checkpointer.directory)
         return int(step)
 
+    def _data_source(self) -> dict | None:
+        """Where the training records come from, as the config names them (None for recipes without a
+        data section); saved with each checkpoint so a resume on other data is refused."""
+        data = self.config.get("data")
+        if data is None or not hasattr(data, "get"):
+            return None
+        return {k: str(data.get(k, "")) for k in ("path", "hf_dataset", "hf_config", "hf_split")
+                if k in data}
+
+    def _check_same_data(self, metadata: dict | None, data_state: dict | None) -> None:
+        saved = (metadata or {}).get("data")
+        current = self._data_source()
+        if saved is None or current is None or saved == current:
+            return
+        changed = ", ".join(f"data.{k}: {saved.get(k, '')!r} -> {current.get(k, '')!r}"
+                            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k))
+        position = (data_state or {}).get("global_batches")
+        where = f" (data position: {position} batches)" if position is not None else ""
+        raise WorkdirMismatch(f"workdir {self.workdir} was trained on other data ({changed}); its saved data "
+                              f"position{where} would not mean the same on this data: use a new --workdir, "
+                              "or the data that run used")
+
     def save(self, metrics: dict | None = None, force: bool = False):
         step = int(jax.device_get(self.state["step"]))
+        metadata = {"recipe": self.config.recipe}
+        if self._data_source() is not None:
+            metadata["data"] = self._data_source()
         self.checkpointer.save(step, self.state, data_state=self.task.train_batches.get_state(),
-                               metadata={"recipe": self.config.recipe}, metrics=metrics, force=force)
+                               metadata=metadata, metrics=metrics, force=force)
 
     # -- steps -----------------------------------------------------------------------
     def train_step(self, host_batch: dict) -> dict:
@@ -185,8 +240,19 @@ class Trainer:
         return summarize(totals)
 
     # -- loop ------------------------------------------------------------------------
-    def _on_sigterm(self, signum, frame):
-        self._preempted = True
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGINT and self._preempted == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the save
+        self._preempted = signum
+        if signum == signal.SIGINT and self.is_main:
+            tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop without saving)")
+
+    def close(self) -> None:
+        """Release the workdir lock (also released when the process exits)."""
+        from jaxft.train.workdir import release_lock
+
+        if self.is_main:
+            release_lock(self.workdir)
 
     def run(self, until_step: int | None = None) -> dict[str, Any]:
         """Train to ``config.train.steps`` (or stop early at ``until_step``, checkpointing
@@ -195,7 +261,7 @@ class Trainer:
         start = self.maybe_restore()
         total = int(cfg.steps)
         last = min(total, until_step) if until_step else total
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         history: dict[str, Any] = {"train_loss": [], "eval": [], "stopped": None}
         es = cfg.early_stopping
         best, bad_evals = None, 0
@@ -210,14 +276,17 @@ class Trainer:
                 tokens += float(np.sum(host_batch[self.task.tokens_key])) * jax.process_count()
                 metrics = self.train_step(host_batch)
                 pending_checks.append((step, metrics["finite"]))
+                if jax.process_count() == 1:  # (several processes learn of it together, at the next save)
+                    self.checkpointer.raise_background_error()
                 max_skipped = int(cfg.get("max_skipped_updates", 0) or 0)
                 if step % int(cfg.log_every) == 0 or step == last or (max_skipped and len(pending_checks) >= max_skipped):
                     self._report_skipped(pending_checks)
                     pending_checks = []
                     if max_skipped and self._skipped_in_a_row >= max_skipped:
                         raise Diverged(f"the last {self._skipped_in_a_row} updates (to step {step}) were all skipped "
-                                       "for non-finite loss or gradients; stopping without an export (lower "
-                                       "optim.schedule.peak_lr or check the data)")
+                                       f"for non-finite loss or gradients ({self.skipped_updates} skipped updates "
+                                       "in this run); stopping without an export (lower optim.schedule.peak_lr "
+                                       "or check the data)")
                 if step % int(cfg.log_every) == 0 or step == last:
                     m = jax.device_get(metrics)
                     now = time.perf_counter()
@@ -256,12 +325,16 @@ class Trainer:
                     break
                 if self._preempted:
                     self.save(force=True)
+                    self.checkpointer.wait()
+                    if self._preempted == signal.SIGINT:
+                        raise Preempted(f"Ctrl-C at step {step}: checkpoint saved; the same command resumes", 130)
                     raise Preempted(f"SIGTERM at step {step}: checkpoint saved")
         finally:
             bar.close()
             self.writer.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.checkpointer.wait()
-            signal.signal(signal.SIGTERM, previous)
         history["checkpoints"] = str(self.checkpointer.directory)
         history["final_step"] = int(jax.device_get(self.state["step"]))
         history["skipped_updates"] = self.skipped_updates
@@ -332,7 +405,13 @@ class Trainer:
         best = self.checkpointer.best_step() if source == "best" else None
         if best is None or best == step:
             return step, self.current_params()
-        state, _, _ = self.checkpointer.restore(best, self._abstract_state(), optional_keys=("ema",))
+        try:
+            state, _, _ = self.checkpointer.restore(best, self._abstract_state(), optional_keys=("ema",))
+        except Exception as err:  # noqa: BLE001 - a damaged best checkpoint: the last state is still good
+            log.warning("the best checkpoint (step %d in %s) cannot be read (%s); exporting the last state "
+                        "(step %d) instead", best, self.checkpointer.directory, " ".join(str(err).split())[:200],
+                        step)
+            return step, self.current_params()
         return best, self.current_params(state)
 
     def export(self, directory: str | Path | None = None) -> Path | None:
@@ -345,3 +424,28 @@ class Trainer:
             self.task.export_fn(str(directory), jax.device_get(params), self.frozen)
         self.exported_step = step
         return directory
+
+
+def _layout_message(err, directory) -> str:
+    """One line from a ``CheckpointLayoutError``: the first difference (params first) and what to do."""
+    def params_first(path: str):
+        return (not path.startswith("params"), path)
+
+    def more(items: list) -> str:
+        return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+
+    if err.shapes:
+        shapes = sorted(err.shapes, key=lambda item: params_first(item[0]))
+        path, saved, requested = shapes[0]
+        what = f"'{path}' has shape {saved} in the checkpoint and {requested} in this config{more(shapes)}"
+    else:
+        parts = []
+        if err.extra:
+            extra = sorted(err.extra, key=params_first)
+            parts.append(f"the checkpoint has '{extra[0]}'{more(extra)} that this config does not")
+        if err.missing:
+            missing = sorted(err.missing, key=params_first)
+            parts.append(f"this config needs '{missing[0]}'{more(missing)} that the checkpoint lacks")
+        what = "; ".join(parts)
+    return (f"the checkpoint in {directory} (step {err.step}) was written with another model or LoRA setup: "
+            f"{what}; use a new --workdir or the same config")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +49,41 @@ def _parser() -> argparse.ArgumentParser:
 
 def _read_text(args) -> str | None:
     if args.text is not None:
-        return args.text
-    if args.file is not None:
+        text, origin = args.text, "--text"
+    elif args.file is not None:
         path = Path(args.file)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
-        return path.read_text(encoding="utf-8")
-    return None
+        try:
+            text, origin = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not valid UTF-8 (byte {err.start})") from None
+    else:
+        return None
+    if not text.strip():
+        raise ValueError(f"{origin}: the text is empty or whitespace only")
+    return text
+
+
+def _compress(condenser, text: str, segments: int | None):
+    """Compress, saying on stderr when the condenser cuts the text (it reads a fixed number of segments)."""
+    coverage = condenser.coverage(text)
+    if coverage.truncated:
+        print(f"warning: {coverage}", file=sys.stderr, flush=True)
+    if segments is not None and segments < coverage.segments:
+        print(f"note: --segments {segments}: keeping {segments} of the {coverage.segments} segments read",
+              file=sys.stderr, flush=True)
+    return condenser.compress(text, num_segments=segments), coverage
+
+
+def _load_states(path: str) -> np.ndarray:
+    try:
+        states = np.load(path, allow_pickle=False)
+    except ValueError:  # numpy's message suggests allow_pickle, which would run code from the file
+        raise ValueError(f"{path}: not a .npy array written by 'compress' (refusing pickled data)") from None
+    if not isinstance(states, np.ndarray) or states.dtype.kind != "f":
+        raise ValueError(f"{path}: not a .npy float array written by 'compress'")
+    return states
 
 
 @cli_boundary
@@ -67,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("generate: give --compressed, --text or --file")
     condenser = load_condenser(args.condenser, encoder_path=args.encoder, decoder_path=args.decoder)
     if args.command == "compress":
-        states = condenser.compress(text, num_segments=args.segments)
+        states, coverage = _compress(condenser, text, args.segments)
         np.save(args.out, states)
-        print(f"{args.out}: {states.shape[0]} condensed states of size {states.shape[1]}")
+        print(f"{args.out}: {states.shape[0]} condensed states of size {states.shape[1]} ({coverage})")
         return 0
     if text is not None:
-        states = condenser.compress(text, num_segments=args.segments)
+        states, _ = _compress(condenser, text, args.segments)
     else:
-        states = np.load(args.compressed, allow_pickle=False)
+        states = _load_states(args.compressed)
     print(condenser.generate(states, args.prompt, mode=args.mode, max_new_tokens=args.max_new_tokens))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,29 @@ from jaxft.recipes.condense.data import ExampleBuilder, Layout
 
 Mode = Literal["continue", "reconstruct"]
 _MARKERS = {"continue": "cont", "reconstruct": "ae"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Coverage:
+    """How much of a text a condenser reads: it cuts texts to its layout's budget."""
+
+    characters: int  # characters read (the text is cut at a token end)
+    total_characters: int
+    segments: int  # segments the characters read fill
+    needed_segments: int  # segments the whole text would fill
+    max_segments: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.characters < self.total_characters
+
+    def __str__(self) -> str:
+        text = f"read {self.characters:,} of {self.total_characters:,} characters ({self.segments} segments)"
+        if self.truncated:
+            parts = math.ceil(self.needed_segments / self.max_segments)
+            text += (f"; the condenser takes at most {self.max_segments} segments and the whole text would need "
+                     f"{self.needed_segments}: the rest was cut (split the text into {parts} parts to read all of it)")
+        return text
 
 
 @dataclasses.dataclass
@@ -57,6 +81,16 @@ class Condenser:
                                         example["enc_mask"][None])
         states = np.asarray(jax.device_get(states), np.float32)[0, :k]  # [k, n, H]
         return states.reshape(k * self.model.num_condense_tokens, -1)
+
+    def coverage(self, text: str) -> Coverage:
+        """How much of ``text`` ``compress`` reads, and the segments the whole text would need."""
+        _, enc_ids, _, _, _ = self.builder.fit(text)
+        total_tokens = len(self.encoder_tokenizer(text, add_special_tokens=False)["input_ids"])
+        length = self.layout.segment_length
+        read = min(len(enc_ids), self.layout.max_tokens)
+        return Coverage(characters=self.builder.context_end(text), total_characters=len(text),
+                        segments=math.ceil(read / length), needed_segments=math.ceil(total_tokens / length),
+                        max_segments=self.layout.max_segments)
 
     def generate(self, compressed, prompt: str = "", *, mode: Mode = "continue", max_new_tokens: int = 64,
                  stop_at_eos: bool = True) -> str:
