@@ -12,6 +12,7 @@ from types import ModuleType
 RECIPES = {
     "lm": "jaxft.recipes.lm",
     "condense": "jaxft.recipes.condense",
+    "embedllm": "jaxft.recipes.embedllm",
     "minigpt": "jaxft.recipes.minigpt",
     "movielens": "jaxft.recipes.movielens",
     "summarize": "jaxft.recipes.summarize",
