@@ -11,7 +11,8 @@ import jaxft
 from jaxft import lora as jlora
 from jaxft.checkpoint.hf_names import param_specs
 from jaxft.lora import paths
-from jaxft.lora.quant import NF4_LEVELS, SCALE_GROUP
+from jaxft.quant import dynamic
+from jaxft.quant.nf4 import NF4_LEVELS
 from jaxft.models.decoder import forward
 
 HALF_GAPS = np.diff(NF4_LEVELS.astype(np.float64)) / 2
@@ -55,15 +56,19 @@ def test_nf4_round_trip_is_nearest_level_within_analytic_bound():
 
 def test_nf4_double_quant_bound_and_bytes():
     rng = np.random.default_rng(1)
-    L, d_in, d_out = 1, 256, 160  # 640 blocks -> 3 groups of 256 maxima, the last padded
+    L, d_in, d_out = 1, 256, 160  # 640 blocks -> 3 groups of 256 maxima, the last partial
     w = (rng.standard_normal((L, d_in, d_out)) * rng.uniform(0.5, 2, (L, 1, d_out))).astype(np.float32)
     single = jlora.quantize_kernel(jnp.asarray(w), "nf4")
     double = jlora.quantize_kernel(jnp.asarray(w), "nf4", double_quant=True)
-    assert double.scales.dtype == jnp.int8 and double.scale_scales.shape == (L, 3)
+    assert double.scales.dtype == jnp.uint8 and double.scale_scales.shape == (L, 3)
     exact = np.asarray(single.scales, np.float64)
-    step = np.repeat(np.asarray(double.scale_scales, np.float64), SCALE_GROUP, -1)[:, :exact.shape[-1]]
     got = np.asarray(double.block_absmax(), np.float64)
-    assert np.all(np.abs(got - exact) <= step / 2 + 1e-6)  # int8 rounding of the centred maxima
+    # The centred maxima land on the nearest dynamic code (up to the 65536-bin lookup):
+    # the error is at most half the widest code gap times the group's absmax.
+    widest = np.diff(dynamic.DYNAMIC_MAP.astype(np.float64)).max()
+    nested = np.repeat(np.asarray(double.scale_scales, np.float64), dynamic.DYNAMIC_BLOCK, -1)[:, :exact.shape[-1]]
+    assert np.all(np.abs(got - exact) <= nested * (widest / 2 + 2 / 65535) + 1e-6)
+    assert np.abs(got - exact).max() < 0.01 * exact.max()
     # Value error: the NF4 error plus at most one level (<= 1) times the maxima error.
     x = _blocks(w.astype(np.float64), 64)
     deq = _blocks(np.asarray(double.materialize(jnp.float32), np.float64), 64)
@@ -72,6 +77,73 @@ def test_nf4_double_quant_bound_and_bytes():
     blocks, n = 640, d_in * d_out
     assert jlora.bytes_per_param({"k": single}) == (blocks * 32 + blocks * 4) / n
     assert jlora.bytes_per_param({"k": double}) == (blocks * 32 + blocks * 1 + 3 * 4 + 4) / n
+
+
+def test_dynamic_map_is_the_formula_rounded_to_float32():
+    """10**(e - 6) times the midpoints of 2**e + 1 points over [0.1, 1], e = 0..6, both signs, 0 and 1."""
+    pos = []
+    for e in range(7):
+        points = np.linspace(0.1, 1.0, 2 ** e + 1)
+        pos += list(10.0 ** (e - 6) * (points[1:] + points[:-1]) / 2)
+    exact = np.sort(np.array(pos + [-p for p in pos] + [0.0, 1.0]))
+    assert dynamic.DYNAMIC_MAP.dtype == np.float32 and np.all(np.diff(dynamic.DYNAMIC_MAP) > 0)
+    np.testing.assert_allclose(dynamic.DYNAMIC_MAP, exact, rtol=2 ** -22, atol=0)
+
+
+def _bnb():
+    try:
+        import bitsandbytes.functional as F
+        import torch
+    except ImportError as e:
+        pytest.skip(f"bitsandbytes is not importable: {e}")
+    return F, torch
+
+
+def test_dynamic_8bit_blockwise_equals_bitsandbytes():
+    F, torch = _bnb()
+    np.testing.assert_array_equal(dynamic.DYNAMIC_MAP, F.create_dynamic_map().numpy())
+    rng = np.random.default_rng(3)
+    n = 256 * 40 + 77  # a partial last block
+    x = (rng.standard_normal(n) * np.exp(2 * rng.standard_normal(n))).astype(np.float32)
+    x[256:512] = 0.0  # an all-zero block
+    # Values on the lookup's bin edges and centres, in a block whose absmax is 1.
+    k = rng.integers(0, 65535, 512)
+    x[1024:1536] = np.where(np.arange(512) % 2, (k - 0.5) / 65535 * 2 - 1, k / 65535 * 2 - 1)
+    x[1024] = 1.0
+    ref_codes, state = F.quantize_blockwise(torch.tensor(x), blocksize=256)
+    codes, absmax = dynamic.quantize_blockwise(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(absmax), state.absmax.numpy())
+    np.testing.assert_array_equal(np.asarray(codes), ref_codes.numpy())
+    ref_deq = F.dequantize_blockwise(ref_codes, state).numpy()
+    np.testing.assert_array_equal(np.asarray(dynamic.dequantize_blockwise(codes, absmax)), ref_deq)
+
+
+@pytest.mark.parametrize("shape", [(576, 1536), (256, 160), (36, 20)])
+def test_nf4_double_quant_equals_bitsandbytes(shape):
+    """bitsandbytes' QLoRA storage (``quantize_4bit(nf4, blocksize=64, compress_statistics=True)``).
+
+    The NF4 codes and the maxima's 8-bit codes are equal bit for bit. The offset is the
+    float32 mean of the maxima, which torch sums in another order: it may differ in the last
+    bit, and the nested absmax and the dequantized weights with it, by about one ulp.
+    """
+    F, torch = _bnb()
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal(shape) * rng.uniform(0.01, 0.1, (1, shape[1]))).astype(np.float32)  # [in, out]
+    packed, state = F.quantize_4bit(torch.tensor(w.T.copy()), blocksize=64, quant_type="nf4",
+                                    compress_statistics=True)
+    q = jlora.quantize_kernel(jnp.asarray(w), "nf4", 64, double_quant=True)
+    n = w.size
+    np.testing.assert_array_equal(np.asarray(q.codes).reshape(-1)[:n // 2], packed.numpy().reshape(-1))
+    np.testing.assert_array_equal(np.asarray(q.scales), state.absmax.numpy())
+    np.testing.assert_array_max_ulp(np.asarray(q.scale_offset), np.float32(state.offset.item()), maxulp=1)
+    np.testing.assert_array_max_ulp(np.asarray(q.scale_scales), state.state2.absmax.numpy(), maxulp=2)
+    ref = F.dequantize_4bit(packed, state).numpy().T
+    ours = np.asarray(q.materialize(jnp.float32))
+    if np.asarray(q.scale_offset) == np.float32(state.offset.item()):
+        np.testing.assert_array_equal(ours, ref)
+    else:  # the maxima differ by about one ulp, a value by at most a few ulps of the largest weight
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=4 * np.spacing(np.abs(ref).max()))
+    assert jlora.bytes_per_param({"k": q}) < 0.52 or n < 1000
 
 
 def test_int8_round_trip_within_half_step_per_output_channel():

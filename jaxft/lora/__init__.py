@@ -9,7 +9,7 @@
 from jaxft.lora.adapters import DEFAULT_TARGETS, LoRA, LoraConfig, apply, init, merge, unmerge
 from jaxft.lora.kernels import LoraKernel
 from jaxft.lora.peft import load_peft, save_peft
-from jaxft.lora.quant import NF4_LEVELS, QuantizedKernel, bytes_per_param, quantize, quantize_kernel
+from jaxft.quant import NF4_LEVELS, QuantizedKernel, bytes_per_param, quantize, quantize_kernel
 
 __all__ = [
     "DEFAULT_TARGETS", "LoRA", "LoraConfig", "LoraKernel", "QuantizedKernel", "NF4_LEVELS",
