@@ -73,14 +73,16 @@ def get_config(preset: str = "demo") -> ConfigDict:
 
         c.model.path = str(smollm2_gguf_path())
         c.data.cutoff_len = 512
-        c.data.max_eval_samples = 160
+        c.data.max_eval_samples = 64
         c.movielens.epochs = 0.0
-        c.train.steps = 150
-        c.train.batch_size = 8
+        c.movielens.warmup_ratio = 0.0
+        c.train.steps = 80
+        c.train.batch_size = 4
         c.optim.accum_steps = 1
         c.optim.schedule.peak_lr = 5e-4
-        ml.eval_steps = 50
-        ml.save_steps = 50
+        c.optim.schedule.warmup_steps = 5
+        ml.eval_steps = 40
+        ml.save_steps = 40
         c.train.eval_at_start = True
     elif preset in ("demo", "smoke"):
         # A tiny random Qwen3-shaped model trained whole (a random base cannot be steered through LoRA in
