@@ -99,6 +99,13 @@ def test_smoke_trains_evaluates_exports_and_reloads(tmp_path):
     base = json.loads((export / "base_evaluation_results.json").read_text())
     assert base["model"] == "base" and base["num_samples"] == 2
 
+    rows = [{"article": f"Item {i} is stored in the table.", "highlights": f"Item {i}."} for i in range(3)]
+    (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "other.json"
+    assert main(["evaluate", "--export", str(export), "--data", str(tmp_path / "val.jsonl"), "--output", str(out)]) == 0
+    other = json.loads(out.read_text())
+    assert [s["target_summary"] for s in other["samples"]] == ["Item 0.", "Item 1.", "Item 2."]
+
 
 def test_load_export_names_what_is_missing(tmp_path, capsys):
     (tmp_path / "summarize.json").write_text(json.dumps({"config": {}}))
@@ -152,3 +159,19 @@ def test_pairs_from_a_saved_datasets_directory(tmp_path):
     c.summarize.validation_split = "validation"
     train, valid, _ = load_pairs(c)
     assert len(train) == 6 and [r["summary"] for r in valid] == ["val 0.", "val 1.", "val 2."]
+
+
+@pytest.mark.slow
+def test_nf4_base_trains_exports_and_reloads(tmp_path):
+    config = smoke()
+    config.model.quantize = "nf4"
+    task = build(config, None)
+    loss_sum, count, _ = jax.jit(task.loss_fn)(task.trainable, task.frozen, next(task.train_batches), None)
+    assert np.isfinite(float(loss_sum / count))
+    task.export_fn(str(tmp_path), task.trainable, task.frozen)
+    loaded = load_export(str(tmp_path))
+    assert loaded.settings["quantize"] == "nf4"
+    # the saved base is the dequantized NF4 base: quantizing it again gives back the same codes
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+    for want, got in zip(leaves(task.frozen["base"]), leaves(loaded.params)):
+        np.testing.assert_array_equal(got, want)
