@@ -172,6 +172,10 @@ def model_card(directory: str | Path, repo: str) -> str:
     for folder in models:
         usage += ["from transformers import AutoModelForCausalLM",
                   f'model = AutoModelForCausalLM.from_pretrained("{repo}"{sub(folder)})']
+    unnamed = [f for f in adapters if not _read(directory / f / "adapter_config.json").get("base_model_name_or_path")]
+    if unnamed:
+        body += ["", "No base model is recorded for " + ", ".join(f"`{f.as_posix()}/`" for f in unnamed)
+                 + " (trained on a randomly initialised or unnamed base); load it onto the base it was trained on."]
     for folder in adapters:
         base = _read(directory / folder / "adapter_config.json").get("base_model_name_or_path") or "BASE_MODEL"
         usage += ["from peft import PeftModel", "from transformers import AutoModelForCausalLM",

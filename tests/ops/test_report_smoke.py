@@ -1,4 +1,5 @@
-"""The report of a real run: lm:smoke through python -m jaxft.main, then python -m jaxft.report on its workdir."""
+"""A real run (lm:smoke through python -m jaxft.main): python -m jaxft.report on its workdir, and what a hub
+push of its export would upload."""
 
 import json
 import subprocess
@@ -41,3 +42,29 @@ def test_report_of_a_smoke_run(tmp_path):
     for r in samples:
         assert r["text"].startswith("The return value")
         assert f"step {r['step']}, `{r['name']}`:\n\n```\n{r['text']}\n```" in md
+
+    # what `python -m jaxft.export push` would upload of this run's export loads in transformers
+    import numpy as np
+    import torch
+    import transformers
+
+    from jaxft import export
+
+    hub = tmp_path / "hub"
+    for path, src in export.upload_plan(workdir / "export", "someone/smoke"):
+        (hub / path).parent.mkdir(parents=True, exist_ok=True)
+        (hub / path).write_bytes(src if isinstance(src, bytes) else src.read_bytes())
+    assert sorted(p.name for p in (hub / "merged").iterdir()) == ["config.json", "model.safetensors",
+                                                                  "tokenizer.json", "tokenizer_config.json"]
+    card = (hub / "README.md").read_text()
+    assert "No base model is recorded for `adapter/`" in card
+    model = transformers.AutoModelForCausalLM.from_pretrained(hub / "merged").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hub / "merged")
+    ids = torch.tensor([tokenizer("The return value")["input_ids"]])
+    with torch.no_grad():
+        logits = model(ids).logits.numpy()
+    import jaxft
+
+    cfg, params = jaxft.load_pretrained(hub / "merged")
+    ours = np.asarray(jaxft.logits(cfg, params, ids.numpy().astype(np.int32)))
+    assert np.abs(ours - logits).max() <= 1e-4
