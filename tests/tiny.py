@@ -39,3 +39,53 @@ def save_tiny(name: str, directory: Path, **save_kwargs) -> Path:
     model = hf_model(name)
     model.save_pretrained(directory, **save_kwargs)
     return Path(directory)
+
+
+def float64_reference(model):
+    """A copy of a transformers decoder that computes in float64 throughout.
+
+    ``model.double()`` alone is not a float64 run: transformers' RMSNorm, rotary tables and
+    eager softmax compute in float32 whatever the model dtype. Here the norms and rotary
+    tables are float64 and attention runs through SDPA (float64 on CPU). The only float32
+    numbers left are the weights and the rotary inverse frequencies (within one float32 ulp).
+    """
+    import copy
+    import types
+
+    import torch
+
+    ref = copy.deepcopy(model).double().eval()
+    ref.set_attn_implementation("sdpa")
+
+    def rms_norm(self, x):
+        x = x.double()
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    def rotary(self, x, position_ids):
+        angles = position_ids[..., None].double() * self.inv_freq.double()
+        emb = torch.cat((angles, angles), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+    for module in ref.modules():
+        name = type(module).__name__
+        if name.endswith("RMSNorm"):
+            module.forward = types.MethodType(rms_norm, module)
+        elif name.endswith("RotaryEmbedding"):
+            module.forward = types.MethodType(rotary, module)
+    return ref
+
+
+def assert_as_close_to_float64(ours, theirs, exact, *, margin: float = 1.5, max_margin: float = 3.0,
+                               floor: float = 2e-6) -> tuple[float, float]:
+    """float32 logits ``ours`` [tokens, vocab] are about as close to the float64 ``exact`` as
+    transformers' float32 ``theirs``: the mean over tokens of the largest error within ``margin``
+    times theirs, the largest error within ``max_margin`` times theirs (single tokens vary with
+    the summation order of each matmul), and the same argmax everywhere. Returns both means."""
+    import numpy as np
+
+    ours, theirs, exact = (np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1]) for a in (ours, theirs, exact))
+    err_ours, err_theirs = np.abs(ours - exact).max(-1), np.abs(theirs - exact).max(-1)
+    assert err_ours.mean() <= margin * err_theirs.mean() + floor, (err_ours.mean(), err_theirs.mean())
+    assert err_ours.max() <= max_margin * err_theirs.max() + floor, (err_ours.max(), err_theirs.max())
+    np.testing.assert_array_equal(ours.argmax(-1), exact.argmax(-1))
+    return float(err_ours.mean()), float(err_theirs.mean())

@@ -69,11 +69,12 @@ def _xla_attention(q, k, v, allowed):
     b, t, h, d = q.shape
     kv_h = k.shape[2]
     q = q.reshape(b, t, kv_h, h // kv_h, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    acc = jnp.promote_types(q.dtype, jnp.float32)  # float64 runs stay float64
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=acc)
     scores = scores * (d ** -0.5)
     scores = jnp.where(allowed[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=acc)
     return out.reshape(b, t, h, d).astype(q.dtype)
 
 

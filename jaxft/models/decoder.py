@@ -155,14 +155,14 @@ def embed(cfg: DecoderConfig, params: Params, input_ids: jnp.ndarray, dtype=None
 
 
 def lm_head(cfg: DecoderConfig, params: Params, hidden: jnp.ndarray) -> jnp.ndarray:
-    """Project final hidden states to float32 logits over the vocabulary."""
+    """Project final hidden states to float32 logits (float64 for float64 hidden states)."""
+    acc = layers.accumulation_dtype(hidden.dtype)
     if cfg.tie_word_embeddings:
         table = params["model"]["embed_tokens"]["weight"]
-        return jnp.einsum("...h,vh->...v", hidden, table.astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum("...h,vh->...v", hidden, table.astype(hidden.dtype), preferred_element_type=acc)
     kernel = params["lm_head"]["kernel"]
     w = layers.materialize(kernel, hidden.dtype)
-    return jnp.einsum("...h,hv->...v", hidden, w, preferred_element_type=jnp.float32)
+    return jnp.einsum("...h,hv->...v", hidden, w, preferred_element_type=acc)
 
 
 def lm_head_weight(cfg: DecoderConfig, params: Params, dtype) -> jnp.ndarray:

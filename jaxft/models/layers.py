@@ -11,8 +11,13 @@ import jax
 import jax.numpy as jnp
 
 
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """float32, or float64 for float64 inputs: a float64 run stays float64 end to end."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def matmul(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
-    """x[..., in] @ w[in, out] in x's dtype, accumulating in float32.
+    """x[..., in] @ w[in, out] in x's dtype, accumulating in float32 (float64 for float64 x).
 
     float32 accumulation keeps bf16 exact enough and is also what makes bf16
     matmuls fast on CPU backends.
@@ -20,7 +25,7 @@ def matmul(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
     # One flat token axis: a 3-D einsum makes the backward's weight-gradient dots contract two
     # axes, which XLA:CPU lowers with strided transposed copies (~20% of a LoRA step).
     lead = x.shape[:-1]
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), w.astype(x.dtype), preferred_element_type=jnp.float32)
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), w.astype(x.dtype), preferred_element_type=accumulation_dtype(x.dtype))
     return y.reshape(*lead, w.shape[-1]).astype(x.dtype)
 
 
@@ -39,14 +44,14 @@ def materialize(kernel, dtype) -> jnp.ndarray:
 
 
 def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
-    # Like transformers: normalise in float32, cast back, then scale.
-    xf = x.astype(jnp.float32)
+    # Like transformers: normalise in float32 (float64 for float64 x), cast back, then scale.
+    xf = x.astype(accumulation_dtype(x.dtype))
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return weight.astype(x.dtype) * xf.astype(x.dtype)
 
 
 def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
-    xf = x.astype(jnp.float32)
+    xf = x.astype(accumulation_dtype(x.dtype))
     mean = jnp.mean(xf, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
     y = (xf - mean) * jax.lax.rsqrt(var + eps)
