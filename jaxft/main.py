@@ -32,13 +32,19 @@ def _setup_logging():
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax._src", "orbax", "grain", "tensorstore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("absl").addFilter(_drop_reraised_orbax_errors)
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_drop_reraised_orbax_errors)
 
 
 def _drop_reraised_orbax_errors(record: logging.LogRecord) -> bool:
-    """Orbax logs a traceback for a failed background save and then re-raises the error in the main
-    thread, where the error boundary reports it in one line; the logged copy is dropped."""
-    return not (record.exc_info and record.levelno >= logging.ERROR and "orbax" in record.pathname)
+    """Orbax logs a traceback for a failed background save (and asyncio one for each of its writes
+    nobody awaited any more) while the error is re-raised in the main thread, where the error boundary
+    reports it in one line; the logged copies are dropped."""
+    if not (record.exc_info and record.levelno >= logging.ERROR and record.exc_info[2] is not None):
+        return True
+    import traceback
+
+    return not any("/orbax/" in frame.filename for frame in traceback.extract_tb(record.exc_info[2]))
 
 
 def _initialize_distributed():

@@ -24,9 +24,9 @@ naming the directory; the previous complete step stays the latest.
 
 from __future__ import annotations
 
-import os
-
 import logging
+import os
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -244,6 +244,11 @@ class TrainCheckpointer:
         self._saving = None
         reason = err.strerror if isinstance(err, OSError) and err.strerror else (str(err) or type(err).__name__)
         reason = " ".join(str(reason).split())
+        code = re.search(r"os_error_code='(\d+)'", reason)  # TensorStore's long messages end in the errno
+        if code:
+            reason = os.strerror(int(code.group(1)))
+        elif len(reason) > 300:
+            reason = reason[:300] + "..."
         try:
             done = [s for s in self._manager.all_steps() if s not in self._damaged] if self._manager else []
         except Exception:  # noqa: BLE001 - the directory may be unreadable too

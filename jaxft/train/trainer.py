@@ -268,9 +268,10 @@ class Trainer:
         bar = tqdm(total=total, initial=start, disable=not self.is_main, dynamic_ncols=True, desc="train")
         t_last, tokens = time.perf_counter(), 0.0
         pending_checks: list = []  # (step, finite flag) not yet read back, to avoid a sync every step
-        if start == 0 and cfg.get("eval_at_start"):
-            self._eval_and_log(0, history)
+        failed = True  # until the loop ends normally: then cleanup errors must not hide the first error
         try:
+            if start == 0 and cfg.get("eval_at_start"):
+                self._eval_and_log(0, history)
             for step in range(start + 1, last + 1):
                 host_batch = next(self.task.train_batches)
                 tokens += float(np.sum(host_batch[self.task.tokens_key])) * jax.process_count()
@@ -295,7 +296,7 @@ class Trainer:
                     scalars.update(self._learning_rates(step))
                     t_last, tokens = now, 0.0
                     history["train_loss"].append((step, scalars["loss"]))
-                    self.writer.scalars(step, scalars, prefix="train/")
+                    self._write(self.writer.scalars, step, scalars, prefix="train/")
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars.get('lr', 0):.2e}",
                                     tok_s=f"{scalars['tokens_per_s']:.0f}")
                 bar.update(1)
@@ -329,17 +330,35 @@ class Trainer:
                     if self._preempted == signal.SIGINT:
                         raise Preempted(f"Ctrl-C at step {step}: checkpoint saved; the same command resumes", 130)
                     raise Preempted(f"SIGTERM at step {step}: checkpoint saved")
+            failed = False
         finally:
             bar.close()
-            self.writer.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.checkpointer.wait()
+            self._finish(quiet=failed)
         history["checkpoints"] = str(self.checkpointer.directory)
         history["final_step"] = int(jax.device_get(self.state["step"]))
         history["skipped_updates"] = self.skipped_updates
         history["best_step"] = self.checkpointer.best_step()
         return history
+
+    def _write(self, method, *args, **kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except OSError as err:  # e.g. a full disk: the file's own error names no file
+            raise OSError(f"writing the metric logs in {self.workdir} failed: {err.strerror or err}") from err
+
+    def _finish(self, quiet: bool) -> None:
+        """Close the metric writer and wait for the last save; while another error is on its way
+        out (``quiet``), failures here are logged instead of replacing it."""
+        for name, close in (("metric logs", lambda: self._write(self.writer.close)),
+                            ("checkpoint", self.checkpointer.wait)):
+            try:
+                close()
+            except Exception as err:  # noqa: BLE001
+                if not quiet:
+                    raise
+                log.warning("closing the %s after the error below also failed: %s", name, err)
 
     @staticmethod
     def _eval_records(history: dict) -> list[dict]:
@@ -358,7 +377,7 @@ class Trainer:
                              f"metric of this recipe (available: {', '.join(sorted(eval_metrics))})")
         if eval_metrics:
             history["eval"].append((step, eval_metrics))
-            self.writer.scalars(step, eval_metrics, prefix="eval/")
+            self._write(self.writer.scalars, step, eval_metrics, prefix="eval/")
             if self.is_main:
                 tqdm.write(f"step {step}: eval " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
         self._log_samples(step)
@@ -392,7 +411,7 @@ class Trainer:
             return
         params = jax.device_get(self.current_params())
         for name, text in self.task.samples_fn(params, self.frozen).items():
-            self.writer.text(step, f"samples/{name}", text)
+            self._write(self.writer.text, step, f"samples/{name}", text)
             tqdm.write(f"[{name}] {text}")
 
     def export_params(self) -> tuple[int, Any]:
