@@ -66,11 +66,37 @@ def test_ema_follows_its_definition():
     np.testing.assert_allclose(state["ema"]["w"], expected, rtol=1e-6)
 
 
+def _probe(calls: list):
+    """Identity whose backward pass is only built when a gradient is asked for its input."""
+    @jax.custom_vjp
+    def probe(x):
+        return x
+
+    def fwd(x):
+        calls.append("forward for a gradient")
+        return x, None
+
+    probe.defvjp(fwd, lambda _, g: (g,))
+    return probe
+
+
 def test_frozen_tree_gets_no_gradient_or_optimizer_state():
     params, frozen, batch, loss_fn = _problem()
     opt = optax.adamw(1e-2)
     state = init_state(params, opt, 0, ema=False)
     leaves = jax.tree.leaves(state["opt_state"])
     assert sum(x.size for x in leaves) == 1 + 2 * params["w"].size  # count + mu + nu of w only
-    new, _ = jax.jit(make_step_fn(loss_fn, opt))(state, frozen, batch)
-    assert float(frozen["x_scale"]) == 2.0 and set(new["params"]) == {"w"}
+
+    def probed(which):
+        calls = []
+        probe = _probe(calls)
+
+        def loss(p, f, b, key):
+            p, f = ({"w": probe(p["w"])}, f) if which == "params" else (p, {"x_scale": probe(f["x_scale"])})
+            return loss_fn(p, f, b, key)
+
+        jax.jit(make_step_fn(loss, opt)).lower(state, frozen, batch)
+        return calls
+
+    assert probed("params")  # the probe sees a gradient being taken ...
+    assert probed("frozen") == []  # ... and none is ever computed for the frozen tree
