@@ -462,3 +462,45 @@ def test_condense_cli_warns_on_truncation_and_refuses_blank_text_and_pickles(con
     assert main(["generate", "--condenser", str(directory), "--compressed", str(pickled)]) == 2
     err = capsys.readouterr().err
     assert f"{pickled}: not a .npy array written by 'compress'" in err and "allow_pickle" not in err
+
+
+# -- 10: the losses do not depend on how many processes train ---------------------------------------------
+
+def _topology_run(tmp_path, name: str, processes: int, workdir: Path, steps: int, until: int | None = None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "topology.py"), str(i), str(processes), str(port),
+                               str(workdir), str(tmp_path / f"{name}{i}.npz"), str(steps)]
+                              + ([str(until)] if until else []),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(processes)]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=500)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("a topology run hung")
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    results = [dict(np.load(tmp_path / f"{name}{i}.npz")) for i in range(processes)]
+    for r in results[1:]:
+        np.testing.assert_array_equal(r["losses"], results[0]["losses"])  # one global loss
+    return results[0]
+
+
+@pytest.mark.slow  # three launches (one of two processes), each a minute of start-up on a loaded 2-core CPU
+def test_one_and_two_processes_train_alike_and_a_two_process_checkpoint_resumes_in_one(tmp_path):
+    steps = 6
+    alone = _topology_run(tmp_path, "alone", 1, tmp_path / "alone", steps)
+    assert list(alone["steps"]) == list(range(1, steps + 1)) and alone["losses"][-1] < alone["losses"][0]
+    pair = _topology_run(tmp_path, "pair", 2, tmp_path / "pair", steps, until=3)
+    assert list(pair["steps"]) == [1, 2, 3]
+    np.testing.assert_allclose(pair["losses"], alone["losses"][:3], rtol=1e-5)
+    assert _complete_steps(tmp_path / "pair" / "checkpoints") == [3]
+    resumed = _topology_run(tmp_path, "resumed", 1, tmp_path / "pair", steps)
+    assert list(resumed["steps"]) == [4, 5, 6]
+    np.testing.assert_allclose(resumed["losses"], alone["losses"][3:], rtol=1e-5)

@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxft.checkpoint.train_state import CheckpointLayoutError, TrainCheckpointer
 from jaxft.train import optim
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _mesh():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).parent / "scripts" / "sharded_step.py"
+SCRIPT = Path(__file__).parents[1] / "scripts" / "sharded_step.py"
 
 
 def _run(tmp_path, name, data, fsdp, tensor, *extra):

@@ -275,6 +275,6 @@ def test_missing_asset_error_gives_the_pip_line():
 
 
 def test_requirements_assets_pins_every_asset():
-    lines = (Path(__file__).parents[1] / "requirements-assets.txt").read_text().splitlines()
+    lines = (Path(__file__).parents[2] / "requirements-assets.txt").read_text().splitlines()
     pins = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     assert sorted(pins) == sorted(f"{a.distribution}=={a.version}" for a in assets.ASSETS)
