@@ -56,9 +56,10 @@ class CondenseModel:
         if self.projector not in PROJECTORS:
             raise ValueError(f"config key 'condense.projector'={self.projector!r}: expected one of "
                              f"{', '.join(PROJECTORS)}")
-        if self.projector == "reference" and self.encoder.norm_type != "rms_norm":
-            raise ValueError("condense.projector=reference reads the input to the encoder's last layer, "
-                             f"which needs an RMSNorm encoder (this one uses {self.encoder.norm_type})")
+        if self.projector == "reference" and (self.encoder.parallel_residual
+                                              or self.encoder.position_embedding == "sinusoidal"):
+            raise ValueError("condense.projector=reference reads the input to the encoder's last layer, which "
+                             "needs a Llama-family encoder (sequential blocks, rotary positions)")
 
     @property
     def projector_module(self) -> "Projector":
@@ -136,30 +137,33 @@ def init_params(rng: jax.Array, model: CondenseModel, decoder_embed_std: float =
     }
 
 
-# Powers of two, so that in float32 and bfloat16 alike ``x * rsqrt(mean(x^2) + EPS) * SCALE == x``
-# exactly for any activation with mean(x^2) << EPS: an RMSNorm that is the identity.
-_IDENTITY_NORM_EPS, _IDENTITY_NORM_SCALE = 2.0 ** 100, 2.0 ** 50
-
-
 def last_two_hidden_states(cfg: DecoderConfig, params: Params, inputs_embeds: jnp.ndarray, attention_mask,
                            position_ids, remat: str, dtype) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``(input to the last layer, final normed output)`` of an RMSNorm decoder, as transformers'
-    ``hidden_states[-2:]``, with two calls of the public ``forward`` (the first L-1 layers with an
-    identity final norm, then the last layer with the real one): one L-layer forward of compute."""
-    layers_ = params["model"]["layers"]
-    head = jax.tree.map(lambda x: x[:-1], layers_)
-    tail = jax.tree.map(lambda x: x[-1:], layers_)
-    h = cfg.hidden_size
-    first = dataclasses.replace(cfg, num_hidden_layers=cfg.num_hidden_layers - 1, rms_norm_eps=_IDENTITY_NORM_EPS)
-    identity = {"weight": jnp.full((h,), _IDENTITY_NORM_SCALE, jnp.float32)}
-    before_last, _ = forward(first, {"model": {"layers": head, "norm": identity}}, attention_mask=attention_mask,
-                             position_ids=position_ids, inputs_embeds=inputs_embeds, remat=remat, output="hidden",
-                             dtype=dtype)
-    last = dataclasses.replace(cfg, num_hidden_layers=1)
-    final, _ = forward(last, {"model": {"layers": tail, "norm": params["model"]["norm"]}},
-                       attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=before_last,
-                       remat=remat, output="hidden", dtype=dtype)
-    return before_last, final
+    """``(input to the last layer, final normed output)``, as transformers' ``hidden_states[-2:]``.
+
+    ``forward`` returns only the final normed states, so this runs its layer blocks the way its
+    cache-free path does (same mask, rotary tables and remat), keeping the residual stream before
+    the last layer.
+    """
+    from jaxft.models.attention import AttentionMask
+    from jaxft.models.decoder import _attention_block, _mlp_block, _norm, _remat
+    from jaxft.models.rope import inverse_frequencies
+
+    x = inputs_embeds.astype(dtype)
+    b, t, _ = x.shape
+    positions = jnp.asarray(position_ids, jnp.int32)
+    mask = AttentionMask(jnp.broadcast_to(jnp.arange(t), (b, t)), attention_mask.astype(bool), positions, positions,
+                         cfg.sliding_window)
+    inv_freq = inverse_frequencies(cfg)
+
+    def layer(x, p):
+        x, _ = _attention_block(cfg, p, x, mask, positions, inv_freq, None, None)
+        return _mlp_block(cfg, p, x), None
+
+    stack = params["model"]["layers"]
+    before_last, _ = jax.lax.scan(_remat(layer, remat), x, jax.tree.map(lambda a: a[:-1], stack))
+    last, _ = _remat(layer, remat)(before_last, jax.tree.map(lambda a: a[-1], stack))
+    return before_last, _norm(cfg, params["model"]["norm"], last)
 
 
 def encode_segments(model: CondenseModel, trainable: Params, encoder_params: Params, enc_ids: jnp.ndarray,

@@ -1,0 +1,101 @@
+"""Do the condensed states carry the text? A condenser's AE and continuation losses on the validation
+records of a config, next to the frozen decoder's losses on the same targets given no context.
+
+    python -m jaxft.recipes.condense.evaluate --config configs/condense.py:smol --condenser runs/smol/export
+
+The no-context baseline reads ``[start token][targets[:-1]]`` (the decoder's BOS, else its EOS) instead
+of ``[condensed states][marker][targets[:-1]]``: the same targets, the same per-text means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxft.errors import cli_boundary
+from jaxft.recipes.condense.model import CondenseModel
+from jaxft.recipes.condense.objectives import _decode_and_score, _inverse, make_loss_fn
+
+METRICS = ("ae_loss", "ae_correct", "cont_loss", "cont_correct")
+
+
+def no_context_sums(model: CondenseModel, dec_params, start_id: int, batch: dict, chunk_size: int | None = None
+                    ) -> dict[str, jax.Array]:
+    """The AE and continuation sums (as ``condense_loss`` names them) of the decoder reading no context."""
+    cfg = model.decoder
+    start = jnp.asarray(dec_params["model"]["embed_tokens"]["weight"][start_id], model.dtype)
+
+    def score(ids, mask, weights):
+        empty = jnp.zeros((ids.shape[0], 0, cfg.hidden_size), model.dtype)
+        return _decode_and_score(model, dec_params, empty, jnp.zeros((ids.shape[0], 0), bool), start, ids, mask,
+                                 weights, chunk_size)
+
+    dec_mask = batch["dec_mask"].astype(bool)
+    ae = score(batch["dec_ids"], dec_mask,
+               jnp.broadcast_to(_inverse(dec_mask.sum(-1, keepdims=True).astype(jnp.float32)), dec_mask.shape))
+    b, lv, w = batch["cont_ids"].shape
+    cont_mask = batch["cont_mask"].astype(bool)
+    level_counts = cont_mask.sum(-1).astype(jnp.float32)
+    levels = (level_counts > 0).sum(-1, keepdims=True).astype(jnp.float32)
+    weights = jnp.broadcast_to((_inverse(level_counts) * _inverse(levels))[..., None], cont_mask.shape)
+    cont = score(batch["cont_ids"].reshape(b * lv, w), cont_mask.reshape(b * lv, w), weights.reshape(b * lv, w))
+    return {"ae_loss": ae.loss_sum, "ae_loss_count": dec_mask.any(-1).sum().astype(jnp.float32),
+            "ae_correct": ae.correct, "ae_correct_count": ae.count,
+            "cont_loss": cont.loss_sum, "cont_loss_count": (levels[:, 0] > 0).sum().astype(jnp.float32),
+            "cont_correct": cont.correct, "cont_correct_count": cont.count}
+
+
+def compare(condenser, items: list, batch_size: int = 4) -> dict[str, dict[str, float]]:
+    """``{"condensed": {...}, "no_context": {...}}``: AE/continuation mean losses and token accuracies."""
+    tok = condenser.decoder_tokenizer
+    start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    model = condenser.model
+    loss_fn = make_loss_fn(model, weights={"ae": 1.0, "continuation": 1.0}, chunk_size=None)
+    dec_params = model.decoder_params(condenser.trainable, condenser.frozen)
+    condensed = jax.jit(lambda batch: loss_fn(condenser.trainable, condenser.frozen, batch, None)[2])
+    baseline = jax.jit(lambda batch: no_context_sums(model, dec_params, start_id, batch))
+    totals = {"condensed": {}, "no_context": {}}
+    examples = [condenser.builder(item) for item in items]
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        chunk += [jax.tree.map(np.zeros_like, chunk[0])] * (batch_size - len(chunk))  # filler rows carry nothing
+        batch = {key: jnp.asarray(np.stack([e[key] for e in chunk])) for key in chunk[0]}
+        for name, fn in (("condensed", condensed), ("no_context", baseline)):
+            for key, value in fn(batch).items():
+                totals[name][key] = totals[name].get(key, 0.0) + float(value)
+    return {name: {m: sums[m] / max(sums[m + "_count"], 1.0) for m in METRICS} for name, sums in totals.items()}
+
+
+def validation_items(config, builder) -> list:
+    """The validation records of a training run with ``config`` (same filter, same seeded split)."""
+    from jaxft.data import split_records
+    from jaxft.recipes.condense.recipe import load_items
+
+    items, _ = load_items(config, builder)
+    return split_records(items, float(config.data.validation_fraction), int(config.seed))[1]
+
+
+@cli_boundary
+def main(argv: list[str] | None = None) -> int:
+    from jaxft.config import load_config_file
+    from jaxft.recipes.condense.inference import load_condenser
+
+    parser = argparse.ArgumentParser(prog="python -m jaxft.recipes.condense.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="the training config (path.py:preset): its validation records")
+    parser.add_argument("--condenser", required=True, help="export directory of a trained condenser")
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args(argv)
+    config = load_config_file(args.config)
+    condenser = load_condenser(args.condenser)
+    items = validation_items(config, condenser.builder)
+    result = compare(condenser, items, args.batch_size)
+    print(json.dumps({"records": len(items), **result}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
