@@ -175,3 +175,49 @@ def test_nf4_base_trains_exports_and_reloads(tmp_path):
     leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
     for want, got in zip(leaves(task.frozen["base"]), leaves(loaded.params)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_seed_preset_on_a_local_checkpoint_and_datasets_directory(tmp_path, capsys):
+    """The seed code path (a checkpoint by path with its own tokenizer, a datasets directory with a validation
+    split, LoRA r16 with dropout on the seven projections) on files this test writes."""
+    import datasets
+
+    from jaxft.checkpoint.hf import save_pretrained
+    from jaxft.models.config import DecoderConfig
+    from jaxft.models.init import init_params
+    from jaxft.tokenization.demo import demo_tokenizer
+    from jaxft.train.trainer import Trainer
+
+    tok = demo_tokenizer("byte")
+    cfg = DecoderConfig.from_hf(dict(
+        model_type="qwen2", hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tok) + 12, max_position_embeddings=256, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id), source="test")
+    save_pretrained(tmp_path / "model", cfg, init_params(cfg, jax.random.PRNGKey(0)), tokenizer=tok)
+    rows = lambda n, tag: datasets.Dataset.from_dict({
+        "article": [f"The {tag} story number {i} is about a cat that sat on mat {i}." for i in range(n)],
+        "highlights": [f"Cat {i} sat." for i in range(n)]})
+    datasets.DatasetDict({"train": rows(16, "train"), "validation": rows(4, "val")}).save_to_disk(tmp_path / "cnn")
+
+    c = recipe_config("summarize", "seed")
+    c.model.path, c.model.dtype, c.model.compute_dtype, c.model.remat = str(tmp_path / "model"), "float32", \
+        "float32", "none"
+    c.data.hf_dataset, c.data.hf_config = str(tmp_path / "cnn"), ""
+    c.summarize.update(max_input_length=24, max_target_length=8, max_new_tokens=4, eval_samples=2)
+    c.train.update(steps=2, eval_every=2, eval_batches=1, log_every=1)
+    c.optim.schedule.warmup_steps = 1
+    c.checkpoint.update(every=2, async_save=False)
+    assert c.lora.rank == 16 and c.lora.dropout == 0.1 and len(c.lora.targets) == 7
+
+    trainer = Trainer(c, tmp_path / "run", build)
+    printed = capsys.readouterr().out
+    assert "CHINCHILLA SCALING LAWS ANALYSIS (LoRA)" in printed and "Base Model Size:" in printed
+    history = trainer.run()
+    assert np.isfinite(history["eval"][-1][1]["rouge1"])
+    export = trainer.export()
+    loaded = load_export(str(export))
+    assert loaded.settings["base_model"] == str(tmp_path / "model") and not (export / "base").exists()
+    adapter_config = json.loads((export / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["base_model_name_or_path"] == str(tmp_path / "model")
