@@ -86,19 +86,22 @@ def get_config(preset: str = "demo") -> ConfigDict:
     elif preset == "sft_demo":
         c.init_from = "runs/minigpt/export"
         c.minigpt.mode = "sft"
-        c.lora.rank = 8
+        # The reference's LoRA is r 8 on q and v; a 0.85M-parameter model needs more room to learn the task.
+        c.lora.rank, c.lora.alpha = 16, 32.0
+        c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
         c.data.seq_len = 64
         c.data.validation_fraction = 0.05
         c.minigpt.label_smoothing = 0.05
         c.train.batch_size = 16
-        c.train.steps = 300
-        c.optim.schedule.peak_lr = 2e-3
+        c.train.steps = 400
+        c.train.eval_at_start = True
+        c.optim.schedule.peak_lr = 5e-3
         c.optim.schedule.warmup_steps = 20
         c.optim.ema_decay = 0.0
         c.optim.eval_with_ema = False
-        c.train.eval_every = 100
+        c.train.eval_every = 200
         c.train.eval_batches = 0
-        c.checkpoint.every = 100
+        c.checkpoint.every = 200
         c.minigpt.sample.prompts = ["### Instruction: What is 12 plus 7?\n### Response:\n"]
         c.minigpt.sample.min_new, c.minigpt.sample.max_new, c.minigpt.sample.temp = 0, 16, 0.0
     elif preset == "smoke":
