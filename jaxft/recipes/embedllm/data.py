@@ -232,22 +232,33 @@ class ExampleBuilder:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def history(self, turns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``history_ids``/``history_mask`` [max_turns, max_turn_tokens]: the newest turns, oldest first."""
+    def history_tokens(self, turns: Sequence[str]) -> list[list[int]]:
+        """Token ids of the newest ``max_turns`` turns, oldest first, each cut to ``max_turn_tokens``."""
         lay = self.layout
         if len(turns) > lay.max_turns:
             self.stats.histories_cut += 1
             turns = turns[len(turns) - lay.max_turns:]
-        ids = np.full((lay.max_turns, lay.max_turn_tokens), self.pad_id, np.int32)
-        mask = np.zeros((lay.max_turns, lay.max_turn_tokens), np.int32)
-        for row, turn in enumerate(turns):
+        out = []
+        for turn in turns:
             tokens = self.encode(turn)
             if len(tokens) > lay.max_turn_tokens:
                 self.stats.turns_cut += 1
                 tokens = tokens[:lay.max_turn_tokens]
+            out.append(tokens)
+        return out
+
+    def history_arrays(self, turns_tokens: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """``history_ids``/``history_mask`` [max_turns, max_turn_tokens] of tokenized turns (padding after them)."""
+        lay = self.layout
+        ids = np.full((lay.max_turns, lay.max_turn_tokens), self.pad_id, np.int32)
+        mask = np.zeros((lay.max_turns, lay.max_turn_tokens), np.int32)
+        for row, tokens in enumerate(turns_tokens):
             ids[row, :len(tokens)] = tokens
             mask[row, :len(tokens)] = 1
         return ids, mask
+
+    def history(self, turns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.history_arrays(self.history_tokens(turns))
 
     def last_turn(self, text: str, append_eos: bool | None = None) -> list[int]:
         tokens = self.encode(text) if text else []
@@ -258,10 +269,19 @@ class ExampleBuilder:
             tokens = tokens[:self.layout.max_last_turn_tokens]
         return tokens
 
-    def __call__(self, turns: Sequence[str]) -> dict[str, np.ndarray]:
-        history_ids, history_mask = self.history(turns[:-1])
-        target = self.last_turn(turns[-1])
-        input_ids = np.asarray([self.pad_id] + target, np.int32)
-        loss_mask = np.asarray([0] + [1] * len(target), np.int32)
+    def tokenize(self, turns: Sequence[str]) -> dict[str, Any]:
+        """The conversation as compact token lists (what a dataset keeps in memory); cuts are counted here."""
+        return {"history": [np.asarray(t, np.int32) for t in self.history_tokens(turns[:-1])],
+                "target": np.asarray(self.last_turn(turns[-1]), np.int32)}
+
+    def arrays(self, tokenized: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The padded example arrays of a ``tokenize`` result."""
+        history_ids, history_mask = self.history_arrays(tokenized["history"])
+        target = tokenized["target"]
+        input_ids = np.concatenate([np.asarray([self.pad_id], np.int32), target])
+        loss_mask = np.concatenate([np.zeros(1, np.int32), np.ones(len(target), np.int32)])
         return {"input_ids": input_ids, "loss_mask": loss_mask, "history_ids": history_ids,
                 "history_mask": history_mask}
+
+    def __call__(self, turns: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.arrays(self.tokenize(turns))

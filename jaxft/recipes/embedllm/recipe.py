@@ -34,7 +34,7 @@ def perceiver_config(section) -> PerceiverEncoderConfig:
         attention_probs_dropout_prob=float(section.dropout))
 
 
-def load_perceiver_params(section, seed: int) -> tuple[PerceiverEncoderConfig, dict | None]:
+def load_perceiver_params(section) -> tuple[PerceiverEncoderConfig, dict | None]:
     """(config, params) of ``embedllm.perceiver.path`` (a directory or hub id), or (config, None) for random init."""
     if not section.path:
         return perceiver_config(section), None
@@ -69,7 +69,7 @@ def build(config, mesh) -> TrainTask:
     layout = Layout(max_turns=int(e.max_turns), max_turn_tokens=int(e.max_turn_tokens),
                     max_last_turn_tokens=int(e.max_last_turn_tokens), separator=e.separator,
                     append_eos=bool(e.append_eos))
-    pcfg, perceiver_params = load_perceiver_params(e.perceiver, int(config.seed))
+    pcfg, perceiver_params = load_perceiver_params(e.perceiver)
     lcfg = config.lora
     adapters = lora_lib.init(jax.random.PRNGKey(config.seed + 1), llm_cfg, llm_params, rank=int(lcfg.rank),
                              alpha=float(lcfg.alpha), targets=tuple(lcfg.targets), dropout=float(lcfg.dropout),
@@ -88,14 +88,15 @@ def build(config, mesh) -> TrainTask:
     texts, origin = conversation_texts(config, tokenizer)
     conversations, stats = parse_conversations(texts, layout.separator)
     builder = ExampleBuilder(tokenizer, layout, stats)
-    examples = [builder(turns) for turns in conversations]  # tokenized up front so the summary counts all cuts
+    examples = [builder.tokenize(turns) for turns in conversations]  # up front, so the summary counts every cut
     log.info("embedllm data: %s", stats)
     if len(examples) < 2:
         raise ValueError(f"data: only {len(examples)} usable conversations in {origin} ({stats})")
     train, valid = split_records(examples, float(config.data.validation_fraction), int(config.seed))
     procs = jax.process_count()
-    batches = functools.partial(make_batches, example_fn=lambda ex: ex, batch_size=int(config.train.batch_size) // procs,
-                                seq_len=layout.seq_len, fields=history_fields(layout, builder.pad_id),
+    batches = functools.partial(make_batches, example_fn=builder.arrays,
+                                batch_size=int(config.train.batch_size) // procs, seq_len=layout.seq_len,
+                                fields=history_fields(layout, builder.pad_id),
                                 shard_index=jax.process_index(), shard_count=procs)
     chunk = int(config.loss.chunk_size) or None
 
