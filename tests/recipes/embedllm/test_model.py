@@ -85,3 +85,23 @@ def test_dropout_only_with_an_rng():
     a = module.apply({"params": params}, e, m, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
     b = module.apply({"params": params}, e, m, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
     assert np.abs(np.asarray(a[:2]) - np.asarray(b[:2])).max() > 1e-4
+
+
+def test_perceiver_from_a_transformers_checkpoint_and_latent_dim_check(tmp_path):
+    import pytest
+    import transformers
+
+    from configs.embedllm import get_config
+    from jaxft.recipes.embedllm.recipe import load_perceiver_params
+
+    hf = transformers.PerceiverConfig(num_latents=4, d_latents=16, d_model=12, num_self_attends_per_block=1,
+                                      num_self_attention_heads=2, num_cross_attention_heads=1)
+    transformers.PerceiverModel(hf).save_pretrained(tmp_path)
+    section = get_config("smoke").embedllm.perceiver
+    section.path, section.latent_dim = str(tmp_path), 16
+    cfg, params = load_perceiver_params(section)
+    assert (cfg.num_latents, cfg.d_latents, cfg.d_model) == (4, 16, 12)
+    assert params["embeddings"]["latents"].shape == (4, 16)
+    section.latent_dim = 32
+    with pytest.raises(ValueError, match="embedllm.perceiver.latent_dim"):
+        load_perceiver_params(section)
