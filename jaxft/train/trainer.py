@@ -248,7 +248,7 @@ class Trainer:
             tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop without saving)")
 
     def close(self) -> None:
-        """Release the workdir lock (also released when the process exits)."""
+        """Release the workdir lock (``run`` does when it stops; also released when the process exits)."""
         from jaxft.train.workdir import release_lock
 
         if self.is_main:
@@ -257,7 +257,11 @@ class Trainer:
     def run(self, until_step: int | None = None) -> dict[str, Any]:
         """Train to ``config.train.steps`` (or stop early at ``until_step``, checkpointing
         there as a preemption would: the schedule still spans the full run)."""
+        from jaxft.train.workdir import acquire_lock
+
         cfg = self.config.train
+        if self.is_main:
+            acquire_lock(self.workdir)  # (taken in __init__; again here for a second run() after close())
         start = self.maybe_restore()
         total = int(cfg.steps)
         last = min(total, until_step) if until_step else total
@@ -335,7 +339,10 @@ class Trainer:
             bar.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._finish(quiet=failed)
+            try:
+                self._finish(quiet=failed)
+            finally:
+                self.close()  # the workdir is free again once this run has stopped
         history["checkpoints"] = str(self.checkpointer.directory)
         history["final_step"] = int(jax.device_get(self.state["step"]))
         history["skipped_updates"] = self.skipped_updates

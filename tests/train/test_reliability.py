@@ -414,7 +414,7 @@ def condenser_export(tmp_path_factory):
     from jaxft.recipes.condense.data import Layout
     from jaxft.recipes.condense.export import export_condenser
     from jaxft.recipes.condense.inference import Condenser
-    from tests.test_condense import N, SEG_LEN, SEGMENTS, byte_tokenizer, tiny_condenser, word_tokenizer
+    from tests.recipes.condense.helpers import N, SEG_LEN, SEGMENTS, byte_tokenizer, tiny_condenser, word_tokenizer
 
     model, trainable, frozen = tiny_condenser()
     layout = Layout(num_condense_tokens=N, segment_length=SEG_LEN, max_segments=SEGMENTS, max_decoder_tokens=64,
@@ -427,7 +427,7 @@ LONG_TEXT = " ".join(["the cat sat on the mat and then a dog ran"] * 40)  # 400 
 
 
 def test_condense_reports_what_it_cuts_and_the_segments_it_would_need(condenser_export):
-    from tests.test_condense import SEG_LEN, SEGMENTS
+    from tests.recipes.condense.helpers import SEG_LEN, SEGMENTS
 
     condenser, _ = condenser_export
     coverage = condenser.coverage(LONG_TEXT)
