@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--output", type=Path, default=None, help="write one JSON line per record here")
     cmp_.add_argument("--batch-size", type=int, default=8)
     cmp_.add_argument("--examples", type=int, default=5, help="example rows to print")
+    cmp_.add_argument("--base-model", default=None, help="a local copy of the export's base model (dir or .gguf)")
     return parser
 
 
@@ -81,7 +82,8 @@ def _check_seq_len(args) -> int:
 def _compare(args) -> int:
     from jaxft.recipes.movielens.compare import compare, format_report
 
-    result = compare(args.export, args.data, limit=args.limit, output=args.output, batch_size=args.batch_size)
+    result = compare(args.export, args.data, limit=args.limit, output=args.output, batch_size=args.batch_size,
+                     base_model=args.base_model)
     print(format_report(result, examples=args.examples))
     return 0
 

@@ -91,6 +91,8 @@ def test_compare_limit_and_bad_inputs(export_dir, prepared_dir, tmp_path, capsys
     data = prepared_dir / "test_raw.jsonl"
     result = compare(export, data, limit=1)
     assert result["base"]["n"] == 1 and len(result["rows"]) == 1
+    local = compare(export, data, limit=1, base_model=str(export / "base"))  # --base-model: a local copy
+    assert local["rows"] == result["rows"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(data.read_text().splitlines()[0] + "\n" + json.dumps({"user_id": 1}) + "\n")
     assert main(["compare", "--export", str(export), "--data", str(bad)]) == 2

@@ -51,7 +51,9 @@ def test_tokens_and_truncation_count(prepared_dir, capsys):
     # the whole rendered conversation = the training encoding plus the template's final newline
     lengths = [len(encoding.encode_record(tok, r, 10_000).input_ids) + 1 for r in records]
     assert out[:-1] == _expected(path, lengths, "tokens")
-    assert out[-1] == "over cutoff_len=256: 0 (0.0%)"
+    cutoff = int(config.data.cutoff_len)
+    over = sum(n > cutoff for n in lengths)
+    assert out[-1] == f"over cutoff_len={cutoff}: {over} ({100 * over / len(lengths):.1f}%)"
 
 
 def test_missing_data_is_one_line(tmp_path, capsys):
