@@ -46,6 +46,7 @@ def _seed_config(checkpoint, tokenizer_dir, data_dir, tmp_path):
     return c
 
 
+@pytest.mark.slow
 def test_qlora_train_export_compare(tiny_checkpoint, demo_tokenizer_dir, prepared_dir, tmp_path, caplog):
     import logging
 
