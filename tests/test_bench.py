@@ -30,7 +30,6 @@ PEER_KEYS = ("peer_tokens_per_s", "peer_peak_rss_mib", "ratio_tokens_per_s", "ra
 
 @pytest.fixture(scope="module")
 def results():
-    pytest.importorskip("jaxft.lora", reason="jaxft.lora not importable")
     env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
     procs = {name: subprocess.Popen([sys.executable, "-m", "jaxft.bench", *args, "--json"], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -129,7 +129,7 @@ def _first_new_index(tokens, start=2, width=1):
     for k in range(start, len(tokens) - width):
         if all(tokens[j:j + width] != tokens[k:k + width] for j in range(k)):
             return k
-    pytest.skip("greedy output of the tiny model has no fresh token to stop on")
+    pytest.fail("greedy output of the tiny model has no fresh token to stop on: pick another prompt")
 
 
 def test_stops_on_eos_like_transformers(models):
@@ -318,9 +318,8 @@ def test_stop_strings_to_sequences_and_trimmed_decoding():
 
 
 def test_lora_is_applied_inside_generate(models):
-    lora_module = pytest.importorskip("jaxft.lora", reason="jaxft.lora is not available")
-    if not all(hasattr(lora_module, f) for f in ("init", "apply", "merge")):
-        pytest.skip("jaxft.lora has no init/apply/merge")
+    import jaxft.lora as lora_module
+
     cfg, params, _ = models("llama")
     lora = lora_module.init(jax.random.key(0), cfg, params, rank=4, alpha=8.0)
     # Fresh adapters are a no-op (b = 0); give b values so they change the output.

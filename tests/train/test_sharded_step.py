@@ -21,8 +21,6 @@ def _run(tmp_path, name, data, fsdp, tensor, *extra):
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_fsdp_and_tensor_parallel_match_single_device(tmp_path, mode):
-    if mode == "lora":
-        pytest.importorskip("jaxft.lora", reason="jaxft.lora not importable")
     extra = ("lora",) if mode == "lora" else ()
     one = _run(tmp_path, "one", 1, 1, 1, *extra)
     fsdp = _run(tmp_path, "fsdp", 1, 8, 1, *extra)
