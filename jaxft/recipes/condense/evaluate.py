@@ -88,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the training config (path.py:preset): its validation records")
     parser.add_argument("--condenser", required=True, help="export directory of a trained condenser")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=0, help="only the first N validation records (0: all)")
     args = parser.parse_args(argv)
     config = load_config_file(args.config)
     condenser = load_condenser(args.condenser)
-    items = validation_items(config, condenser.builder)
+    items = validation_items(config, condenser.builder)[: args.limit or None]
     result = compare(condenser, items, args.batch_size)
     print(json.dumps({"records": len(items), **result}, indent=1))
     return 0
