@@ -72,3 +72,25 @@ def test_plan(results):
     assert set(r["fits"].values()) == {True}
     # Sharded: each device holds less than the whole frozen model.
     assert r["per_device_bytes"]["arguments"] < sum(r["global_bytes"].values())
+
+
+def test_decode_loop_reads_layer_slices_without_copying_the_stacked_weights():
+    """The compiled generate moves no whole [layers, ...] weight array (the detector does flag one that does)."""
+    import jax
+
+    from jaxft.bench.generate import decode_loop_weight_copies, weight_copies
+    from jaxft.models.config import DecoderConfig
+    from jaxft.models.init import init_params
+
+    cfg = DecoderConfig.from_hf(dict(model_type="qwen3", vocab_size=256, hidden_size=64, intermediate_size=96,
+                                     num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                     max_position_embeddings=256, tie_word_embeddings=False))
+    params = init_params(cfg, jax.random.key(0))
+    assert decode_loop_weight_copies(cfg, params) == []
+
+    def scaled_every_step(w):
+        return jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 1.0001), (0, w))[1]
+
+    kernel = params["model"]["layers"]["mlp"]["up_proj"]["kernel"]
+    hlo = jax.jit(scaled_every_step).lower(kernel).compile().as_text()
+    assert weight_copies(hlo, {"f32[3,64,96]"})

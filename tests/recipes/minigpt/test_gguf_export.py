@@ -34,8 +34,8 @@ def _logits(cfg, params, ids):
 
 
 def _transformers_logits(path, cfg, ids):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     # transformers' GGUF config reader does not look for attention biases; the config declares them.
     hf = {k: v for k, v in cfg.hf_config.items() if k != "model_type"}
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -85,7 +85,7 @@ def test_gguf_round_trip(tmp_path, spm_tok, tensor_type):
 def test_gguf_tokenizer_reads_back(tmp_path):
     """A BPE SentencePiece model reads back as the same tokenizer (llama.cpp's "llama" vocabulary merges by
     score, which is BPE's rule; a unigram model is stored the same way but only approximately re-encoded)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     from jaxft.data.corpus import demo_corpus
     from jaxft.tokenization.sentencepiece import train_sentencepiece
 
