@@ -94,3 +94,26 @@ def test_decode_loop_reads_layer_slices_without_copying_the_stacked_weights():
     kernel = params["model"]["layers"]["mlp"]["up_proj"]["kernel"]
     hlo = jax.jit(scaled_every_step).lower(kernel).compile().as_text()
     assert weight_copies(hlo, {"f32[3,64,96]"})
+
+
+def test_residual_stream_hint_splits_rows_over_the_batch_axes():
+    """Under ``jax.set_mesh`` (as the trainer and ``plan`` trace) constrain_batch splits rows over fsdp;
+    without a mesh it leaves the array alone."""
+    script = """
+import jax, jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+from jaxft.models.sharding_hints import constrain_batch
+from jaxft.train.mesh import make_mesh
+mesh = make_mesh({"fsdp": 4})
+f = jax.jit(lambda x: constrain_batch(x * 2.0))
+x = jnp.ones((8, 3, 5))
+with jax.set_mesh(mesh):
+    print(f.lower(x).compile().output_shardings.spec)
+print(getattr(jax.jit(lambda x: constrain_batch(x * 2.0)).lower(x).compile().output_shardings, "spec", "single"))
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with_mesh, without = out.stdout.strip().splitlines()[-2:]
+    assert "('fsdp'" in with_mesh, with_mesh
+    assert "fsdp" not in without

@@ -20,6 +20,7 @@ from jaxft.models import layers
 from jaxft.models.attention import AttentionMask, attention
 from jaxft.models.config import DecoderConfig
 from jaxft.models.rope import apply_rope, inverse_frequencies
+from jaxft.models.sharding_hints import constrain_batch
 
 Params = dict[str, Any]
 RematPolicy = Literal["none", "full", "save_dots"]
@@ -107,6 +108,7 @@ def _attention_block(cfg, p, x, mask, positions, inv_freq, cache_kv, index, keys
 
     ``keys`` (two PRNG keys) switches dropout on for the probabilities and the output.
     """
+    x = constrain_batch(x)  # every layer loop passes here: keep the residual stream split by rows under FSDP
     b, t, _ = x.shape
     h = _norm(cfg, p["input_layernorm"], x)
     a = p["self_attn"]
