@@ -6,13 +6,14 @@
     qparams = jaxft.lora.quantize(params, cfg, fmt="nf4")   # frozen NF4 base for QLoRA
 """
 
-from jaxft.lora.adapters import DEFAULT_TARGETS, LoRA, LoraConfig, apply, init, merge, unmerge
+from jaxft.lora.adapters import (DEFAULT_TARGETS, Finetune, LoRA, LoraConfig, apply, finetune_trees, init, merge,
+                                  unmerge)
 from jaxft.lora.kernels import LoraKernel
 from jaxft.lora.peft import load_peft, save_peft
 from jaxft.quant import NF4_LEVELS, QuantizedKernel, bytes_per_param, quantize, quantize_kernel
 
 __all__ = [
-    "DEFAULT_TARGETS", "LoRA", "LoraConfig", "LoraKernel", "QuantizedKernel", "NF4_LEVELS",
+    "DEFAULT_TARGETS", "Finetune", "finetune_trees", "LoRA", "LoraConfig", "LoraKernel", "QuantizedKernel", "NF4_LEVELS",
     "init", "apply", "merge", "unmerge", "save_peft", "load_peft",
     "quantize", "quantize_kernel", "bytes_per_param",
 ]

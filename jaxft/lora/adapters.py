@@ -169,3 +169,31 @@ def unmerge(cfg: DecoderConfig, params: dict[str, Any], lora: LoRA) -> dict[str,
         restored = (merged.astype(jnp.float32) - delta).astype(merged.dtype)
         out = paths.replace(out, path + ("kernel",), restored)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Finetune:
+    """How a decoder trains: a LoRA tree over its frozen base, or (``lora_config`` None) all its weights."""
+
+    lora_config: LoraConfig | None
+
+    @property
+    def full(self) -> bool:
+        return self.lora_config is None
+
+    def params(self, trainable: dict, frozen: dict, rng: jax.Array | None = None) -> dict:
+        """The params a forward pass reads: the base with the adapters applied, or the trained weights."""
+        if self.full:
+            return trainable["model"]
+        return apply(frozen["base"], LoRA(trainable["lora"], self.lora_config), rng=rng)
+
+
+def finetune_trees(key: jax.Array, cfg: DecoderConfig, params: dict, lora_section) -> tuple[dict, dict, Finetune]:
+    """``(trainable, frozen, finetune)`` from a ``config.lora`` section: ``{"lora": adapters}`` over
+    ``{"base": params}``, or with ``rank`` 0 ``{"model": params}`` and nothing frozen."""
+    rank = int(lora_section.rank)
+    if rank == 0:
+        return {"model": params}, {}, Finetune(None)
+    adapters = init(key, cfg, params, rank=rank, alpha=float(lora_section.alpha), targets=tuple(lora_section.targets),
+                    dropout=float(lora_section.dropout), use_rslora=bool(lora_section.get("rslora", False)))
+    return {"lora": adapters.params}, {"base": params}, Finetune(adapters.config)

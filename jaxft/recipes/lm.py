@@ -49,19 +49,8 @@ def build(config, mesh) -> TrainTask:
     cfg, params, tokenizer = load_model(config.model, config.seed)
     compute_dtype = jnp.dtype(config.model.compute_dtype)
     lcfg = config.lora
-    full_finetune = int(lcfg.rank) == 0
-    if full_finetune:
-        trainable, frozen, lora_config = {"model": params}, {}, None
-    else:
-        adapters = lora_lib.init(jax.random.PRNGKey(config.seed + 1), cfg, params, rank=int(lcfg.rank),
-                                 alpha=float(lcfg.alpha), targets=tuple(lcfg.targets), dropout=float(lcfg.dropout),
-                                 use_rslora=bool(lcfg.rslora))
-        trainable, frozen, lora_config = {"lora": adapters.params}, {"base": params}, adapters.config
-
-    def effective_params(trainable, frozen, rng):
-        if full_finetune:
-            return trainable["model"]
-        return lora_lib.apply(frozen["base"], lora_lib.LoRA(trainable["lora"], lora_config), rng=rng)
+    trainable, frozen, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(config.seed + 1), cfg, params, lcfg)
+    full_finetune, lora_config, effective_params = tuning.full, tuning.lora_config, tuning.params
 
     def loss_fn(trainable, frozen, batch, rng):
         p = effective_params(trainable, frozen, rng)

@@ -132,18 +132,8 @@ def build(config, mesh) -> TrainTask:
     compute_dtype = jnp.dtype(config.model.compute_dtype)
     smoothing = float(m.label_smoothing)
     lcfg = config.lora
-    full = int(lcfg.rank) == 0
-    if full:
-        trainable, frozen, lora_config = {"model": params}, {}, None
-    else:
-        adapters = lora_lib.init(jax.random.PRNGKey(int(config.seed) + 1), cfg, params, rank=int(lcfg.rank),
-                                 alpha=float(lcfg.alpha), targets=tuple(lcfg.targets), dropout=float(lcfg.dropout))
-        trainable, frozen, lora_config = {"lora": adapters.params}, {"base": params}, adapters.config
-
-    def effective(trainable, frozen, rng):
-        if full:
-            return trainable["model"]
-        return lora_lib.apply(frozen["base"], lora_lib.LoRA(trainable["lora"], lora_config), rng=rng)
+    trainable, frozen, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(int(config.seed) + 1), cfg, params, lcfg)
+    full, lora_config, effective = tuning.full, tuning.lora_config, tuning.params
 
     def loss_fn(trainable, frozen, batch, rng):
         adapter_rng, dropout_rng = (None, None) if rng is None else tuple(jax.random.split(rng))

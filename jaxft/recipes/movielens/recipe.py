@@ -16,7 +16,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxft import lora as lora_lib
 from jaxft.data.records import DataError
@@ -129,18 +128,8 @@ def build(config, mesh) -> TrainTask:
     full = rank == 0
     # A random base has no path to reload it from: the export keeps a copy (demo and test sizes only).
     random_base = None if model_cfg.path else jax.device_get(params)
-    if full:
-        trainable, frozen, lora_config = {"model": params}, {}, None
-    else:
-        adapters = lora_lib.init(jax.random.PRNGKey(config.seed + 1), cfg, params, rank=rank,
-                                 alpha=float(config.lora.alpha), targets=tuple(config.lora.targets),
-                                 dropout=float(config.lora.dropout), use_rslora=bool(config.lora.rslora))
-        trainable, frozen, lora_config = {"lora": adapters.params}, {"base": params}, adapters.config
-
-    def effective(trainable, frozen, rng):
-        if full:
-            return trainable["model"]
-        return lora_lib.apply(frozen["base"], lora_lib.LoRA(trainable["lora"], lora_config), rng=rng)
+    trainable, frozen, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(config.seed + 1), cfg, params, config.lora)
+    lora_config, effective = tuning.lora_config, tuning.params
 
     def hidden_of(p, batch):
         hidden, _ = forward(cfg, p, batch["input_ids"], batch["attention_mask"], remat=model_cfg.remat,
