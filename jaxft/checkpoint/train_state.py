@@ -250,7 +250,8 @@ class TrainCheckpointer:
         elif len(reason) > 300:
             reason = reason[:300] + "..."
         try:
-            done = [s for s in self._manager.all_steps() if s not in self._damaged] if self._manager else []
+            # (Orbax lists a step from the start of its save: the failed one is not complete)
+            done = [s for s in self._manager.all_steps() if (step < 0 or s < step) and s not in self._damaged] if self._manager else []
         except Exception:  # noqa: BLE001 - the directory may be unreadable too
             done = []
         last = f"the last complete checkpoint is step {max(done)}" if done else "no complete checkpoint was written"

@@ -4,7 +4,8 @@ The model describes *which* keys a query may see with an ``AttentionMask``
 (slots for causality, positions for the sliding window, validity for padding);
 ``attention`` turns that into whatever the chosen implementation needs:
 
-* CPU (and the fallback everywhere): plain XLA einsums, softmax in float32.
+* CPU (and the fallback everywhere): plain XLA einsums, softmax in float32; from
+  ``blockwise.DEFAULT_MIN_LENGTH`` tokens the blockwise online softmax (jaxft/models/blockwise.py).
 * GPU: ``jax.nn.dot_product_attention`` (cuDNN fused attention for bf16/fp16).
 * TPU: the Pallas flash-attention kernel when the mask is causal + padding
   (training and prefill without a cache), XLA otherwise.
@@ -17,6 +18,8 @@ import os
 
 import jax
 import jax.numpy as jnp
+
+from jaxft.models.blockwise import DEFAULT_MIN_LENGTH, blockwise_attention
 
 _NEG = -1e30  # finite, so fully masked rows (padding queries) stay NaN-free
 
@@ -54,14 +57,27 @@ def _backend_impl() -> str:
     return {"gpu": "cudnn", "tpu": "flash"}.get(jax.default_backend(), "xla")
 
 
+def _blockwise_from(blockwise_from: int | None) -> int:
+    if blockwise_from is not None:
+        return blockwise_from
+    return int(os.environ.get("JAXFT_BLOCKWISE_FROM", DEFAULT_MIN_LENGTH))
+
+
 def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: AttentionMask,
-              impl: str | None = None) -> jnp.ndarray:
-    """q [b, t, h, d]; k, v [b, s, kv_h, d] with h a multiple of kv_h -> [b, t, h, d]."""
+              impl: str | None = None, blockwise_from: int | None = None) -> jnp.ndarray:
+    """q [b, t, h, d]; k, v [b, s, kv_h, d] with h a multiple of kv_h -> [b, t, h, d].
+
+    Without a fused kernel, queries and keys both at least ``blockwise_from`` long (default
+    ``blockwise.DEFAULT_MIN_LENGTH`` or $JAXFT_BLOCKWISE_FROM) run the blockwise online softmax,
+    which never holds the [t, s] scores.
+    """
     impl = impl or _backend_impl()
     if impl == "flash" and not mask.has_cache and mask.sliding_window is None and mask.segment_ids is None:
         return _tpu_flash(q, k, v, mask)
     if impl == "cudnn" and q.dtype in (jnp.bfloat16, jnp.float16):
         return jax.nn.dot_product_attention(q, k, v, mask=mask.dense()[:, None], implementation=None)
+    if impl == "blockwise" or min(q.shape[1], k.shape[1]) >= _blockwise_from(blockwise_from):
+        return blockwise_attention(q, k, v, mask)
     return _xla_attention(q, k, v, mask.dense())
 
 

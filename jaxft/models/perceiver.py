@@ -9,7 +9,8 @@ safetensors checkpoint loads by name: ``encoder.cross_attention.attention.self.q
 is ``params["encoder"]["cross_attention"]["attention"]["self"]["query"]["kernel"]``
 (transposed to [in, out]); LayerNorm ``weight`` is ``scale``. The self-attention
 layers of the block are stacked on axis 0 and run with ``nn.scan``:
-``encoder.self_attends.{i}.X`` is ``params["encoder"]["self_attends"][X][i]``.
+``encoder.self_attends.{i}.X`` is ``params["encoder"]["self_attends"]["layer"][X][i]`` (``layer`` is the
+scanned module's own level and has no Hugging Face name).
 """
 
 from __future__ import annotations

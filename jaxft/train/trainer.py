@@ -331,9 +331,13 @@ class Trainer:
                 if self._preempted:
                     self.save(force=True)
                     self.checkpointer.wait()
+                    self._report_skipped(pending_checks)
+                    pending_checks = []
+                    skipped = f"skipped updates (non-finite loss or gradient): {self.skipped_updates}"
                     if self._preempted == signal.SIGINT:
-                        raise Preempted(f"Ctrl-C at step {step}: checkpoint saved; the same command resumes", 130)
-                    raise Preempted(f"SIGTERM at step {step}: checkpoint saved")
+                        raise Preempted(f"Ctrl-C at step {step}: checkpoint saved; the same command resumes; "
+                                        f"{skipped}", 130)
+                    raise Preempted(f"SIGTERM at step {step}: checkpoint saved; {skipped}")
             failed = False
         finally:
             bar.close()

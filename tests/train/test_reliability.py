@@ -288,6 +288,20 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert "\n" not in message and f"no checkpoint in {ckpts} can be read" in message and "step 3:" in message
 
 
+@pytest.mark.slow  # two CLI training runs
+def test_cli_resumes_past_a_damaged_newest_checkpoint_without_a_traceback(tmp_path):
+    code, _, err = _run_cli(*_tiny_args(), f"--workdir={tmp_path}")
+    assert code == 0, err[-3000:]
+    ckpts = tmp_path / "checkpoints"
+    assert _complete_steps(ckpts) == [3, 6]
+    _truncate_largest_array_file(ckpts / "6")
+    code, out, err = _run_cli(*_tiny_args(**{"train.steps": 8}), f"--workdir={tmp_path}")
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    assert "checkpoint step 6 in" in err and "is damaged" in err and "resuming from step 3" in err
+    assert "train loss:" in out and "(step 4)" in out and "(step 8)" in out
+    assert "skipped updates (non-finite loss or gradient): 0" in out
+
+
 # -- 5: a workdir written with another model shape -----------------------------------------------------
 
 def test_a_changed_lora_rank_or_full_finetuning_on_an_old_workdir_is_one_line(tmp_path):
@@ -380,6 +394,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
         pytest.fail("the run hung after Ctrl-C")
     assert proc.returncode == 130, seen + err
     assert "Traceback" not in seen + err and "Ctrl-C at step" in err and "checkpoint saved" in err
+    assert "skipped updates (non-finite loss or gradient): 0" in err
     step = int(err.split("Ctrl-C at step ")[1].split(":")[0])
     assert _complete_steps(tmp_path / "checkpoints") == [step]
     assert not (tmp_path / "lock").exists()

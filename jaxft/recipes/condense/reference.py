@@ -62,6 +62,11 @@ def _expect(file: Path, name: str, array: np.ndarray, shape: tuple[int, ...]) ->
                          f"condense.projector=reference needs {shape}")
 
 
+def _lora_shape(config) -> tuple:
+    """What must agree between an imported adapter and config.lora (target order and dropout need not)."""
+    return config.rank, float(config.alpha), frozenset(config.targets), bool(config.use_rslora)
+
+
 def import_reference(path: str | Path, model, trainable: dict[str, Any]) -> dict[str, Any]:
     """``trainable`` with condense tokens, projector (and the LoRA, when an adapter sits next to the
     weights) replaced by the reference's. Markers keep their values (the reference of that format has none)."""
@@ -89,7 +94,7 @@ def import_reference(path: str | Path, model, trainable: dict[str, Any]) -> dict
     for adapter_dir in (root, file.parent, file.parent.parent):
         if (adapter_dir / "adapter_config.json").is_file():
             adapters = lora_lib.load_peft(adapter_dir, model.encoder)
-            if model.lora_config is not None and adapters.config != model.lora_config:
+            if model.lora_config is not None and _lora_shape(adapters.config) != _lora_shape(model.lora_config):
                 raise ValueError(f"{adapter_dir / 'adapter_config.json'}: the adapter is {adapters.config}; set "
                                  f"config.lora to match it (now {model.lora_config})")
             out["lora"] = adapters.params

@@ -108,16 +108,9 @@ def build(config, mesh) -> TrainTask:
     ml, data_cfg = config.movielens, config.data
     directory = data_dir(config)
     model_cfg = model_section(config, directory)
-    double_quant = str(model_cfg.quantize) == "nf4" and bool(ml.double_quant)
-    if double_quant:  # the shared loader quantizes without double quantization: do it here
-        model_cfg.quantize = "none"
+    double_quant = str(model_cfg.quantize) == "nf4" and bool(model_cfg.double_quant)
     loaded = load_model(model_cfg, config.seed)
     cfg, params, tokenizer = loaded.cfg, loaded.params, loaded.tokenizer
-    if double_quant:
-        from jaxft.lora import quantize
-
-        params = quantize(params, cfg, fmt="nf4", double_quant=True)
-        model_cfg.quantize = "nf4"
     encoding.ensure_chat_template(tokenizer)
     yes_id, no_id = encoding.answer_token_ids(tokenizer)
     compute_dtype = jnp.dtype(model_cfg.compute_dtype)
@@ -265,12 +258,8 @@ def load_export(directory: str, base_model: str | None = None) -> LoadedExport:
         if tuned_cfg.vocab_size != cfg.vocab_size or tuned_cfg.num_hidden_layers != cfg.num_hidden_layers:
             raise ValueError(f"{directory / 'model'}: its shape does not match the base model {base_path}")
     elif settings["tuned"] == "adapter":
-        if settings.get("double_quant"):  # the adapter was trained over this base
-            from jaxft.lora import quantize as quantize_params
-
-            base = quantize_params(base, cfg, fmt="nf4", double_quant=True)
-        else:
-            base = quantize(base, cfg, settings.get("quantize", "none"))
+        # the adapter was trained over this (maybe quantized) base
+        base = quantize(base, cfg, settings.get("quantize", "none"), double_quant=bool(settings.get("double_quant")))
         tuned = lora_lib.apply(base, lora_lib.load_peft(directory / "adapter", cfg))
     else:
         raise ValueError(f"{directory / EXPORT_FILE}: 'tuned' is {settings['tuned']!r}, expected model or adapter")

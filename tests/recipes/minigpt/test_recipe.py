@@ -56,6 +56,7 @@ def test_label_smoothing_matches_torch(smoothing):
     assert float(count) == keep.sum() and float(loss) == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_pretrain_loss_through_the_task_matches_numpy(tmp_path):
     task = minigpt.build(_config("smoke", tmp_path), None)
     batch = next(task.train_batches)
@@ -135,6 +136,7 @@ def _cli(*args):
                           cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_tokenizer_and_sample_format(tmp_path, pretrained):
     export, cfg, params, tok = pretrained
     text = tmp_path / "t.txt"

@@ -1,5 +1,6 @@
 """The minigpt sampler's processors against a numpy transcription of the reference's per-token loop."""
 
+import functools
 import math
 
 import jax
@@ -54,16 +55,21 @@ def _reference_probs(logits, ids, step, *, rep_penalty, temp, top_p, no_repeat, 
     return probs
 
 
+@functools.lru_cache(maxsize=None)
+def _process(sampling, eos_id):
+    return jax.jit(functools.partial(processors.process_logits, sampling, eos_ids=(eos_id,)))
+
+
 def _ours(logits, ids, step, *, rep_penalty, temp, top_p, no_repeat, min_new, eos_id):
     sampling = SamplingConfig(max_new_tokens=max(min_new, 1) + 5, min_new_tokens=min_new, temperature=temp,
                               top_p=top_p, count_penalty=rep_penalty, ban_recent=no_repeat, ban_after_top_p=True)
-    total = len(ids) + 4  # the history buffer is longer than the filled part, as in the loop
+    total = 20  # the history buffer is longer than the filled part, as in the loop (one shape: one compile)
     tokens = np.zeros((1, total), np.int32)
     tokens[0, : len(ids)] = ids
     valid = np.zeros((1, total), bool)
     valid[0, : len(ids)] = True
-    out = processors.process_logits(sampling, jnp.asarray(logits, jnp.float32)[None], jnp.asarray(tokens),
-                                    jnp.asarray(valid), jnp.int32(len(ids)), jnp.int32(step), (eos_id,))
+    out = _process(sampling, eos_id)(jnp.asarray(logits, jnp.float32)[None], jnp.asarray(tokens),
+                                     jnp.asarray(valid), jnp.int32(len(ids)), jnp.int32(step))
     if sampling.greedy:
         probs = np.zeros(V)
         probs[int(np.argmax(np.asarray(out[0])))] = 1.0
@@ -127,9 +133,12 @@ def test_greedy_loop_matches_reference_loop():
                               ban_recent=3, ban_after_top_p=True, eos_token_ids=(3,))
     out = jaxft.generate(cfg, params, np.asarray([prompt]), sampling)
     ids = list(prompt)
+    # Causal attention: the logits at position n - 1 of a right-padded buffer are those of the n tokens alone.
+    full = jax.jit(lambda buf: decoder.forward(cfg, params, buf)[0])
     for step in range(12):
-        logits, _ = decoder.forward(cfg, params, jnp.asarray([ids]))
-        probs = _reference_probs(np.asarray(logits[0, -1]), ids, step, **setting)
+        buf = np.zeros((1, len(prompt) + 12), np.int32)
+        buf[0, : len(ids)] = ids
+        probs = _reference_probs(np.asarray(full(jnp.asarray(buf))[0, len(ids) - 1]), ids, step, **setting)
         ids.append(int(np.argmax(probs)))
         if ids[-1] == 3 and step >= 6:
             break
