@@ -17,8 +17,9 @@ import jax.numpy as jnp
 from jaxft.models.attention import AttentionMask
 from jaxft.models.config import DecoderConfig
 from jaxft.models.rope import inverse_frequencies  # noqa: F401  (re-exported for the block-level tests)
-from jaxft.models.modules import (Block, CausalLM, KVCache, RematPolicy, _block_norm, dropout as _dropout,
-                                  positions_from_mask, remat_policy, sinusoidal_positions)
+from jaxft.models.modules import (Block, CausalLM, KVCache, RematPolicy, _block_norm, positions_from_mask,
+                                  remat_policy, sinusoidal_positions)
+from jaxft.models.modules import dropout as _dropout  # noqa: F401  (the block-level tests call it)
 
 Params = dict[str, Any]
 

@@ -125,7 +125,9 @@ class Dense(nn.Module):
     def __call__(self, x):
         kernel = _read(self, "kernel", nn.initializers.normal(_INIT_STD), (self.in_features, self.features),
                        self.axes).value
-        bias = _read(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]).value if self.use_bias else None
+        bias = None
+        if self.use_bias:
+            bias = _read(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]).value
         return layers.dense(x, kernel, bias)
 
 

@@ -7,7 +7,7 @@ The same code runs data-parallel, FSDP or tensor-parallel: only
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -53,7 +53,7 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     return Mesh(grid, MESH_AXES)
 
 
-def flax_rules(rules: Mapping[str, tuple[str, ...] | str | None]) -> tuple[tuple[str, tuple[str, ...] | str | None], ...]:
+def flax_rules(rules: Mapping[str, tuple[str, ...] | str | None]) -> tuple[tuple[str, Any], ...]:
     """``config.mesh.rules`` (a dict) as the (logical, mesh) pairs Flax's partitioning helpers take."""
     return tuple((name, tuple(target) if isinstance(target, list) else target) for name, target in rules.items())
 
