@@ -11,6 +11,10 @@ import functools
 import sys
 from typing import Callable
 
+class ConfigError(ValueError):
+    """A config (a training config or a checkpoint's config.json) jaxft cannot use; the message names the key."""
+
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 

@@ -15,3 +15,30 @@ def read_json(file: Path, *, missing: str = "not found", error: type[Exception] 
         return json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise error(f"{file}: malformed JSON ({e})") from None
+
+
+def flatten_tree(tree: dict, prefix: str = "") -> dict:
+    """A nested dict of arrays -> ``{"a.b.c": float32 numpy array}``, the flat names a safetensors file holds."""
+    import numpy as np
+
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten_tree(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = np.ascontiguousarray(np.asarray(value, np.float32))
+    return out
+
+
+def unflatten_tree(flat: dict) -> dict:
+    """The inverse of :func:`flatten_tree`, as jax arrays."""
+    import jax.numpy as jnp
+
+    tree: dict = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.asarray(value)
+    return tree

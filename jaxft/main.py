@@ -88,6 +88,9 @@ def main(argv):
 
 @cli_boundary
 def _train(config) -> int:
+    from jaxft.quiet import silence_startup_noise
+
+    silence_startup_noise()
     if _DISTRIBUTED.value:
         _initialize_distributed()
     _setup_logging()
@@ -112,9 +115,32 @@ def _train(config) -> int:
         exported = trainer.export()
         if trainer.is_main:
             _print_summary(trainer, history, workdir, exported)
+            _write_summary(trainer, history, trainer.workdir, exported)
+            from jaxft.report import write_report
+
+            write_report(trainer.workdir)
+            if exported and config.export.get("hub_repo"):
+                from jaxft.export import push
+
+                if not push(exported, config.export.hub_repo):
+                    return 2  # the local export is written; the upload failed (said in one line)
         return 0
     finally:
         trainer.close()
+
+
+def _write_summary(trainer, history: dict, workdir: Path, exported: Path | None) -> None:
+    """``<workdir>/summary.json``: what ``python -m jaxft.report`` needs besides the metric log."""
+    import json
+
+    spec = _config_spec(sys.argv) or ""
+    path, _, preset = spec.partition(":")
+    summary = {"config_file": str(Path(path).resolve()) if path else None, "preset": preset or None,
+               "recipe": trainer.config.recipe, "final_step": history["final_step"],
+               "best_step": history.get("best_step"), "best_metric": trainer.config.train.early_stopping.metric,
+               "exported_step": trainer.exported_step, "export_dir": str(exported) if exported else None,
+               "skipped_updates": history["skipped_updates"], "stopped": history.get("stopped")}
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _print_summary(trainer, history: dict, workdir: Path, exported: Path | None) -> None:

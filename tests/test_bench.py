@@ -72,3 +72,48 @@ def test_plan(results):
     assert set(r["fits"].values()) == {True}
     # Sharded: each device holds less than the whole frozen model.
     assert r["per_device_bytes"]["arguments"] < sum(r["global_bytes"].values())
+
+
+def test_decode_loop_reads_layer_slices_without_copying_the_stacked_weights():
+    """The compiled generate moves no whole [layers, ...] weight array (the detector does flag one that does)."""
+    import jax
+
+    from jaxft.bench.generate import decode_loop_weight_copies, weight_copies
+    from jaxft.models.config import DecoderConfig
+    from jaxft.models.init import init_params
+
+    cfg = DecoderConfig.from_hf(dict(model_type="qwen3", vocab_size=256, hidden_size=64, intermediate_size=96,
+                                     num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                     max_position_embeddings=256, tie_word_embeddings=False))
+    params = init_params(cfg, jax.random.key(0))
+    assert decode_loop_weight_copies(cfg, params) == []
+
+    def scaled_every_step(w):
+        return jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 1.0001), (0, w))[1]
+
+    kernel = params["model"]["layers"]["mlp"]["up_proj"]["kernel"]
+    hlo = jax.jit(scaled_every_step).lower(kernel).compile().as_text()
+    assert weight_copies(hlo, {"f32[3,64,96]"})
+
+
+def test_residual_stream_hint_splits_rows_over_the_batch_axes():
+    """Under ``jax.set_mesh`` (as the trainer and ``plan`` trace) constrain_batch splits rows over fsdp;
+    without a mesh it leaves the array alone."""
+    script = """
+import jax, jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+from jaxft.models.sharding_hints import constrain_batch
+from jaxft.train.mesh import make_mesh
+mesh = make_mesh({"fsdp": 4})
+f = jax.jit(lambda x: constrain_batch(x * 2.0))
+x = jnp.ones((8, 3, 5))
+with jax.set_mesh(mesh):
+    print(f.lower(x).compile().output_shardings.spec)
+print(getattr(jax.jit(lambda x: constrain_batch(x * 2.0)).lower(x).compile().output_shardings, "spec", "single"))
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with_mesh, without = out.stdout.strip().splitlines()[-2:]
+    assert "('fsdp'" in with_mesh, with_mesh
+    assert "fsdp" not in without

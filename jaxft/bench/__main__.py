@@ -63,7 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--repeats", type=int, default=3, help="timed calls per length (median)")
 
     pl = sub.add_parser("plan", help="AOT-compile a recipe's train step for N devices; XLA's memory plan")
-    pl.add_argument("--recipe", default="lm", choices=("lm", "embedllm", "condense"))
+    pl.add_argument("--recipe", default="lm", choices=("lm", "condense", "embedllm", "movielens", "summarize",
+                                                       "minigpt"),
+                    help="lm: the shape flags below; any other: that recipe's seed preset (configs/<name>.py), "
+                         "which sets the model, batch, sequence, LoRA, dtypes and remat")
     _model_flags(pl)
     pl.add_argument("--quant", default="none", choices=("none", "nf4", "int8"), help="lm: frozen base format")
     pl.add_argument("--encoder", default="llama-3.2-1b", choices=sorted(shapes.MODELS))
@@ -87,10 +90,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.what == "plan" and args.lora_rank is None:
         args.lora_rank = 128 if args.recipe == "condense" else 16
-    if args.what == "plan" and args.recipe == "embedllm":
-        args.recipe_note = ("embedllm is a Qwen3-4B LoRA; planned as the lm recipe on the same model "
-                            "(its own loss is not in jaxft yet)")
-        args.recipe = "lm"
+    if args.what == "plan" and args.recipe not in ("lm", "condense"):
+        from jaxft.bench.plan import seed_plan
+
+        seed = seed_plan(args.recipe)
+        args.seed_plan = seed
+        for key in ("batch", "seq", "lora_rank", "quant", "remat", "dtype", "chunk"):
+            setattr(args, key, seed[key])
+        args.recipe_note = (f"configs/{args.recipe}.py seed preset planned as the lm step on its model shape: one "
+                            f"micro-batch of {seed['batch']} (accum_steps {seed['accum']}), {seed['weight_dtype']} "
+                            f"weights, {seed['dtype']} compute; the recipe's own heads/encoders are not in it")
+    elif args.what == "plan" and args.recipe == "condense":
+        args.recipe_note = "configs/condense.py seed preset (layout, models, LoRA, objectives, chunk) through its loss_fn"
     return args
 
 

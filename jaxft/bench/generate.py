@@ -96,3 +96,40 @@ def run(cfg, *, batch: int, prompt_len: int, new_tokens: int, dtype: str, repeat
         out["bandwidth_bound_tokens_per_s"] = one["bandwidth_bound_tokens_per_s"]
         out["fraction_of_bound"] = one["fraction_of_bound"]
     return out
+
+
+_MOVES = ("copy", "dynamic-slice", "slice", "transpose", "dynamic-update-slice", "fusion", "concatenate")
+
+
+def weight_copies(hlo: str, weight_shapes: set[str]) -> list[str]:
+    """Instructions of an optimised HLO module that produce a whole stacked weight array (``f32[L,...]``)
+    by moving data -- copies, slices, fusions. Loop state passes weights through ``parameter``,
+    ``get-tuple-element``, ``tuple`` and ``bitcast`` without moving them, so a decode loop that
+    reads only one layer's slice per step has none."""
+    found = []
+    for line in hlo.splitlines():
+        line = line.strip()
+        if "=" not in line or line.startswith(("%fused", "ENTRY", "HloModule")):
+            continue
+        lhs, rhs = line.split("=", 1)
+        rhs = rhs.strip()
+        shape, _, rest = rhs.partition(" ")
+        op = rest.split("(", 1)[0].strip()
+        if shape.split("{", 1)[0] in weight_shapes and op in _MOVES:
+            found.append(line[:200])
+    return found
+
+
+def decode_loop_weight_copies(cfg, params, *, prompt_len: int = 8, new_tokens: int = 4) -> list[str]:
+    """``weight_copies`` of the compiled greedy ``generate`` (prefill + decode loop) for ``params``."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxft.sampling import SamplingConfig, generate
+
+    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, eos_token_ids=(), pad_token_id=0)
+    ids = jnp.zeros((1, prompt_len), jnp.int32)
+    hlo = jax.jit(lambda p, x: generate(cfg, p, x, sampling).tokens).lower(params, ids).compile().as_text()
+    shapes = {f"{jnp.dtype(x.dtype).name.replace('float', 'f')}[{','.join(map(str, x.shape))}]"
+              for x in jax.tree.leaves(params["model"]["layers"])}
+    return weight_copies(hlo, shapes)

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--lora-rank", type=int, default=16)
-    p.add_argument("--targets", required=True, help="comma-separated module names (jaxft.lora.DEFAULT_TARGETS)")
+    p.add_argument("--targets", default="", help="train: comma-separated module names (jaxft.lora.DEFAULT_TARGETS)")
     p.add_argument("--remat", default="none")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
+    if args.what == "train" and args.lora_rank and not args.targets:
+        p.error("train with --lora-rank > 0 needs --targets")
 
     import torch
 

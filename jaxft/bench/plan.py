@@ -46,55 +46,121 @@ def _base(cfg, dtype, quant: str):
 
 
 def lm_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
+    import jax.numpy as jnp
+
     from jaxft.bench.train import lm_task
     from jaxft.lora import DEFAULT_TARGETS
 
     from jaxft.models.config import DecoderConfig
 
-    cfg = DecoderConfig.from_hf(shapes.from_args(args), source="bench shape")
-    base = _base(cfg, dtype, args.quant)
+    seed = getattr(args, "seed_plan", None)
+    cfg = DecoderConfig.from_hf(seed["hf"] if seed else shapes.from_args(args), source="bench shape")
+    weights = jnp.dtype(seed["weight_dtype"]) if seed else dtype
+    base = _base(cfg, weights, args.quant)
     trainable, frozen, loss_fn = lm_task(cfg, base, lora_rank=args.lora_rank, compute=dtype, remat=args.remat,
                                          chunk=args.chunk)
     b, t = args.batch, args.seq
     batch = {"input_ids": ((b, t), "int32"), "attention_mask": ((b, t), "int32"), "loss_mask": ((b, t), "int32")}
     flops = system.train_flops(system.Dims.of(cfg), b, t, args.lora_rank, DEFAULT_TARGETS)["total"]
     name = args.model or f"custom {cfg.model_type} h{cfg.hidden_size} L{cfg.num_hidden_layers}"
-    what = (f"lm recipe, {name} ({cfg.num_params() / 1e9:.2f}B params, {args.quant} base), "
+    if seed:
+        name = seed["name"]
+    what = (f"{args.recipe} recipe, {name} ({cfg.num_params() / 1e9:.2f}B params, {args.quant} base), "
             f"{'LoRA r=%d' % args.lora_rank if args.lora_rank else 'full fine-tuning'}, batch {b}x{t}")
     return trainable, frozen, loss_fn, batch, what, flops
 
 
 def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
+    """configs/condense.py's seed: its layout (Layout.create), models, LoRA rank, objectives and chunk."""
     import jax
 
     from jaxft import lora as lora_lib
     from jaxft.lora import DEFAULT_TARGETS
     from jaxft.recipes.condense import model as cmodel
     from jaxft.recipes.condense import objectives
+    from jaxft.recipes.condense.data import Layout
 
-    enc, dec = _cfg(args.encoder), _cfg(args.decoder)
-    enc_base = _base(enc, dtype, "none")
-    dec_base = _base(dec, dtype, args.decoder_quant)
-    rank = args.lora_rank or 128  # configs/condense.py's rank
-    adapters = jax.eval_shape(lambda: lora_lib.init(jax.random.key(1), enc, enc_base, rank=rank, alpha=float(rank),
-                                                    targets=DEFAULT_TARGETS))
-    n = args.condense_tokens
-    seg = int(round(args.compression * n))
-    model = cmodel.CondenseModel(encoder=enc, decoder=dec, num_condense_tokens=n, segment_length=seg, dtype=dtype,
-                                 remat=args.remat, lora_config=adapters.config)
+    config = _seed_config("condense")
+    k = config.condense
+    layout = Layout.create(max_tokens=int(k.max_tokens), compression_ratio=float(k.compression_ratio),
+                           num_segments=int(k.num_segments), max_decoder_tokens=int(k.max_decoder_tokens),
+                           max_continuation_tokens=int(k.max_continuation_tokens))
+    enc_name, dec_name = SEED_MODELS[config.encoder.path], SEED_MODELS[config.decoder.path]
+    enc, dec = _cfg(enc_name), _cfg(dec_name)
+    enc_base = _base(enc, dtype, str(config.encoder.quantize))
+    dec_base = _base(dec, dtype, str(config.decoder.quantize))
+    rank = int(config.lora.rank)
+    adapters = jax.eval_shape(lambda: lora_lib.init(jax.random.key(1), enc, enc_base, rank=rank,
+                                                    alpha=float(config.lora.alpha), targets=DEFAULT_TARGETS))
+    model = cmodel.CondenseModel(encoder=enc, decoder=dec, num_condense_tokens=layout.num_condense_tokens,
+                                 segment_length=layout.segment_length, dtype=dtype,
+                                 remat=str(config.encoder.remat), decoder_remat=str(config.decoder.remat),
+                                 lora_config=adapters.config, projector=str(k.projector))
     extra = jax.eval_shape(lambda: cmodel.init_params(jax.random.key(2), model))
     trainable = {"lora": adapters.params, **extra}
     frozen = {"encoder": enc_base, "decoder": dec_base}
-    loss_fn = objectives.make_loss_fn(model, continuation_weight=1.0, chunk_size=args.chunk)
-    b, s = args.batch, math.ceil(args.context_tokens / seg)
-    c, d = args.continuation_tokens, args.decoder_tokens
+    loss_fn = objectives.make_loss_fn(model, weights=dict(k.objectives), chunk_size=int(config.loss.chunk_size))
+    b, s, seg = int(config.train.batch_size), layout.max_segments, layout.segment_length
+    d, c = layout.max_decoder_tokens, layout.continuation_width
     batch = {"enc_ids": ((b, s, seg), "int32"), "enc_mask": ((b, s, seg), "bool"),
              "dec_ids": ((b, d), "int32"), "dec_mask": ((b, d), "bool"),
-             "cont_ids": ((b, s - 1, c), "int32"), "cont_mask": ((b, s - 1, c), "bool")}
-    what = (f"condense recipe, encoder {args.encoder} (LoRA r={rank}) + {n} condense tokens per "
-            f"{seg}-token segment x {s} segments + projector -> frozen {args.decoder} ({args.decoder_quant}); "
-            f"batch {b}, {d} decoder tokens, {s - 1} continuation levels x {c} tokens")
+             "cont_ids": ((b, layout.num_levels, c), "int32"), "cont_mask": ((b, layout.num_levels, c), "bool")}
+    what = (f"condense seed: encoder {enc_name} (LoRA r={rank}) + {layout.num_condense_tokens} condense tokens "
+            f"per {seg}-token segment x {s} + projector -> frozen {dec_name} ({config.decoder.quantize}); "
+            f"batch {b}, {d} decoder tokens, {layout.num_levels} continuation level(s) x {c} tokens, "
+            f"objectives {dict(k.objectives)}")
     return trainable, frozen, loss_fn, batch, what, float("nan")
+
+
+# Checkpoints named by the recipes' seed presets -> the bench's shapes of the same models.
+SEED_MODELS = {
+    "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
+    "mistralai/Mistral-7B-Instruct-v0.2": "mistral-7b",
+    "Qwen/Qwen3-0.6B": "qwen3-0.6b",
+    "Qwen/Qwen2.5-0.5B": "qwen2.5-0.5b",
+    "Bossologist/Qwen3-4B-Instruct-2507_general_ft_merged": "qwen3-4b",
+}
+SEED_RECIPES = ("condense", "embedllm", "movielens", "summarize", "minigpt")
+
+
+def _seed_config(recipe: str):
+    from pathlib import Path
+
+    from jaxft.config import load_config_file
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{recipe}.py"
+    return load_config_file(f"{path}:seed")
+
+
+def seed_plan(recipe: str) -> dict[str, Any]:
+    """A single-LLM recipe's seed preset as the lm step: model shape, batch (one micro-batch), sequence
+    length, LoRA rank, base format, remat and dtypes, all read from configs/<recipe>.py."""
+    c = _seed_config(recipe)
+    micro = int(c.train.batch_size) // int(c.optim.accum_steps)
+    out = dict(lora_rank=int(c.lora.rank), quant=str(c.model.quantize), remat=str(c.model.remat),
+               dtype=str(c.model.compute_dtype), weight_dtype=str(c.model.dtype), batch=micro,
+               chunk=int(c.loss.chunk_size), accum=int(c.optim.accum_steps))
+    if recipe == "minigpt":
+        from jaxft.recipes.minigpt.model import hf_config
+
+        m = c.minigpt
+        out["hf"] = hf_config(vocab_size=int(m.vocab_size), hidden_size=int(m.d_model), num_layers=int(m.n_layer),
+                              num_heads=int(m.n_head), num_kv_heads=int(m.n_kv_head) or None,
+                              context=int(m.context), dropout=float(m.dropout), shape=str(m.shape),
+                              parallel_residual=bool(m.parallel_residual), norm_type=str(m.norm_type),
+                              position_embedding=str(m.position_embedding), pad_token_id=0)
+        out.update(name=f"minigpt d{m.d_model} L{m.n_layer} vocab {m.vocab_size}", seq=int(m.context))
+        return out
+    name = SEED_MODELS[c.model.path]
+    out.update(hf=shapes.hf_config(name), name=name)
+    if recipe == "movielens":
+        out["seq"] = int(c.data.cutoff_len)
+    elif recipe == "summarize":
+        out["seq"] = int(c.summarize.max_input_length) + int(c.summarize.max_target_length)
+    elif recipe == "embedllm":
+        e = c.embedllm  # upper bound: every turn's tokens at once (the LLM reads a condensed prefix + last turn)
+        out["seq"] = int(e.max_turns) * int(e.max_turn_tokens) + int(e.max_last_turn_tokens)
+    return out
 
 
 def run(args) -> dict[str, Any]:
@@ -120,7 +186,8 @@ def run(args) -> dict[str, Any]:
     state = jax.eval_shape(lambda t: init_state(t, optimizer, 0, ema=False), trainable)
     abstract_batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=b_sh[k]) for k, (shape, dt) in batch_shapes.items()}
     t0 = time.perf_counter()
-    compiled = step.lower(_abstract(state, s_sh), _abstract(frozen, f_sh), abstract_batch).compile()
+    with jax.set_mesh(mesh):  # as the trainer traces its step: activation sharding hints see the mesh
+        compiled = step.lower(_abstract(state, s_sh), _abstract(frozen, f_sh), abstract_batch).compile()
     compile_s = time.perf_counter() - t0
 
     mem = compiled.memory_analysis()

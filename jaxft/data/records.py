@@ -12,6 +12,7 @@ import glob
 import io
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,8 @@ class _Malformed:
 
 def _raw_records(file: Path, fmt: Format, columns: tuple[str, ...], paragraphs: bool) -> Iterator[tuple[str, Any]]:
     text = _read_text(file)
+    if fmt in ("json", "txt"):  # one record per file or a whole-file parse: a bad byte spoils it all
+        _require_utf8(file, text)
     if fmt == "jsonl":
         yield from _jsonl(file, text)
     elif fmt == "json":
@@ -202,13 +205,20 @@ def _raw_records(file: Path, fmt: Format, columns: tuple[str, ...], paragraphs: 
         yield from _txt(file, text, columns[0], paragraphs)
 
 
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape decodes invalid bytes to
+
+
 def _read_text(file: Path) -> str:
-    data = file.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise DataError(f"{file}:{line}: not valid UTF-8 (byte {err.start})") from None
+    """The file's text; invalid UTF-8 bytes are kept as surrogates so a line-based reader can name (or skip)
+    just the rows that hold them."""
+    return file.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+
+
+def _require_utf8(file: Path, text: str) -> None:
+    bad = _NOT_UTF8.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise DataError(f"{file}:{line}: not valid UTF-8")
 
 
 def _lines(text: str) -> list[str]:
@@ -220,6 +230,9 @@ def _lines(text: str) -> list[str]:
 def _jsonl(file: Path, text: str) -> Iterator[tuple[str, Any]]:
     for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
+            continue
+        if _NOT_UTF8.search(line):
+            yield f"{file}:{number}", _Malformed("not valid UTF-8")
             continue
         try:
             yield f"{file}:{number}", json.loads(line)
@@ -265,6 +278,9 @@ def _csv(file: Path, text: str, columns: tuple[str, ...]) -> Iterator[tuple[str,
                 continue
             if len(row) > len(header):
                 yield where, _Malformed(f"{len(row)} fields, but the header has {len(header)}")
+                continue
+            if any(_NOT_UTF8.search(cell) for cell in row):
+                yield where, _Malformed("not valid UTF-8")
                 continue
             yield where, dict(zip(header, row))  # a short row lacks its last columns: reported as missing
     finally:

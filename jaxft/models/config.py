@@ -20,8 +20,7 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_ACTIVATIONS = ("silu",)
 
 
-class ConfigError(ValueError):
-    """A checkpoint config that jaxft cannot represent faithfully."""
+from jaxft.errors import ConfigError  # noqa: E402 - re-exported: jaxft.models.ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxft.models.attention import AttentionMask
 from jaxft.models.config import DecoderConfig
+from jaxft.models.sharding_hints import constrain_batch
 from jaxft.models.rope import inverse_frequencies  # noqa: F401  (re-exported for the block-level tests)
 from jaxft.models.modules import (Block, CausalLM, KVCache, RematPolicy, _block_norm, positions_from_mask,
                                   remat_policy, sinusoidal_positions)
@@ -57,6 +58,7 @@ def _attention_block(cfg, p, x, mask: AttentionMask, positions, inv_freq, cache_
 
     ``inv_freq`` is accepted for the callers that compute it; the module derives the same table from ``cfg``.
     """
+    x = constrain_batch(x)
     o, cache_kv = Block(cfg).apply({"params": p}, x, mask, positions, cache_kv, index, keys,
                                    method=Block.attention_branch)
     return (x + o if residual else o), cache_kv

@@ -26,6 +26,7 @@ from jaxft.models import layers
 from jaxft.models.attention import AttentionMask, attention
 from jaxft.models.config import DecoderConfig
 from jaxft.models.rope import apply_rope, inverse_frequencies
+from jaxft.models.sharding_hints import constrain_batch
 
 RematPolicy = Literal["none", "full", "save_dots"]
 _INIT_STD = 0.02  # HF's initializer_range default
@@ -234,6 +235,7 @@ class Block(nn.Module):
 
     def __call__(self, x, cache_kv, key, mask, positions, index):
         """Scan body: carry ``x``; per layer ``cache_kv`` and ``key``; the rest broadcast."""
+        x = constrain_batch(x)  # every layer passes here: keep the residual stream split by rows under FSDP
         keys = None if key is None else jax.random.split(key, 3)
         attn_keys = None if keys is None else keys[:2]
         mlp_key = None if keys is None else keys[2]

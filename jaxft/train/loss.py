@@ -4,8 +4,9 @@ With vocabularies of 128k-152k entries the float32 logits of a modest batch
 (and the softmax the backward pass needs) are the largest buffers of a
 fine-tuning step, often larger than the LoRA model itself. ``causal_lm_loss``
 with ``chunk_size`` scans over chunks of tokens, computes each chunk's logits,
-log-sum-exp and target logit, and rematerialises the chunk in the backward pass
-(``jax.checkpoint``) so only one chunk of logits is ever alive.
+log-sum-exp and target logit; its custom VJP keeps only the per-token
+log-sum-exp and recomputes one chunk's softmax at a time in the backward pass,
+so only one chunk of logits is ever alive.
 
 Conventions shared with the train step:
 
@@ -31,21 +32,83 @@ class LossOutput(NamedTuple):
     weight_sum: jax.Array  # sum of weight * mask, the divisor of the mean loss
     correct: jax.Array  # masked tokens whose argmax logit is the target
     count: jax.Array  # masked tokens
+    ce_sum: jax.Array  # sum over masked tokens of the unweighted nll (plain cross-entropy next to a weighted loss)
 
 
 def _token_stats(x: jax.Array, head_weight: jax.Array, targets: jax.Array, weights: jax.Array,
-                 live: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of weights * nll, count of live argmax hits) for token rows x[n, h]."""
+                 live: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(sum of weights * nll, sum of nll, count of live argmax hits) for token rows x[n, h]."""
     logits = jnp.einsum("nh,hv->nv", x, head_weight.astype(x.dtype), preferred_element_type=jnp.float32)
     nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
     hits = (jnp.argmax(logits, axis=-1) == targets) & live
     # where, not a product: a masked row's nll must not leak a NaN/inf into the sum.
-    return jnp.sum(jnp.where(live, weights * nll, 0.0)), jnp.sum(hits.astype(jnp.float32))
+    return (jnp.sum(jnp.where(live, weights * nll, 0.0)), jnp.sum(jnp.where(live, nll, 0.0)),
+            jnp.sum(hits.astype(jnp.float32)))
+
+
+def _chunk_logits(x, w):
+    return jnp.einsum("nh,hv->nv", x, w, preferred_element_type=jnp.float32)
+
+
+def _chunks_forward(xs, w, targets, weights, live):
+    """Scan over chunks [C, n, ...]: the three sums, plus each token's logsumexp and nll for the backward."""
+    def body(carry, chunk):
+        x, tgt, wt, lv = chunk
+        logits = _chunk_logits(x, w)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        nll = lse - jnp.take_along_axis(logits, tgt[:, None], axis=-1)[:, 0]
+        hits = (jnp.argmax(logits, axis=-1) == tgt) & lv
+        sums = (jnp.sum(jnp.where(lv, wt * nll, 0.0)), jnp.sum(jnp.where(lv, nll, 0.0)),
+                jnp.sum(hits.astype(jnp.float32)))
+        return tuple(c + v for c, v in zip(carry, sums)), (lse, jnp.where(lv, nll, 0.0))
+
+    zero = jnp.zeros((), jnp.float32)
+    sums, (lse, nll) = jax.lax.scan(body, (zero, zero, zero), (xs, targets, weights, live))
+    return sums, lse, nll
+
+
+@jax.custom_vjp
+def _chunked_sums(xs, w, targets, weights, live):
+    return _chunks_forward(xs, w, targets, weights, live)[0]
+
+
+def _chunked_sums_fwd(xs, w, targets, weights, live):
+    sums, lse, nll = _chunks_forward(xs, w, targets, weights, live)
+    return sums, (xs, w, targets, weights, live, lse, nll)
+
+
+def _chunked_sums_bwd(res, cotangents):
+    """Per chunk: softmax from the saved logsumexp (one logits matmul), then d hidden and d W.
+
+    d(loss)/d(logits) of a token is c * (softmax - onehot(target)) with c = g_loss * weight + g_ce
+    on live tokens and 0 elsewhere; the argmax count has no gradient.
+    """
+    xs, w, targets, weights, live, lse, nll = res
+    g_loss, g_ce, _ = cotangents
+
+    def body(dw, chunk):
+        x, tgt, wt, lv, lse_c = chunk
+        coef = jnp.where(lv, g_loss * wt + g_ce, 0.0)
+        probs = jnp.exp(_chunk_logits(x, w) - lse_c[:, None])
+        onehot = jax.nn.one_hot(tgt, w.shape[1], dtype=probs.dtype)
+        dlogits = (coef[:, None] * (probs - onehot)).astype(x.dtype)
+        dx = jnp.einsum("nv,hv->nh", dlogits, w, preferred_element_type=jnp.float32).astype(x.dtype)
+        dw = dw + jnp.einsum("nh,nv->hv", x, dlogits, preferred_element_type=jnp.float32)
+        return dw, dx
+
+    dw, dxs = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (xs, targets, weights, live, lse))
+    dweights = (g_loss * nll).astype(weights.dtype)  # nll is already 0 on dead tokens
+    return dxs, dw.astype(w.dtype), None, dweights, None
+
+
+_chunked_sums.defvjp(_chunked_sums_fwd, _chunked_sums_bwd)
 
 
 def _chunked_stats(hidden, head_weight, targets, weights, live, chunk_size: int):
-    """_token_stats summed over chunks of whole time slices [b, span]: every chunk covers all batch
-    rows, so a batch-sharded ``hidden`` stays sharded the same way inside the scan."""
+    """The sums of _token_stats over chunks of whole time slices [b, span]: every chunk covers all batch
+    rows, so a batch-sharded ``hidden`` stays sharded the same way inside the scan. A custom VJP keeps
+    only each token's logsumexp from the forward and recomputes one chunk's softmax at a time in the
+    backward, so neither pass holds more than one chunk of logits."""
     b, t, h = hidden.shape
     span = -(-chunk_size // b)  # time steps per chunk, so that a chunk holds ~chunk_size tokens
     pad = -t % span
@@ -58,18 +121,8 @@ def _chunked_stats(hidden, head_weight, targets, weights, live, chunk_size: int)
         a = a.reshape((b, chunks, span) + a.shape[2:]).swapaxes(0, 1)
         return a.reshape((chunks, b * span) + a.shape[3:])
 
-    # Recompute each chunk's logits in the backward pass instead of saving them.
-    stats = jax.checkpoint(_token_stats)
-
-    def body(carry, chunk):
-        xc, tc, wc, lc = chunk
-        loss_sum, correct = stats(xc, head_weight, tc, wc, lc)
-        return (carry[0] + loss_sum, carry[1] + correct), None
-
-    zero = jnp.zeros((), jnp.float32)
-    xs = tuple(by_chunk(a) for a in (hidden, targets, weights, live))
-    (loss_sum, correct), _ = jax.lax.scan(body, (zero, zero), xs)
-    return loss_sum, correct
+    xs, tgt, wts, lv = (by_chunk(a) for a in (hidden, targets, weights, live))
+    return _chunked_sums(xs, head_weight.astype(hidden.dtype), tgt, wts, lv)
 
 
 def causal_lm_loss(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array, loss_mask: jax.Array,
@@ -107,11 +160,11 @@ def causal_lm_loss(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array
 
     if chunk_size is None or chunk_size >= targets.size:
         n = targets.size
-        loss_sum, correct = _token_stats(hidden.reshape(n, hidden.shape[-1]), head_weight, tgt.reshape(n),
-                                         w.reshape(n), live.reshape(n))
+        loss_sum, ce_sum, correct = _token_stats(hidden.reshape(n, hidden.shape[-1]), head_weight,
+                                                 tgt.reshape(n), w.reshape(n), live.reshape(n))
     else:
-        loss_sum, correct = _chunked_stats(hidden, head_weight, tgt, w, live, chunk_size)
-    return LossOutput(loss_sum, jnp.sum(w), correct, jnp.sum(mask))
+        loss_sum, ce_sum, correct = _chunked_stats(hidden, head_weight, tgt, w, live, chunk_size)
+    return LossOutput(loss_sum, jnp.sum(w), correct, jnp.sum(mask), ce_sum)
 
 
 def next_token_targets(input_ids: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:

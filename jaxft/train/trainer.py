@@ -15,7 +15,6 @@ refuses (one line) a workdir written with another model shape or other data.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import time
@@ -72,6 +71,13 @@ def global_batch(batch: dict, mesh, rules) -> dict:
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return {k: put(v) for k, v in batch.items()}
+
+
+def _reached_preemption_sync_point(step: int) -> bool:
+    """True on every process at the same step once any of them got SIGTERM (jax.distributed runs)."""
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.reached_preemption_sync_point(step))
 
 
 TaskOrBuilder = TrainTask | Callable[[Any, Any], TrainTask]
@@ -265,7 +271,11 @@ class Trainer:
         start = self.maybe_restore()
         total = int(cfg.steps)
         last = min(total, until_step) if until_step else total
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        # With several processes a per-process SIGTERM flag could make one process save while another steps on:
+        # there JAX's preemption notifier takes SIGTERM and every process asks it at every step instead.
+        multi_process = jax.process_count() > 1
+        signals = (signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in signals}
         history: dict[str, Any] = {"train_loss": [], "eval": [], "stopped": None}
         es = cfg.early_stopping
         best, bad_evals = None, 0
@@ -328,6 +338,8 @@ class Trainer:
                     history["stopped"] = {"step": step, "reason": reason}
                     self.save(force=True)
                     break
+                if multi_process and not self._preempted and _reached_preemption_sync_point(step):
+                    self._preempted = signal.SIGTERM
                 if self._preempted:
                     self.save(force=True)
                     self.checkpointer.wait()

@@ -5,11 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+from jaxft.errors import ConfigError
 from jaxft.train.mesh import MESH_AXES
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _need(config, dotted: str):

@@ -437,3 +437,21 @@ def test_demo_tokenizers_have_different_vocabularies(byte_tok):
     assert len(byte_tok(text, add_special_tokens=False)["input_ids"]) == len(text.encode())
     with pytest.raises(ValueError, match="fixed vocabulary"):
         demo_tokenization.demo_tokenizer("byte", 512)
+
+
+def test_invalid_utf8_rows_are_named_or_skipped(tmp_path):
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_bytes(b'{"text": "ok"}\n{"text": "bad \xff byte"}\n{"text": "fine"}\n')
+    with pytest.raises(DataError, match=r"t\.jsonl:2: .*not valid UTF-8"):
+        read_records(jsonl)
+    kept = read_records(jsonl, on_error="skip")
+    assert [r["text"] for r in kept] == ["ok", "fine"] and kept.summary.skipped == 1
+    table = tmp_path / "t.csv"
+    table.write_bytes(b'text,label\nok,1\n"bad \xfe",2\nfine,3\n')
+    assert [r["text"] for r in read_records(table, on_error="skip")] == ["ok", "fine"]
+    with pytest.raises(DataError, match=r"t\.csv:3: .*not valid UTF-8"):
+        read_records(table)
+    whole = tmp_path / "t.txt"
+    whole.write_bytes(b"line one\nline \xff two\n")
+    with pytest.raises(DataError, match=r"t\.txt:2: not valid UTF-8"):
+        read_records(whole, on_error="skip")  # one record per file: nothing smaller to skip

@@ -1,16 +1,19 @@
 """Condense: compress a long text into a few embeddings a frozen decoder LLM can read.
 
-An encoder LLM with LoRA reads the text segment by segment, each segment followed
-by learned condense tokens; their final hidden states, projected to the decoder's
-embedding size, replace the text in the decoder's input. Training teaches the
-decoder-side reading by auto-encoding (reconstruct the text) and multi-level
-continuation (continue the text from the states of its first segments).
+An encoder LLM with LoRA reads the text (in one or more segments), each segment followed
+by learned condense tokens; their last two hidden states, normalised and projected to the
+decoder's embedding size, replace the text in the decoder's input. Training teaches the
+decoder-side reading by auto-encoding (reconstruct the text), multi-level continuation
+(continue the text from the states of its first segments, to its end) and, for records
+with a prompt and a completion, the instruction objective.
 
-* ``model``: encoder + condense tokens + projector, decoder input assembly
-* ``objectives``: the AE and continuation losses (``TrainTask`` sums)
-* ``data``: text -> both tokenizations and fixed-shape segments
+* ``model``: encoder + condense tokens + projector (a flax module), decoder input assembly
+* ``objectives``: the AE, continuation and instruction losses (``TrainTask`` sums)
+* ``data``: text -> both tokenizations and fixed-shape segments and targets
 * ``recipe``: ``build(config, mesh) -> TrainTask`` (``configs/condense.py``)
+* ``reference``: import the reference trainer's ``modules.pt`` and PEFT LoRA
 * ``export`` / ``inference``: a trained condenser on disk; ``compress`` and ``generate``
+* ``evaluate``: condensed vs no-context losses on a config's validation records
 * ``cli``: ``python -m jaxft.recipes.condense compress|generate``
 """
 

@@ -2,6 +2,7 @@
 records of a config, next to the frozen decoder's losses on the same targets given no context.
 
     python -m jaxft.recipes.condense.evaluate --config configs/condense.py:smol --condenser runs/smol/export
+    python -m jaxft.recipes.condense.evaluate --config configs/condense.py:smol   # the untrained condenser
 
 The no-context baseline reads ``[start token][targets[:-1]]`` (the decoder's BOS, else its EOS) instead
 of ``[condensed states][marker][targets[:-1]]``: the same targets, the same per-text means.
@@ -56,8 +57,11 @@ def compare(condenser, items: list, batch_size: int = 4) -> dict[str, dict[str, 
     model = condenser.model
     loss_fn = make_loss_fn(model, weights={"ae": 1.0, "continuation": 1.0}, chunk_size=None)
     dec_params = model.decoder_params(condenser.trainable, condenser.frozen)
-    condensed = jax.jit(lambda batch: loss_fn(condenser.trainable, condenser.frozen, batch, None)[2])
-    baseline = jax.jit(lambda batch: no_context_sums(model, dec_params, start_id, batch))
+    # Parameters are arguments, not closed-over constants (which XLA would copy into the program).
+    condensed_fn = jax.jit(lambda trainable, frozen, batch: loss_fn(trainable, frozen, batch, None)[2])
+    baseline_fn = jax.jit(lambda params, batch: no_context_sums(model, params, start_id, batch))
+    condensed = lambda batch: condensed_fn(condenser.trainable, condenser.frozen, batch)  # noqa: E731
+    baseline = lambda batch: baseline_fn(dec_params, batch)  # noqa: E731
     totals = {"condensed": {}, "no_context": {}}
     examples = [condenser.builder(item) for item in items]
     for i in range(0, len(examples), batch_size):
@@ -79,6 +83,17 @@ def validation_items(config, builder) -> list:
     return split_records(items, float(config.data.validation_fraction), int(config.seed))[1]
 
 
+def untrained_condenser(config):
+    """The condenser a training run with ``config`` starts from (same seed, same initial trees)."""
+    from jaxft.recipes.condense.inference import Condenser
+    from jaxft.recipes.condense.recipe import build_parts
+
+    parts = build_parts(config)
+    return Condenser(model=parts["model"], layout=parts["layout"], trainable=parts["trainable"],
+                     frozen=parts["frozen"], encoder_tokenizer=parts["encoder_tokenizer"],
+                     decoder_tokenizer=parts["decoder_tokenizer"])
+
+
 @cli_boundary
 def main(argv: list[str] | None = None) -> int:
     from jaxft.config import load_config_file
@@ -86,12 +101,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m jaxft.recipes.condense.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the training config (path.py:preset): its validation records")
-    parser.add_argument("--condenser", required=True, help="export directory of a trained condenser")
+    parser.add_argument("--condenser", default="",
+                        help="export directory of a trained condenser (default: the config's untrained one, "
+                             "as training starts from it)")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=0, help="only the first N validation records (0: all)")
     args = parser.parse_args(argv)
     config = load_config_file(args.config)
-    condenser = load_condenser(args.condenser)
-    items = validation_items(config, condenser.builder)
+    condenser = load_condenser(args.condenser) if args.condenser else untrained_condenser(config)
+    items = validation_items(config, condenser.builder)[: args.limit or None]
     result = compare(condenser, items, args.batch_size)
     print(json.dumps({"records": len(items), **result}, indent=1))
     return 0

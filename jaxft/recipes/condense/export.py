@@ -19,11 +19,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jaxft import lora as lora_lib
-from jaxft.files import read_json
+from jaxft.files import flatten_tree, read_json, unflatten_tree
 from jaxft.checkpoint.hf import load_pretrained, save_pretrained
 from jaxft.recipes.condense.data import Layout
 from jaxft.recipes.condense.model import CondenseModel, projector_input_size
@@ -33,28 +32,6 @@ WEIGHTS_FILE = "condenser.safetensors"
 FORMAT = "jaxft-condenser"
 VERSION = 2  # 2: the projector is a flax module ({linear, norm}) and its kind is recorded
 _TREE_KEYS = ("condense_tokens", "projector", "markers")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = np.ascontiguousarray(np.asarray(jax.device_get(value), np.float32))
-    return out
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split(".")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = jnp.asarray(value)
-    return tree
 
 
 def export_condenser(directory: str | Path, condenser, *, encoder_source: str = "", decoder_source: str = "",
@@ -71,7 +48,7 @@ def export_condenser(directory: str | Path, condenser, *, encoder_source: str = 
 
     adapters = lora_lib.LoRA(trainable["lora"], model.lora_config)
     lora_lib.save_peft(directory / "adapter", model.encoder, adapters, base_model_name_or_path=encoder_source or None)
-    save_file(_flatten({k: trainable[k] for k in _TREE_KEYS}), str(directory / WEIGHTS_FILE),
+    save_file(flatten_tree({k: trainable[k] for k in _TREE_KEYS}), str(directory / WEIGHTS_FILE),
               metadata={"format": FORMAT})
     condenser.encoder_tokenizer.save_pretrained(str(directory / "encoder_tokenizer"))
     condenser.decoder_tokenizer.save_pretrained(str(directory / "decoder_tokenizer"))
@@ -151,7 +128,7 @@ def read_condenser(directory: str | Path, *, encoder_path: str | None = None, de
     weights_file = directory / WEIGHTS_FILE
     if not weights_file.exists():
         raise FileNotFoundError(f"{weights_file}: not found")
-    tree = _unflatten(load_file(str(weights_file)))
+    tree = unflatten_tree(load_file(str(weights_file)))
     n, h_enc, h_dec = layout.num_condense_tokens, enc_cfg.hidden_size, dec_cfg.hidden_size
     model = CondenseModel(encoder=enc_cfg, decoder=dec_cfg, num_condense_tokens=n,
                           segment_length=layout.segment_length, dtype=dtype, lora_config=adapters.config,

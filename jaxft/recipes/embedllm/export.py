@@ -23,7 +23,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jaxft import lora as lora_lib
-from jaxft.files import read_json
+from jaxft.files import flatten_tree, read_json, unflatten_tree
 from jaxft.models.perceiver import PerceiverEncoderConfig, from_hf_state, to_hf_state
 from jaxft.recipes.embedllm.core import EmbedLLM, init_encoder, logits_jit, prefix_jit, split_encoder_params
 from jaxft.recipes.embedllm.data import ExampleBuilder, Layout, split_turns
@@ -98,27 +98,6 @@ class EmbedChat:
         return [self.tokenizer.decode(t, skip_special_tokens=True) for t in out.token_lists()]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = np.ascontiguousarray(np.asarray(jax.device_get(value), np.float32))
-    return out
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split(".")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = jnp.asarray(value)
-    return tree
-
-
 def export_embedllm(directory: str | Path, chat: EmbedChat, *, llm_source: str = "", quantize: str = "none") -> Path:
     """Write ``chat``'s model to ``directory`` (see the module docstring)."""
     from jaxft.checkpoint.hf import save_pretrained
@@ -130,7 +109,7 @@ def export_embedllm(directory: str | Path, chat: EmbedChat, *, llm_source: str =
                        base_model_name_or_path=llm_source or None)
     encoder = model.encoder_params(chat.trainable, chat.frozen)
     tensors = to_hf_state(model.perceiver, encoder["perceiver"], prefix="perceiver.")
-    tensors.update(_flatten({k: v for k, v in encoder.items() if k != "perceiver"}))
+    tensors.update(flatten_tree({k: v for k, v in encoder.items() if k != "perceiver"}))
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
     chat.tokenizer.save_pretrained(str(directory / "tokenizer"))
     if not llm_source:
@@ -189,7 +168,7 @@ def load_embedllm(directory: str | Path, *, llm_path: str | None = None, dtype=N
         raise FileNotFoundError(f"{weights}: not found")
     flat = load_file(str(weights))
     perceiver = from_hf_state(model.perceiver, flat, str(weights), prefix="perceiver.")
-    rest = _unflatten({k: v for k, v in flat.items() if not k.startswith("perceiver.")})
+    rest = unflatten_tree({k: v for k, v in flat.items() if not k.startswith("perceiver.")})
     template = jax.eval_shape(lambda: init_encoder(jax.random.PRNGKey(0), model))
     _check_shapes(weights, rest, {k: v for k, v in template.items() if k != "perceiver"})
     trainable, frozen = split_encoder_params(model, {**rest, "perceiver": perceiver})

@@ -133,10 +133,11 @@ def _sample(args) -> int:
 
 def _export_gguf(args) -> int:
     from jaxft.checkpoint.gguf_export import write_gguf
-    from jaxft.recipes.minigpt.export import load_for_inference
+    from jaxft.recipes.minigpt.export import load_for_inference, model_dir, spm_model_of
 
     cfg, params, tokenizer = load_for_inference(args.ckpt)
-    path = write_gguf(args.out, cfg, params, tokenizer, tensor_type=args.type)
+    path = write_gguf(args.out, cfg, params, tokenizer, spm_model=spm_model_of(model_dir(args.ckpt)),
+                      tensor_type=args.type)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.type})")
     return 0
 

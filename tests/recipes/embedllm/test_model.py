@@ -58,7 +58,8 @@ def _encoder_and_inputs(seed=0):
 
 def test_padding_tokens_and_absent_turns_do_not_change_the_prefix():
     module, params, embeds, mask = _encoder_and_inputs()
-    run = lambda e, m: np.asarray(module.apply({"params": params}, jnp.asarray(e), jnp.asarray(m)))
+    apply = jax.jit(lambda e, m: module.apply({"params": params}, e, m))
+    run = lambda e, m: np.asarray(apply(jnp.asarray(e), jnp.asarray(m)))
     base = run(embeds, mask)
     noise = 50.0 * np.random.default_rng(1).normal(size=embeds.shape).astype(np.float32)
     assert np.abs(run(np.where(mask[..., None], embeds, noise), mask) - base).max() <= 1e-5

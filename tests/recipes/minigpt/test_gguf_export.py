@@ -34,8 +34,8 @@ def _logits(cfg, params, ids):
 
 
 def _transformers_logits(path, cfg, ids):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     # transformers' GGUF config reader does not look for attention biases; the config declares them.
     hf = {k: v for k, v in cfg.hf_config.items() if k != "model_type"}
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -85,7 +85,7 @@ def test_gguf_round_trip(tmp_path, spm_tok, tensor_type):
 def test_gguf_tokenizer_reads_back(tmp_path):
     """A BPE SentencePiece model reads back as the same tokenizer (llama.cpp's "llama" vocabulary merges by
     score, which is BPE's rule; a unigram model is stored the same way but only approximately re-encoded)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     from jaxft.data.corpus import demo_corpus
     from jaxft.tokenization.sentencepiece import train_sentencepiece
 
@@ -103,3 +103,30 @@ def test_reference_block_is_refused(tmp_path):
     cfg = DecoderConfig.from_hf(mg.hf_config(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, context=16))
     with pytest.raises(ValueError, match="Llama-shaped"):
         write_gguf(tmp_path / "m.gguf", cfg, _params(cfg))
+
+
+@pytest.mark.slow
+def test_export_gguf_cli(tmp_path, spm_tok):
+    import subprocess
+    import sys
+
+    from jaxft.recipes.minigpt.export import save_model
+
+    spm_path, tok = spm_tok
+    cfg = _cfg(len(tok))
+    params = _params(cfg)
+    save_model(tmp_path / "export" / "model", cfg, params, tok, spm_path)
+    run = subprocess.run([sys.executable, "-m", "jaxft.recipes.minigpt", "export-gguf", "--ckpt",
+                          str(tmp_path / "export"), "--out", str(tmp_path / "m.gguf"), "--type", "f32"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    cfg2, params2 = jaxft.load_pretrained(tmp_path / "m.gguf")
+    ids = np.arange(10)[None]
+    np.testing.assert_allclose(_logits(cfg2, params2, ids), _logits(cfg, params, ids), atol=1e-5)
+    reference = DecoderConfig.from_hf(mg.hf_config(vocab_size=len(tok), hidden_size=32, num_layers=1, num_heads=2,
+                                                   context=16))
+    save_model(tmp_path / "ref" / "model", reference, _params(reference), tok, spm_path)
+    bad = subprocess.run([sys.executable, "-m", "jaxft.recipes.minigpt", "export-gguf", "--ckpt",
+                          str(tmp_path / "ref"), "--out", str(tmp_path / "r.gguf")],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "Llama-shaped" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -44,7 +44,7 @@ def _log_softmax(x):
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.05])
 def test_label_smoothing_matches_torch(smoothing):
-    torch = pytest.importorskip("torch")
+    import torch
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((2, 5, 11)).astype(np.float32)
     targets = rng.integers(0, 11, (2, 5))
@@ -95,9 +95,9 @@ def pretrained(tmp_path_factory):
 
 
 def test_lora_sft_from_init_from_masks_and_exports_peft(tmp_path, pretrained):
-    torch = pytest.importorskip("torch")
-    peft = pytest.importorskip("peft")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import peft
+    import transformers
     export, cfg, params, tok = pretrained
     c = _config("sft_demo", tmp_path, **{"init_from": str(export), "data.seq_len": 96, "train.batch_size": 4,
                                          "minigpt.demo_sft_examples": 40})

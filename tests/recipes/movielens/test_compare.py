@@ -11,8 +11,8 @@ from jaxft.recipes.movielens import encoding, prompts
 from jaxft.recipes.movielens.cli import main
 from jaxft.recipes.movielens.compare import compare
 
-torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
+import torch
+import peft
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from jaxft.config import load_config_file
@@ -18,7 +17,7 @@ CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "movielens.py")
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path, demo_tokenizer_dir):
-    torch = pytest.importorskip("torch")
+    import torch
     import transformers
     from transformers import AutoTokenizer
 

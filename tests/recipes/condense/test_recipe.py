@@ -1,0 +1,107 @@
+"""The recipe's build: local checkpoints through the shared loaders (NF4 encoder, bfloat16), instruction
+records through the batches, and the demo preset end to end through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxft.models.init import init_params
+from jaxft.recipes.condense import objectives
+from jaxft.recipes.condense.data import ExampleBuilder
+from tests.configs import recipe_config
+from tests.recipes.condense.helpers import DEC_VOCAB, byte_tokenizer, tiny_cfg
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_test_preset_with_local_checkpoints_nf4_bf16(tmp_path):
+    """Tokenizers from the model dirs, an untied encoder's unused lm_head dropped, an NF4 encoder base,
+    bfloat16 compute; the loss is finite and starts near ln(vocab) per token."""
+    from jaxft.checkpoint.hf import save_pretrained
+    from jaxft.recipes.condense import recipe
+
+    byte = byte_tokenizer()
+    enc = dataclasses.replace(tiny_cfg("llama", DEC_VOCAB), tie_word_embeddings=False)
+    dec = tiny_cfg("mistral", DEC_VOCAB)
+    save_pretrained(tmp_path / "enc", enc, init_params(enc, jax.random.key(0)), tokenizer=byte)
+    save_pretrained(tmp_path / "dec", dec, init_params(dec, jax.random.key(1)), tokenizer=byte)
+    config = recipe_config("condense", "test")
+    config.encoder.path, config.decoder.path = str(tmp_path / "enc"), str(tmp_path / "dec")
+    config.encoder.quantize = "nf4"
+    for section in (config.encoder, config.decoder):
+        section.compute_dtype = "bfloat16"
+    config.condense.max_tokens, config.condense.max_decoder_tokens = 64, 128
+    parts = recipe.build_parts(config)
+    encoder = parts["frozen"]["encoder"]
+    assert "lm_head" not in encoder and type(encoder["model"]["layers"]["mlp"]["up_proj"]["kernel"]).__name__ == \
+        "QuantizedKernel"
+    assert sorted(parts["trainable"]) == ["condense_tokens", "lora", "markers", "projector"]
+    layout = parts["layout"]
+    assert (layout.num_condense_tokens, layout.segment_length, layout.max_segments) == (4, 32, 2)
+    builder = ExampleBuilder(parts["encoder_tokenizer"], parts["decoder_tokenizer"], layout)
+    texts = ["Condensed states stand in for the text they summarise. " * 3, "A short one."]
+    batch = {k: np.stack([builder(t)[k] for t in texts]) for k in builder(texts[0])}
+    loss_fn = jax.jit(objectives.make_loss_fn(parts["model"], weights={"ae": 1.0}, chunk_size=32))
+    loss_sum, weight_sum, metrics = loss_fn(parts["trainable"], parts["frozen"], batch, None)
+    # Text 0's 165 bytes: 64 condensed (the AE target), the other 101 its remainder; text 1 is 12 bytes.
+    assert float(weight_sum) == 2 and int(metrics["ae_correct_count"]) == 64 + 12
+    per_text = float(metrics["ae_loss"]) / 2
+    assert abs(per_text - np.log(DEC_VOCAB)) < 0.5, per_text
+    assert int(builder(texts[0])["cont_mask"].sum(-1)[1]) == 64  # the remainder, capped at 64
+
+
+def test_instruction_records_through_build(tmp_path):
+    from jaxft.recipes.condense import build
+
+    rows = [{"context": f"Record {i}: the quick brown fox jumps over the lazy dog, then naps for {i} hours.",
+             "activation_prompt": " How long does the fox nap?", "expected_completion": f" {i} hours."}
+            for i in range(12)]
+    data = tmp_path / "bench.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = recipe_config("condense", "smoke")
+    config.data.path = str(data)
+    config.condense.objectives.update(dict(ae=0.0, continuation=0.0, instruction=1.0))
+    config.condense.instruction.update(dict(max_prompt_tokens=32, max_completion_tokens=12))
+    task = build(config, None)
+    batch = next(task.train_batches)
+    # Bytes: the completion " <i> hours." is 9 or 10 tokens, all scored; the prompt none.
+    assert batch["ins_ids"].shape == (2, 44) and set(batch["ins_loss"].sum(-1).tolist()) <= {9, 10}
+    assert (batch["ins_mask"].sum(-1) - batch["ins_loss"].sum(-1)).tolist() == [len(" How long does the fox nap?")] * 2
+    loss_sum, weight_sum, metrics = jax.jit(task.loss_fn)(task.trainable, task.frozen, batch, None)
+    assert set(metrics) == {"ins_loss", "ins_loss_count", "ins_correct", "ins_correct_count"}
+    assert np.isfinite(float(loss_sum)) and float(weight_sum) == 2
+    np.testing.assert_allclose(float(loss_sum), float(metrics["ins_loss"]), rtol=1e-6)
+    assert "objectives instruction x1" in task.description
+
+
+@pytest.mark.slow
+def test_demo_preset_end_to_end(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jaxft.main", "--config", str(ROOT / "configs" / "condense.py") + ":demo",
+           "--config.train.steps=8", "--config.train.log_every=1", "--config.train.eval_every=8",
+           "--config.train.eval_batches=1", "--config.condense.samples.max_new_tokens=8",
+           "--config.optim.schedule.warmup_steps=1", "--config.checkpoint.async_save=False",
+           f"--workdir={workdir}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "condense demo" in proc.stdout.splitlines()[0] and "configs/condense.py:seed" in proc.stdout
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("train loss:"))
+    first, last = float(line.split()[2]), float(line.split()[-3])
+    assert last < first, line
+    before, after = map(float, re.search(r"ae_loss ([\d.]+) \(step 0\) -> ([\d.]+) \(step 8\)", out).groups())
+    assert after < before - 0.4, (before, after)
+    assert "[reconstruction]" in out and "[continuation]" in out and "step 0: eval" in out
+    export = workdir / "export"
+    assert (export / "condenser.json").exists() and (export / "adapter" / "adapter_model.safetensors").exists()
