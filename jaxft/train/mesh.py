@@ -7,8 +7,9 @@ The same code runs data-parallel, FSDP or tensor-parallel: only
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -52,16 +53,24 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     return Mesh(grid, MESH_AXES)
 
 
+def flax_rules(rules: Mapping[str, tuple[str, ...] | str | None]) -> tuple[tuple[str, Any], ...]:
+    """``config.mesh.rules`` (a dict) as the (logical, mesh) pairs Flax's partitioning helpers take."""
+    return tuple((name, tuple(target) if isinstance(target, list) else target) for name, target in rules.items())
+
+
 def partition_spec(logical_axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
                    rules: Mapping[str, tuple[str, ...] | str | None]) -> PartitionSpec:
-    """Map logical axes to a PartitionSpec, leaving a dimension unsharded when the
-    mesh axes do not divide it or were already used by an earlier dimension."""
+    """Map logical axes to a PartitionSpec: each name's mesh axes by Flax's ``logical_to_mesh_axes``,
+    then a dimension stays unsharded where those mesh axes have one device, do not divide it, or
+    were already taken by an earlier dimension (Flax sees neither shapes nor repeated names).
+    """
     if logical_axes is None:
         return PartitionSpec()
+    pairs = flax_rules(rules)
+    out: list = []
     used: set[str] = set()
-    out = []
     for name, dim in zip(logical_axes, shape):
-        target = rules.get(name) if name is not None else None
+        target = nn.logical_to_mesh_axes((name,), pairs)[0] if name is not None else None
         axes = (target,) if isinstance(target, str) else tuple(target or ())
         axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
         if axes and dim % math.prod(mesh.shape[a] for a in axes) == 0:

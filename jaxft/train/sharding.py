@@ -1,10 +1,12 @@
 """Logical axis names for every leaf of the trees the engine places.
 
-Decoder weights take their names from the HF name table; LoRA factors take the
-names of the kernel they adapt (``a``: its input dim, ``b``: its output dim),
-so an adapter is always sharded like its base. Leaves nobody named (projectors,
-learned tokens, quantized blocks) get a generic rule: small ones replicated,
-large ones split over ``fsdp`` on their largest dimension.
+Decoder weights take the names the modules declare (``nn.with_logical_partitioning``
+in ``jaxft/models/modules.py``; ``nn.scan`` adds ``"layers"``), looked up by their
+full parameter path; LoRA factors take the names of the kernel they adapt (``a``:
+its input dim, ``b``: its output dim), so an adapter is always sharded like its
+base. Leaves nobody named (projectors, learned tokens, quantized blocks) get a
+generic rule: small ones replicated, large ones split over ``fsdp`` on their
+largest dimension. ``jaxft.train.mesh.partition_spec`` maps names to mesh axes.
 """
 
 from __future__ import annotations
@@ -15,35 +17,54 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding
 
-from jaxft.checkpoint.hf_names import param_specs
 from jaxft.models.config import DecoderConfig
 from jaxft.train.mesh import partition_spec
 
 _REPLICATE_BELOW = 1 << 16  # elements; sharding tiny leaves only costs collectives
 
 
+def _flat_paths(tree: Any) -> dict[tuple[str, ...], tuple[str | None, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, tuple))[0]
+    return {tuple(_key_name(k) for k in path): axes for path, axes in leaves}
+
+
 @functools.cache
-def _decoder_axes() -> dict[tuple[str, str], tuple[str | None, ...]]:
-    """(module, leaf) -> logical axes, from a config with every optional tensor."""
-    cfg = DecoderConfig(model_type="qwen3", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                        num_attention_heads=1, num_key_value_heads=1, head_dim=8, attention_bias=True,
-                        o_proj_bias=True, mlp_bias=True, qk_norm=True)
-    return {spec.path[-2:]: spec.logical_axes for spec in param_specs(cfg)}
+def _decoder_axes() -> dict[tuple[str, ...], tuple[str | None, ...]]:
+    """Parameter path -> logical axes, as ``CausalLM`` declares them, from configs with every optional tensor."""
+    from jaxft.models.modules import logical_axes
+
+    shape = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
+                 num_key_value_heads=1, head_dim=8, attention_bias=True, o_proj_bias=True, mlp_bias=True)
+    table = {}
+    for cfg in (DecoderConfig(model_type="qwen3", qk_norm=True, **shape),
+                DecoderConfig(model_type="minigpt", norm_type="layer_norm", **shape)):
+        table.update(_flat_paths(logical_axes(cfg)))
+    return table
 
 
 def _key_name(k) -> str:
     return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
 
 
-def logical_axes_for(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[str | None, ...] | None:
+def _declared(path: tuple[str, ...]) -> tuple[str | None, ...] | None:
+    """The axes of the decoder parameter that ``path`` ends in (the decoder may sit under any prefix)."""
     table = _decoder_axes()
-    if len(path) >= 2:
-        module, leaf = path[-2], path[-1]
-        if (module, leaf) in table and len(table[(module, leaf)]) == len(shape):
-            return table[(module, leaf)]
-        if leaf in ("a", "b") and (module, "kernel") in table:
-            layers_ax, ax_in, ax_out = table[(module, "kernel")]
-            axes = (layers_ax, ax_in, "lora_rank") if leaf == "a" else (layers_ax, "lora_rank", ax_out)
+    for start in range(len(path)):
+        if path[start:] in table:
+            return table[path[start:]]
+    return None
+
+
+def logical_axes_for(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[str | None, ...] | None:
+    axes = _declared(path)
+    if axes is not None:
+        return axes if len(axes) == len(shape) else None
+    if path and path[-1] in ("a", "b"):
+        base = _declared(path[:-1] + ("kernel",))
+        if base is not None:
+            layers_ax, ax_in, ax_out = base if len(base) == 3 else (None,) + tuple(base)
+            axes = (layers_ax, ax_in, "lora_rank") if path[-1] == "a" else (layers_ax, "lora_rank", ax_out)
+            axes = axes if len(base) == 3 else axes[1:]
             if len(axes) == len(shape):
                 return axes
     return None

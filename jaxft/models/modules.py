@@ -1,0 +1,398 @@
+"""The decoder family (Llama, Mistral, Qwen2, Qwen3, minigpt) as ``flax.linen`` modules.
+
+The module tree is named after the Hugging Face modules, so ``CausalLM(cfg).init``
+produces exactly the parameter tree ``jaxft/checkpoint/hf_names.py`` describes::
+
+    {"model": {"embed_tokens": {"weight"}, "layers": {...stacked on axis 0...}, "norm": {...}},
+     "lm_head": {"kernel"}}
+
+Layers run under ``nn.scan`` (one compiled layer, whatever the depth), wrapped in
+``nn.remat`` for the remat policies. Every parameter carries its logical axis
+names (``nn.with_logical_partitioning``; the scan adds ``"layers"`` in front), which
+is where the sharding rules read them from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxft.models import layers
+from jaxft.models.attention import AttentionMask, attention
+from jaxft.models.config import DecoderConfig
+from jaxft.models.rope import apply_rope, inverse_frequencies
+from jaxft.models.sharding_hints import constrain_batch
+
+RematPolicy = Literal["none", "full", "save_dots"]
+_INIT_STD = 0.02  # HF's initializer_range default
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Preallocated keys/values for all layers, filled slot by slot.
+
+    All rows of a batch write the same slots; ``lengths`` counts each row's real
+    tokens so positions stay right for left-padded prompts.
+    """
+
+    k: jnp.ndarray  # [layers, batch, max_len, kv_heads, head_dim]
+    v: jnp.ndarray
+    positions: jnp.ndarray  # [batch, max_len] int32
+    valid: jnp.ndarray  # [batch, max_len] bool
+    index: jnp.ndarray  # [] int32, next slot to write
+    lengths: jnp.ndarray  # [batch] int32, real tokens so far
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def positions_from_mask(attention_mask: jnp.ndarray, offset: jnp.ndarray | int = 0) -> jnp.ndarray:
+    """Positions counting only real tokens, so left padding does not shift them."""
+    pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
+    return jnp.maximum(pos, 0) + (offset[:, None] if isinstance(offset, jax.Array) else offset)
+
+
+def remat_policy(policy: RematPolicy) -> tuple[bool, Callable | None]:
+    """(whether to remat, the checkpoint policy) for a policy name."""
+    if policy == "none":
+        return False, None
+    if policy == "full":
+        return True, None
+    if policy == "save_dots":
+        return True, jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    raise ValueError(f"remat policy '{policy}' is not one of none, full, save_dots")
+
+
+def dropout(x, rate: float, key):
+    """Inverted dropout; ``key`` None (evaluation, sampling) leaves ``x`` unchanged."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def _attention_with_dropout(q, k, v, mask, rate, key):
+    """Softmax attention with dropout on the probabilities (training only; plain XLA on every backend)."""
+    b, t, h, d = q.shape
+    kv_h = k.shape[2]
+    q = q.reshape(b, t, kv_h, h // kv_h, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask.dense()[:, None, None], scores, -1e30)
+    probs = dropout(jax.nn.softmax(scores, axis=-1), rate, key).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+def sinusoidal_positions(positions: jnp.ndarray, dim: int) -> jnp.ndarray:
+    """Fixed sin/cos position vectors [..., dim]: sin in even, cos in odd channels, 10000^(i/dim) wavelengths."""
+    exponents = np.arange(0, dim, 2, dtype=np.float64) / dim
+    angles = positions.astype(jnp.float32)[..., None] / jnp.asarray(10000.0 ** exponents, jnp.float32)
+    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*positions.shape, -1)[..., :dim]
+
+
+def _read(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...], axes: tuple[str | None, ...]):
+    """A parameter as stored, which for kernels may be a ``LoraKernel`` or ``QuantizedKernel`` pytree.
+
+    ``self.param`` would compare every stored leaf against the initializer's shape (a quantized
+    kernel's codes do not have the kernel's shape) and trace the initializer on each ``apply``;
+    ``self.variable`` in the same "params" collection just hands back what is there, so LoRA and
+    quantization stay invisible to the model code (they plug in through ``layers.dense``), the
+    tree stays one collection with the HF paths, and ``init`` still creates boxed, logically
+    named parameters.
+    """
+    def make():
+        value = init(module.make_rng("params"), shape, jnp.float32)
+        return nn.LogicallyPartitioned(value, axes)
+
+    return module.variable("params", name, make)
+
+
+class Dense(nn.Module):
+    """A Linear layer with an [in, out] kernel; the kernel protocol of ``layers.dense``."""
+
+    in_features: int
+    features: int
+    use_bias: bool
+    axes: tuple[str | None, str | None]
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = _read(self, "kernel", nn.initializers.normal(_INIT_STD), (self.in_features, self.features),
+                       self.axes).value
+        bias = None
+        if self.use_bias:
+            bias = _read(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]).value
+        return layers.dense(x, kernel, bias)
+
+
+class Norm(nn.Module):
+    """RMSNorm (``weight``) or LayerNorm (``weight`` and ``bias``), normalising in float32."""
+
+    dim: int
+    kind: str = "rms_norm"
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        weight = _read(self, "weight", nn.initializers.ones, (self.dim,), ("norm",)).value
+        if self.kind == "layer_norm":
+            bias = _read(self, "bias", nn.initializers.zeros, (self.dim,), ("norm",)).value
+            return layers.layer_norm(x, weight, bias, self.eps)
+        return layers.rms_norm(x, weight, self.eps)
+
+
+def _block_norm(cfg: DecoderConfig) -> Norm:
+    eps = cfg.layer_norm_eps if cfg.norm_type == "layer_norm" else cfg.rms_norm_eps
+    return Norm(cfg.hidden_size, cfg.norm_type, eps)
+
+
+class SelfAttention(nn.Module):
+    """Grouped-query attention with rotary positions, optional q/k norms and a KV cache slot."""
+
+    cfg: DecoderConfig
+
+    def setup(self):
+        c = self.cfg
+        h = c.hidden_size
+        self.q_proj = Dense(h, c.q_size, c.attention_bias, ("embed", "heads"))
+        self.k_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"))
+        self.v_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"))
+        self.o_proj = Dense(c.q_size, h, c.o_proj_bias, ("heads", "embed"))
+        if c.qk_norm:
+            self.q_norm = Norm(c.head_dim, "rms_norm", c.rms_norm_eps)
+            self.k_norm = Norm(c.head_dim, "rms_norm", c.rms_norm_eps)
+
+    def __call__(self, h, mask: AttentionMask, positions, cache_kv=None, index=None, keys=None):
+        """``h`` [b, t, hidden] -> (output [b, t, hidden], updated (k, v) cache of this layer or None).
+
+        ``keys`` (two PRNG keys) switches dropout on for the probabilities and the output.
+        """
+        c = self.cfg
+        b, t, _ = h.shape
+        q = self.q_proj(h).reshape(b, t, c.num_attention_heads, c.head_dim)
+        k = self.k_proj(h).reshape(b, t, c.num_key_value_heads, c.head_dim)
+        v = self.v_proj(h).reshape(b, t, c.num_key_value_heads, c.head_dim)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if c.position_embedding == "rope":
+            inv_freq = inverse_frequencies(c)
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
+        if cache_kv is not None:
+            ck, cv = cache_kv
+            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
+            cache_kv = (k, v)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        if keys is not None and c.dropout > 0:
+            o = _attention_with_dropout(q, k, v, mask, c.dropout, keys[0])
+        else:
+            o = attention(q, k, v, mask)
+        o = self.o_proj(o.reshape(b, t, c.q_size))
+        return dropout(o, c.dropout, None if keys is None else keys[1]), cache_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate x) * up x)``."""
+
+    cfg: DecoderConfig
+
+    def setup(self):
+        c = self.cfg
+        self.gate_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"))
+        self.up_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"))
+        self.down_proj = Dense(c.intermediate_size, c.hidden_size, c.mlp_bias, ("mlp", "embed"))
+
+    def __call__(self, h):
+        return self.down_proj(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class Block(nn.Module):
+    """One decoder layer: sequential (``x + Attn``, then ``+ MLP``) or parallel residual."""
+
+    cfg: DecoderConfig
+
+    def setup(self):
+        self.input_layernorm = _block_norm(self.cfg)
+        self.self_attn = SelfAttention(self.cfg)
+        self.post_attention_layernorm = _block_norm(self.cfg)
+        self.mlp = MLP(self.cfg)
+
+    def attention_branch(self, x, mask, positions, cache_kv=None, index=None, keys=None):
+        """``Attn(norm x)`` and the layer's updated cache."""
+        return self.self_attn(self.input_layernorm(x), mask, positions, cache_kv, index, keys)
+
+    def mlp_branch(self, x, key=None):
+        """``MLP(norm x)``."""
+        return dropout(self.mlp(self.post_attention_layernorm(x)), self.cfg.dropout, key)
+
+    def __call__(self, x, cache_kv, key, mask, positions, index):
+        """Scan body: carry ``x``; per layer ``cache_kv`` and ``key``; the rest broadcast."""
+        x = constrain_batch(x)  # every layer passes here: keep the residual stream split by rows under FSDP
+        keys = None if key is None else jax.random.split(key, 3)
+        attn_keys = None if keys is None else keys[:2]
+        mlp_key = None if keys is None else keys[2]
+        a, cache_kv = self.attention_branch(x, mask, positions, cache_kv, index, attn_keys)
+        if self.cfg.parallel_residual:
+            return x + a + self.mlp_branch(x, mlp_key), cache_kv
+        x = x + a
+        return x + self.mlp_branch(x, mlp_key), cache_kv
+
+
+class Embed(nn.Module):
+    """The token table [vocab, hidden] (``weight``, as HF names it); ``attend`` is the tied output projection."""
+
+    num_embeddings: int
+    features: int
+
+    def setup(self):
+        self.weight = self.param("weight", nn.with_logical_partitioning(nn.initializers.normal(_INIT_STD),
+                                                                        ("vocab", "embed")),
+                                 (self.num_embeddings, self.features), jnp.float32)
+
+    def __call__(self, ids, dtype=None):
+        return jnp.take(self.weight, ids, axis=0).astype(dtype or self.weight.dtype)
+
+    def attend(self, hidden):
+        acc = layers.accumulation_dtype(hidden.dtype)
+        return jnp.einsum("...h,vh->...v", hidden, self.weight.astype(hidden.dtype), preferred_element_type=acc)
+
+
+class LMHead(nn.Module):
+    """The untied output projection, ``kernel`` [hidden, vocab] (possibly quantized)."""
+
+    in_features: int
+    features: int
+
+    def setup(self):
+        self.kernel = _read(self, "kernel", nn.initializers.normal(_INIT_STD), (self.in_features, self.features),
+                            ("embed", "vocab"))
+
+    def weight(self, dtype):
+        return layers.materialize(self.kernel.value, dtype)
+
+    def __call__(self, hidden):
+        acc = layers.accumulation_dtype(hidden.dtype)
+        return jnp.einsum("...h,hv->...v", hidden, self.weight(hidden.dtype), preferred_element_type=acc)
+
+
+class DecoderModel(nn.Module):
+    """HF's ``model``: embeddings, the scanned layer stack and the final norm."""
+
+    cfg: DecoderConfig
+    remat: RematPolicy = "none"
+
+    def setup(self):
+        c = self.cfg
+        self.embed_tokens = Embed(c.vocab_size, c.hidden_size)
+        use_remat, policy = remat_policy(self.remat)
+        block = nn.remat(Block, policy=policy) if use_remat else Block
+        self.layers = nn.scan(
+            block, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c)
+        self.norm = _block_norm(c)
+
+    def __call__(self, x, layer_kv, layer_keys, mask, positions, index):
+        x, new_kv = self.layers(x, layer_kv, layer_keys, mask, positions, index)
+        return self.norm(x), new_kv
+
+
+class CausalLM(nn.Module):
+    """The decoder with its output projection (``lm_head``, or the embedding table when tied)."""
+
+    cfg: DecoderConfig
+    remat: RematPolicy = "none"
+
+    def setup(self):
+        self.model = DecoderModel(self.cfg, self.remat)
+        if not self.cfg.tie_word_embeddings:
+            self.lm_head = LMHead(self.cfg.hidden_size, self.cfg.vocab_size)
+
+    def embed(self, input_ids, dtype=None):
+        return self.model.embed_tokens(input_ids, dtype)
+
+    def logits(self, hidden):
+        """float32 logits (float64 for float64 hidden states)."""
+        if self.cfg.tie_word_embeddings:
+            return self.model.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)
+
+    def lm_head_weight(self, dtype):
+        """The output projection as [hidden, vocab], for losses that chunk the vocabulary."""
+        if self.cfg.tie_word_embeddings:
+            return self.model.embed_tokens.weight.astype(dtype).T
+        return self.lm_head.weight(dtype)
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, *, inputs_embeds=None,
+                 cache: KVCache | None = None, output: Literal["logits", "hidden"] = "logits", dtype=None,
+                 segment_ids=None, dropout_rng=None):
+        """See ``jaxft.models.decoder.forward``, which is this call over a parameter tree."""
+        c = self.cfg
+        if inputs_embeds is None:
+            x = self.embed(input_ids, dtype)
+            if c.embedding_multiplier != 1.0:
+                x = x * jnp.asarray(c.embedding_multiplier, x.dtype)
+        else:
+            x = inputs_embeds.astype(dtype or inputs_embeds.dtype)
+        b, t, _ = x.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool)
+        attention_mask = attention_mask.astype(bool)
+
+        if cache is None:
+            if position_ids is None:
+                position_ids = positions_from_mask(attention_mask)
+            slots = jnp.broadcast_to(jnp.arange(t), (b, t))
+            mask = AttentionMask(slots, attention_mask, position_ids, position_ids, c.sliding_window,
+                                 segment_ids=segment_ids)
+            index, layer_kv = None, None
+        else:
+            if segment_ids is not None:
+                raise ValueError("segment_ids (packed rows) cannot be used with a KV cache")
+            if position_ids is None:
+                position_ids = positions_from_mask(attention_mask, cache.lengths)
+            index = cache.index
+            kv_positions = jax.lax.dynamic_update_slice(cache.positions, position_ids.astype(jnp.int32), (0, index))
+            kv_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, index))
+            slots = jnp.broadcast_to(index + jnp.arange(t), (b, t))
+            mask = AttentionMask(slots, kv_valid, position_ids, kv_positions, c.sliding_window, has_cache=True)
+            layer_kv = (cache.k, cache.v)
+
+        if c.position_embedding == "sinusoidal":
+            x = x + sinusoidal_positions(position_ids, c.hidden_size).astype(x.dtype)
+        layer_keys = None
+        if dropout_rng is not None and c.dropout > 0:
+            # Explicit keys (not a flax rng stream) keep the dropout masks of earlier runs.
+            dropout_rng, embed_key = jax.random.split(dropout_rng)
+            x = dropout(x, c.dropout, embed_key)
+            layer_keys = jax.random.split(dropout_rng, c.num_hidden_layers)
+        hidden, new_kv = self.model(x, layer_kv, layer_keys, mask, position_ids, index)
+
+        if cache is not None:
+            cache = KVCache(
+                k=new_kv[0], v=new_kv[1], positions=mask.kv_positions, valid=mask.kv_valid,
+                index=cache.index + t, lengths=cache.lengths + attention_mask.sum(-1).astype(jnp.int32),
+            )
+        if output == "hidden":
+            return hidden, cache
+        return self.logits(hidden), cache
+
+
+def logical_axes(cfg: DecoderConfig) -> dict[str, Any]:
+    """The logical axis names of every parameter, as ``CausalLM`` declares them (a tree of tuples)."""
+    boxed = jax.eval_shape(lambda: CausalLM(cfg).init(jax.random.key(0), *_init_inputs(cfg)))["params"]
+    return jax.tree.map(lambda spec: tuple(spec), nn.get_partition_spec(boxed),
+                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def _init_inputs(cfg: DecoderConfig):
+    return (jnp.zeros((1, 1), jnp.int32),)
