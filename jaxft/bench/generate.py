@@ -101,18 +101,21 @@ def run(cfg, *, batch: int, prompt_len: int, new_tokens: int, dtype: str, repeat
 _MOVES = ("copy", "dynamic-slice", "slice", "transpose", "dynamic-update-slice", "fusion", "concatenate")
 
 
-def weight_copies(hlo: str, weight_shapes: set[str]) -> list[str]:
-    """Instructions of an optimised HLO module that produce a whole stacked weight array (``f32[L,...]``)
-    by moving data -- copies, slices, fusions. Loop state passes weights through ``parameter``,
-    ``get-tuple-element``, ``tuple`` and ``bitcast`` without moving them, so a decode loop that
-    reads only one layer's slice per step has none."""
+def loop_weight_copies(hlo: str, weight_shapes: set[str]) -> list[str]:
+    """Instructions inside the loop bodies of an optimised HLO module (every computation but ENTRY) that
+    produce an array of one of ``weight_shapes`` by moving data -- copies, slices, fusions. Loop state
+    passes weights through ``parameter``, ``get-tuple-element``, ``tuple`` and ``bitcast`` without moving
+    them, so a decode loop that multiplies by the weights where they lie has none."""
     found = []
+    in_entry = False
     for line in hlo.splitlines():
-        line = line.strip()
-        if "=" not in line or line.startswith(("%fused", "ENTRY", "HloModule")):
+        if line and not line[0].isspace():  # a computation's header
+            in_entry = line.startswith("ENTRY")
             continue
-        lhs, rhs = line.split("=", 1)
-        rhs = rhs.strip()
+        line = line.strip()
+        if in_entry or "=" not in line:
+            continue
+        rhs = line.split("=", 1)[1].strip()
         shape, _, rest = rhs.partition(" ")
         op = rest.split("(", 1)[0].strip()
         if shape.split("{", 1)[0] in weight_shapes and op in _MOVES:
@@ -121,7 +124,8 @@ def weight_copies(hlo: str, weight_shapes: set[str]) -> list[str]:
 
 
 def decode_loop_weight_copies(cfg, params, *, prompt_len: int = 8, new_tokens: int = 4) -> list[str]:
-    """``weight_copies`` of the compiled greedy ``generate`` (prefill + decode loop) for ``params``."""
+    """``loop_weight_copies`` of the compiled greedy ``generate`` for ``params``: the shapes of one layer's
+    weights and of the stacked ``[L, ...]`` arrays."""
     import jax
     import jax.numpy as jnp
 
@@ -130,6 +134,12 @@ def decode_loop_weight_copies(cfg, params, *, prompt_len: int = 8, new_tokens: i
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, eos_token_ids=(), pad_token_id=0)
     ids = jnp.zeros((1, prompt_len), jnp.int32)
     hlo = jax.jit(lambda p, x: generate(cfg, p, x, sampling).tokens).lower(params, ids).compile().as_text()
-    shapes = {f"{jnp.dtype(x.dtype).name.replace('float', 'f')}[{','.join(map(str, x.shape))}]"
-              for x in jax.tree.leaves(params["model"]["layers"])}
-    return weight_copies(hlo, shapes)
+
+    def hlo_shape(dtype, shape) -> str:
+        return f"{jnp.dtype(dtype).name.replace('float', 'f')}[{','.join(map(str, shape))}]"
+
+    shapes = set()
+    for x in jax.tree.leaves(params["model"]["layers"]):
+        if x.ndim >= 3:  # kernels; a norm's [hidden] slice shares its shape with activations
+            shapes |= {hlo_shape(x.dtype, x.shape), hlo_shape(x.dtype, x.shape[1:])}
+    return loop_weight_copies(hlo, shapes)

@@ -24,21 +24,48 @@ from jaxft.models.modules import dropout as _dropout  # noqa: F401  (the block-l
 
 Params = dict[str, Any]
 
-__all__ = ["KVCache", "init_cache", "forward", "embed", "lm_head", "lm_head_weight", "positions_from_mask",
-           "sinusoidal_positions", "RematPolicy", "AttentionMask",
-           "inverse_frequencies"]
+__all__ = ["KVCache", "init_cache", "forward", "unstack_layers", "embed", "lm_head", "lm_head_weight",
+           "positions_from_mask", "sinusoidal_positions", "RematPolicy", "AttentionMask", "inverse_frequencies"]
 
 
-def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32, *,
+               per_layer: bool = False) -> KVCache:
+    """An empty cache; ``per_layer=True`` for parameters in the decode layout (``unstack_layers``)."""
+    shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    if per_layer:
+        k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+        v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+    else:
+        k = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
+        v = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
     return KVCache(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
+        k=k,
+        v=v,
         positions=jnp.zeros((batch, max_len), jnp.int32),
         valid=jnp.zeros((batch, max_len), bool),
         index=jnp.zeros((), jnp.int32),
         lengths=jnp.zeros((batch,), jnp.int32),
     )
+
+
+def unstack_layers(params: Params) -> Params:
+    """``params`` in the decode layout: ``model.layers`` (stacked on axis 0) split into ``layers_0`` ...
+
+    ``forward`` recognises the layout and runs the layers unrolled, each reading its own weights in
+    place (see ``DecoderModel``). LoRA and quantized kernels split like plain ones (every leaf keeps the
+    layer axis first). Inside a jitted function the split is one copy of the weights per call.
+    """
+    model = dict(params["model"])
+    stacked = model.pop("layers")
+    count = jax.tree.leaves(stacked)[0].shape[0]
+    for i in range(count):
+        model[f"layers_{i}"] = jax.tree.map(lambda leaf, i=i: leaf[i], stacked)
+    return {**params, "model": model}
+
+
+def _model(cfg: DecoderConfig, params: Params, remat: RematPolicy = "none") -> CausalLM:
+    """The module for ``params``' layout: stacked (scanned) or unstacked (``unstack_layers``)."""
+    return CausalLM(cfg, remat, unroll="layers_0" in params.get("model", {}))
 
 
 def _remat(fn, policy: RematPolicy):
@@ -70,17 +97,17 @@ def _mlp_block(cfg, p, x, key=None, residual=True):
 
 
 def embed(cfg: DecoderConfig, params: Params, input_ids: jnp.ndarray, dtype=None) -> jnp.ndarray:
-    return CausalLM(cfg).apply({"params": params}, input_ids, dtype, method=CausalLM.embed)
+    return _model(cfg, params).apply({"params": params}, input_ids, dtype, method=CausalLM.embed)
 
 
 def lm_head(cfg: DecoderConfig, params: Params, hidden: jnp.ndarray) -> jnp.ndarray:
     """Project final hidden states to float32 logits (float64 for float64 hidden states)."""
-    return CausalLM(cfg).apply({"params": params}, hidden, method=CausalLM.logits)
+    return _model(cfg, params).apply({"params": params}, hidden, method=CausalLM.logits)
 
 
 def lm_head_weight(cfg: DecoderConfig, params: Params, dtype) -> jnp.ndarray:
     """The output projection as [hidden, vocab], for losses that chunk the vocabulary."""
-    return CausalLM(cfg).apply({"params": params}, dtype, method=CausalLM.lm_head_weight)
+    return _model(cfg, params).apply({"params": params}, dtype, method=CausalLM.lm_head_weight)
 
 
 def forward(
@@ -107,6 +134,6 @@ def forward(
     (with per-segment ``position_ids``) keeps packed sequences from seeing each other.
     ``dropout_rng`` turns on ``cfg.dropout`` (training); without it the model is deterministic.
     """
-    return CausalLM(cfg, remat).apply(
+    return _model(cfg, params, remat).apply(
         {"params": params}, input_ids, attention_mask, position_ids, inputs_embeds=inputs_embeds, cache=cache,
         output=output, dtype=dtype, segment_ids=segment_ids, dropout_rng=dropout_rng)

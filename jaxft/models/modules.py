@@ -41,8 +41,10 @@ class KVCache:
     tokens so positions stay right for left-padded prompts.
     """
 
-    k: jnp.ndarray  # [layers, batch, max_len, kv_heads, head_dim]
-    v: jnp.ndarray
+    # [layers, batch, max_len, kv_heads, head_dim], or a tuple of per-layer [batch, max_len, kv_heads, head_dim]
+    # arrays for the unrolled decode layout (see ``jaxft.models.decoder.unstack_layers``)
+    k: jnp.ndarray | tuple[jnp.ndarray, ...]
+    v: jnp.ndarray | tuple[jnp.ndarray, ...]
     positions: jnp.ndarray  # [batch, max_len] int32
     valid: jnp.ndarray  # [batch, max_len] bool
     index: jnp.ndarray  # [] int32, next slot to write
@@ -50,7 +52,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[1] if isinstance(self.k, tuple) else self.k.shape[2]
 
 
 def positions_from_mask(attention_mask: jnp.ndarray, offset: jnp.ndarray | int = 0) -> jnp.ndarray:
@@ -284,26 +286,46 @@ class LMHead(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    """HF's ``model``: embeddings, the scanned layer stack and the final norm."""
+    """HF's ``model``: embeddings, the layer stack and the final norm.
+
+    The layers run under ``nn.scan`` over ``layers`` (stacked on axis 0). ``unroll=True`` is the decode
+    layout instead: one ``Block`` per layer, ``layers_0`` ... ``layers_{L-1}``, each reading its own
+    unstacked weights. A scan reads layer i's kernels with a dynamic slice of the stacked arrays, which
+    XLA:CPU copies before every matrix-vector product; when decoding one token at a time that copy is
+    as large as the useful work.
+    """
 
     cfg: DecoderConfig
     remat: RematPolicy = "none"
+    unroll: bool = False
 
     def setup(self):
         c = self.cfg
         self.embed_tokens = Embed(c.vocab_size, c.hidden_size)
         use_remat, policy = remat_policy(self.remat)
         block = nn.remat(Block, policy=policy) if use_remat else Block
-        self.layers = nn.scan(
-            block, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(c)
+        if self.unroll:
+            self.layers = [block(c) for _ in range(c.num_hidden_layers)]
+        else:
+            self.layers = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(c)
         self.norm = _block_norm(c)
 
     def __call__(self, x, layer_kv, layer_keys, mask, positions, index):
-        x, new_kv = self.layers(x, layer_kv, layer_keys, mask, positions, index)
-        return self.norm(x), new_kv
+        if not self.unroll:
+            x, new_kv = self.layers(x, layer_kv, layer_keys, mask, positions, index)
+            return self.norm(x), new_kv
+        new_k, new_v = [], []
+        for i, block in enumerate(self.layers):
+            kv = None if layer_kv is None else (layer_kv[0][i], layer_kv[1][i])
+            x, kv = block(x, kv, None if layer_keys is None else layer_keys[i], mask, positions, index)
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        return self.norm(x), (None if layer_kv is None else (tuple(new_k), tuple(new_v)))
 
 
 class CausalLM(nn.Module):
@@ -311,9 +333,10 @@ class CausalLM(nn.Module):
 
     cfg: DecoderConfig
     remat: RematPolicy = "none"
+    unroll: bool = False  # parameters in the decode layout (``jaxft.models.decoder.unstack_layers``)
 
     def setup(self):
-        self.model = DecoderModel(self.cfg, self.remat)
+        self.model = DecoderModel(self.cfg, self.remat, self.unroll)
         if not self.cfg.tie_word_embeddings:
             self.lm_head = LMHead(self.cfg.hidden_size, self.cfg.vocab_size)
 

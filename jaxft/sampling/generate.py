@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxft.models.config import DecoderConfig
-from jaxft.models.decoder import KVCache, forward, init_cache, lm_head
+from jaxft.models.decoder import KVCache, forward, init_cache, lm_head, unstack_layers
 from jaxft.sampling import processors
 from jaxft.sampling.config import (FINISH_EOS, FINISH_LENGTH, FINISH_REASONS, FINISH_STOP_SEQUENCE,
                                    SamplingConfig)
@@ -160,7 +160,9 @@ def _generate(cfg: DecoderConfig, sampling: SamplingConfig, eos_ids: tuple[int, 
     table = params["model"]["embed_tokens"]["weight"]
     dtype = table.dtype if inputs_embeds is None else inputs_embeds.dtype
 
-    cache = init_cache(cfg, batch, prompt_len + max_new, dtype)
+    # Unrolled layers over per-layer weights and caches: each decode step reads every weight once, in place.
+    params = unstack_layers(params)
+    cache = init_cache(cfg, batch, prompt_len + max_new, dtype, per_layer=True)
     hidden, cache = forward(cfg, params, prompt_ids, attention_mask, inputs_embeds=inputs_embeds,
                             cache=cache, output="hidden")
     first_logits = lm_head(cfg, params, hidden[:, -1])

@@ -68,3 +68,29 @@ def test_lora_and_quantized_kernels_pass_through_the_modules(remat):
     assert np.abs(np.asarray(changed) - np.asarray(base)).max() > 1e-3
     full, _ = forward(cfg, params, ids, remat=remat)
     np.testing.assert_allclose(np.asarray(base), np.asarray(full), atol=0.05)  # int8 is close to float32
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2_tied", "minigpt"])
+def test_decode_layout_gives_the_stacked_logits_and_cache(name):
+    """``unstack_layers`` (one tree per layer, run unrolled) equals the scanned stack: logits without a cache,
+    and a prefill then one cached token with a per-layer cache, for NF4 + LoRA kernels too (within float32
+    rounding: XLA fuses the unrolled layers differently)."""
+    from jaxft.models.decoder import init_cache, unstack_layers
+
+    cfg = CONFIGS[name]
+    params = init_params(cfg, jax.random.key(0))
+    adapters = jax.tree.map(lambda x: x + 0.05, lora.init(jax.random.key(2), cfg, quantize(params, cfg, "nf4"), rank=4))
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 6)), jnp.int32)
+    for tree in (params, lora.apply(quantize(params, cfg, "nf4"), adapters)):
+        split = unstack_layers(tree)
+        assert "layers" not in split["model"] and f"layers_{cfg.num_hidden_layers - 1}" in split["model"]
+        np.testing.assert_allclose(np.asarray(forward(cfg, split, ids)[0]), np.asarray(forward(cfg, tree, ids)[0]),
+                                   rtol=1e-5, atol=1e-5)
+        stacked = init_cache(cfg, 2, 8)
+        per_layer = init_cache(cfg, 2, 8, per_layer=True)
+        assert per_layer.max_len == stacked.max_len == 8
+        for step in (ids[:, :5], ids[:, 5:]):
+            want, stacked = forward(cfg, tree, step, cache=stacked)
+            got, per_layer = forward(cfg, split, step, cache=per_layer)
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.stack(per_layer.k), np.asarray(stacked.k), rtol=1e-5, atol=1e-5)
