@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.add_argument("--steps", type=int, default=5, help="timed steps")
     t.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
     t.add_argument("--remat", default="none", choices=("none", "full", "save_dots"))
+    t.add_argument("--peer-remat", choices=("none", "full"),
+                   help="with --vs: the peer's gradient checkpointing (full) or none; default: on when --remat is")
     t.add_argument("--chunk", type=int, default=2048, help="tokens per cross-entropy chunk (0: all at once)")
 
     g = sub.add_parser("generate", help="greedy prefill + decode with the KV cache")
@@ -146,7 +148,7 @@ def run_here(args) -> dict[str, Any]:
 
 def _describe(args) -> dict[str, Any]:
     keys = ["model", "arch", "hidden", "layers", "heads", "kv_heads", "head_dim", "ffn", "vocab", "dtype", "batch"]
-    keys += ["seq", "lora_rank", "steps", "warmup", "remat", "chunk"] if args.what == "train" else \
+    keys += ["seq", "lora_rank", "steps", "warmup", "remat", "peer_remat", "chunk"] if args.what == "train" else \
         ["prompt_len", "new_tokens", "repeats"]
     return {k: getattr(args, k) for k in keys}
 
@@ -176,7 +178,7 @@ def peer_cmd(args) -> list[str]:
         from jaxft.lora.adapters import DEFAULT_TARGETS
 
         cmd += ["--seq", str(args.seq), "--lora-rank", str(args.lora_rank), "--targets", ",".join(DEFAULT_TARGETS),
-                "--remat", args.remat,
+                "--remat", args.peer_remat or args.remat,
                 "--steps", str(args.steps), "--warmup", str(args.warmup)]
     else:
         cmd += ["--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens),
