@@ -231,11 +231,18 @@ class TrainCheckpointer:
         if metadata is not None:
             items[METADATA] = ocp.args.JsonSave(dict(metadata))
         metrics = self._json_metrics(metrics)
-        previous = self._saving
+        if self._saving is not None:
+            # Orbax waits for the previous save before starting this one anyway; waiting here first
+            # tells a failure of that save (blame it) from a failure to start this one (blame this step).
+            try:
+                self._manager.wait_until_finished()
+            except Exception as err:  # noqa: BLE001
+                raise self._save_error(self._saving, err) from err
+            self._saving = None
         try:
             started = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
-        except Exception as err:  # noqa: BLE001 - the previous background save or this one failed
-            raise self._save_error(previous if previous is not None and previous != step else step, err) from err
+        except Exception as err:  # noqa: BLE001
+            raise self._save_error(step, err) from err
         if started:
             self._saving = step
         return started
