@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxft.models import layers
 from jaxft.models.attention import AttentionMask, attention
@@ -30,6 +31,7 @@ from jaxft.models.sharding_hints import constrain_batch
 
 RematPolicy = Literal["none", "full", "save_dots"]
 _INIT_STD = 0.02  # HF's initializer_range default
+CARRY_BITS = "carry_bits"  # the checkpoint name of a rematerialised layer's input (see ``saved_as_bits``)
 
 
 @jax.tree_util.register_dataclass
@@ -62,14 +64,48 @@ def positions_from_mask(attention_mask: jnp.ndarray, offset: jnp.ndarray | int =
 
 
 def remat_policy(policy: RematPolicy) -> tuple[bool, Callable | None]:
-    """(whether to remat, the checkpoint policy) for a policy name."""
+    """(whether to remat, the checkpoint policy) for a policy name.
+
+    Both policies also save the value named ``CARRY_BITS``: a layer's input in its raw bits
+    (``saved_as_bits``), which is what a rematerialised layer keeps anyway.
+    """
     if policy == "none":
         return False, None
+    carry = jax.checkpoint_policies.save_only_these_names(CARRY_BITS)
     if policy == "full":
-        return True, None
+        return True, carry
     if policy == "save_dots":
-        return True, jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        return True, jax.checkpoint_policies.save_from_both_policies(
+            jax.checkpoint_policies.dots_with_no_batch_dims_saveable, carry)
     raise ValueError(f"remat policy '{policy}' is not one of none, full, save_dots")
+
+
+@jax.custom_jvp
+def _from_bits(bits, like):
+    return jax.lax.bitcast_convert_type(bits, like.dtype)
+
+
+@_from_bits.defjvp
+def _from_bits_jvp(primals, tangents):
+    bits, like = primals
+    return _from_bits(bits, like), tangents[1]  # the identity on ``like``'s tangent
+
+
+def saved_as_bits(x: jnp.ndarray) -> jnp.ndarray:
+    """``x`` unchanged (value and gradient), computed from its bits under the name ``CARRY_BITS``.
+
+    Called first in a rematerialised layer, it makes what the remat policies save for the layer the
+    input's bits (uint16 for a 16-bit float) rather than the float itself. The value is the same;
+    the difference is how a compiler stores it: XLA:CPU computes every 16-bit float op, data
+    movement included, in float32, so the scan's per-layer stack of saved bfloat16 inputs (its
+    dynamic-update-slice in the forward, its dynamic-slice in the backward) becomes a float32 stack,
+    twice the bytes; integer stacks it keeps as they are. TPU and GPU store either at 2 bytes.
+    Other dtypes pass through untouched.
+    """
+    if not (jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2):
+        return x
+    bits = checkpoint_name(jax.lax.bitcast_convert_type(x, jnp.uint16), CARRY_BITS)
+    return _from_bits(bits, x)
 
 
 def dropout(x, rate: float, key):
@@ -217,9 +253,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer: sequential (``x + Attn``, then ``+ MLP``) or parallel residual."""
+    """One decoder layer: sequential (``x + Attn``, then ``+ MLP``) or parallel residual.
+
+    ``remat``: the layer runs rematerialised; its input goes through ``saved_as_bits``.
+    """
 
     cfg: DecoderConfig
+    remat: bool = False
 
     def setup(self):
         self.input_layernorm = _block_norm(self.cfg)
@@ -238,6 +278,8 @@ class Block(nn.Module):
     def __call__(self, x, cache_kv, key, mask, positions, index):
         """Scan body: carry ``x``; per layer ``cache_kv`` and ``key``; the rest broadcast."""
         x = constrain_batch(x)  # every layer passes here: keep the residual stream split by rows under FSDP
+        if self.remat:
+            x = saved_as_bits(x)
         keys = None if key is None else jax.random.split(key, 3)
         attn_keys = None if keys is None else keys[:2]
         mlp_key = None if keys is None else keys[2]
@@ -305,13 +347,13 @@ class DecoderModel(nn.Module):
         use_remat, policy = remat_policy(self.remat)
         block = nn.remat(Block, policy=policy) if use_remat else Block
         if self.unroll:
-            self.layers = [block(c) for _ in range(c.num_hidden_layers)]
+            self.layers = [block(c, use_remat) for _ in range(c.num_hidden_layers)]
         else:
             self.layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(c)
+            )(c, use_remat)
         self.norm = _block_norm(c)
 
     def __call__(self, x, layer_kv, layer_keys, mask, positions, index):

@@ -94,3 +94,58 @@ def test_decode_layout_gives_the_stacked_logits_and_cache(name):
             got, per_layer = forward(cfg, split, step, cache=per_layer)
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.stack(per_layer.k), np.asarray(stacked.k), rtol=1e-5, atol=1e-5)
+
+
+def test_saved_as_bits_is_the_identity_in_value_and_gradient():
+    """``saved_as_bits`` returns its input bit for bit, passes the cotangent through unchanged (also under a
+    checkpoint with the remat policy that saves it), and leaves non-16-bit dtypes alone."""
+    from jaxft.models.modules import remat_policy, saved_as_bits
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8)).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(saved_as_bits(x)).view(np.uint16), np.asarray(x).view(np.uint16))
+    f = lambda v: jnp.sum(jnp.tanh(v.astype(jnp.float32)) * jnp.arange(8.0))
+    want = jax.grad(f)(x)
+    _, policy = remat_policy("full")
+    for g in (jax.grad(lambda v: f(saved_as_bits(v))), jax.grad(jax.checkpoint(lambda v: f(saved_as_bits(v)),
+                                                                               policy=policy))):
+        got = g(x)
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    y = jnp.ones((3,), jnp.float32)
+    assert saved_as_bits(y) is y
+
+
+def test_bf16_remat_saves_layer_inputs_as_16_bit_stacks(monkeypatch):
+    """With bfloat16 activations, remat "full" and "save_dots" give the loss and gradients of no remat (and
+    bit for bit those of saving the bfloat16 inputs themselves), and what the compiled step keeps per layer
+    is a 16-bit stack [layers, batch, tokens, hidden] (uint16 bits): no float32 copy of it, which XLA:CPU
+    makes of a saved bfloat16 stack."""
+    from jaxft.models import modules
+    cfg = CONFIGS["llama"]
+    params = init_params(cfg, jax.random.key(0), jnp.bfloat16)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 24)), jnp.int32)
+    embeds = jax.random.normal(jax.random.key(1), (2, 24, cfg.hidden_size)).astype(jnp.bfloat16)
+
+    def loss(p, x, remat):
+        hidden, _ = forward(cfg, p, inputs_embeds=x, remat=remat, output="hidden", dtype=jnp.bfloat16)
+        return jnp.sum(jnp.square(hidden.astype(jnp.float32)) * (1.0 + (ids % 3)[..., None]))
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+    base_loss, base_grads = step(params, embeds, "none")
+    for remat in ("full", "save_dots"):
+        value, grads = step(params, embeds, remat)
+        np.testing.assert_allclose(float(value), float(base_loss), rtol=1e-6)
+        for g, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):
+            np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-3)
+        with monkeypatch.context() as m:
+            m.setattr(modules, "saved_as_bits", lambda x: x)
+            plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+            plain_value, plain_grads = plain(params, embeds, remat)
+            assert "u16[" not in plain.lower(params, embeds, remat).compile().as_text()
+        assert float(value) == float(plain_value)
+        for g, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
+            np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(b, np.float32))
+        hlo = step.lower(params, embeds, remat).compile().as_text()
+        stack = f"{cfg.num_hidden_layers},2,24,{cfg.hidden_size}]"
+        assert f"u16[{stack}" in hlo
+        assert f"f32[{stack}" not in hlo and f"bf16[{stack}" not in hlo

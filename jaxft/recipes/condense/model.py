@@ -147,7 +147,9 @@ def last_two_hidden_states(cfg: DecoderConfig, params: Params, inputs_embeds: jn
     """
     from jaxft.models.attention import AttentionMask
     from jaxft.models.decoder import _attention_block, _mlp_block, _norm, _remat
+    from jaxft.models.modules import remat_policy, saved_as_bits
     from jaxft.models.rope import inverse_frequencies
+    from jaxft.models.sharding_hints import constrain_batch
 
     x = inputs_embeds.astype(dtype)
     b, t, _ = x.shape
@@ -156,7 +158,11 @@ def last_two_hidden_states(cfg: DecoderConfig, params: Params, inputs_embeds: jn
                          cfg.sliding_window)
     inv_freq = inverse_frequencies(cfg)
 
+    saved = remat_policy(remat)[0]
+
     def layer(x, p):
+        if saved:  # what the remat policy keeps of the layer: its input's bits (see saved_as_bits)
+            x = saved_as_bits(constrain_batch(x))
         x, _ = _attention_block(cfg, p, x, mask, positions, inv_freq, None, None)
         return _mlp_block(cfg, p, x), None
 

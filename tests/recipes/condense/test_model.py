@@ -139,3 +139,33 @@ def test_segments_are_encoded_independently_and_padding_is_inert(projector):
     changed["enc_ids"][0, 1, 0] = (changed["enc_ids"][0, 1, 0] + 1) % ENC_VOCAB
     diff = np.abs(np.asarray(states_of(model, trainable, frozen, changed) - states)).max(axis=(0, 2, 3))
     assert diff[1] > 1e-3 and diff[[0, 2, 3]].max() < 1e-6
+
+
+def test_bf16_remat_gives_the_loss_and_gradients_of_no_remat(monkeypatch):
+    """The seed's setting (bfloat16 compute, remat "full" on the encoder's last-two-states scan and on the
+    decoder): saving each layer's input as its bits (``saved_as_bits``) changes no bit of the loss or the
+    trainable gradients, and both equal those without remat within bfloat16 rounding."""
+    import dataclasses
+
+    from jaxft.models import modules
+
+    base, trainable, frozen = tiny_condenser("reference")
+    batch = {k: jnp.asarray(v) for k, v in random_batch(np.random.RandomState(5), b=2).items()}
+
+    def run(remat):
+        model = dataclasses.replace(base, dtype=jnp.bfloat16, remat=remat, decoder_remat=remat)
+        loss_fn = objectives.make_loss_fn(model, weights=dict(ae=1.0, continuation=1.0), chunk_size=0)
+        value, grads = jax.jit(jax.value_and_grad(lambda t: loss_fn(t, frozen, batch, None)[0]))(trainable)
+        return float(value), [np.asarray(g, np.float32) for g in jax.tree.leaves(grads)]
+
+    value, grads = run("full")
+    with monkeypatch.context() as m:
+        m.setattr(modules, "saved_as_bits", lambda x: x)
+        plain_value, plain_grads = run("full")
+    assert value == plain_value
+    for g, w in zip(grads, plain_grads):
+        np.testing.assert_array_equal(g, w)
+    want, want_grads = run("none")
+    np.testing.assert_allclose(value, want, rtol=1e-6)
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=0, atol=2e-2 * float(np.abs(w).max()))
