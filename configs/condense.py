@@ -51,6 +51,12 @@ def _condense_section() -> ConfigDict:
     return k
 
 
+def _decoder_section(**overrides) -> ConfigDict:
+    d = model_section(**overrides)
+    d.remat_group = 1  # k > 1: also remat the layers in groups of k (keeps L/k + k layer inputs, not L; +1 forward)
+    return d
+
+
 def _tiny(model_type: str, hidden: int, layers: int, **extra) -> ConfigDict:
     return ConfigDict(dict(
         model_type=model_type, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
@@ -66,8 +72,8 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.encoder = model_section(path="meta-llama/Llama-3.2-1B", dtype="bfloat16", compute_dtype="bfloat16",
                               remat="full")
     # The loss backpropagates through the whole decoder into the condensed states: remat it too.
-    c.decoder = model_section(path="mistralai/Mistral-7B-Instruct-v0.2", dtype="bfloat16",
-                              compute_dtype="bfloat16", remat="full")
+    c.decoder = _decoder_section(path="mistralai/Mistral-7B-Instruct-v0.2", dtype="bfloat16",
+                                 compute_dtype="bfloat16", remat="full")
     c.lora = lora_section(rank=128, alpha=128.0)
     c.data = data_section(hf_dataset="wikimedia/wikipedia", hf_config="20231101.en", streaming=True,
                           max_records=200_000, validation_fraction=0.01)
@@ -107,9 +113,9 @@ def get_config(preset: str = "demo") -> ConfigDict:
 def _random_pair(c: ConfigDict, hidden: int, layers: int, enc_tokenizer: str, dec_tokenizer: str) -> None:
     c.encoder = model_section(tokenizer=enc_tokenizer,
                               random_init=_tiny("llama", hidden, layers, tie_word_embeddings=True))
-    c.decoder = model_section(tokenizer=dec_tokenizer,
-                              random_init=_tiny("mistral", hidden, layers, tie_word_embeddings=False,
-                                                sliding_window=None))
+    c.decoder = _decoder_section(tokenizer=dec_tokenizer,
+                                 random_init=_tiny("mistral", hidden, layers, tie_word_embeddings=False,
+                                                   sliding_window=None))
     c.data = data_section(validation_fraction=0.02)
 
 
@@ -179,7 +185,7 @@ def _smol(c: ConfigDict) -> None:
 
     path = str(smollm2_gguf_path())
     c.encoder = model_section(path=path)
-    c.decoder = model_section(path=path)
+    c.decoder = _decoder_section(path=path)
     c.data = data_section(validation_fraction=0.02)
     k = c.condense
     k.max_tokens = 32

@@ -95,6 +95,7 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     model = cmodel.CondenseModel(encoder=enc, decoder=dec, num_condense_tokens=layout.num_condense_tokens,
                                  segment_length=layout.segment_length, dtype=dtype,
                                  remat=str(config.encoder.remat), decoder_remat=str(config.decoder.remat),
+                                 decoder_remat_group=int(config.decoder.remat_group),
                                  lora_config=adapters.config, projector=str(k.projector))
     extra = jax.eval_shape(lambda: cmodel.init_params(jax.random.key(2), model))
     trainable = {"lora": adapters.params, **extra}

@@ -63,9 +63,9 @@ def unstack_layers(params: Params) -> Params:
     return {**params, "model": model}
 
 
-def _model(cfg: DecoderConfig, params: Params, remat: RematPolicy = "none") -> CausalLM:
+def _model(cfg: DecoderConfig, params: Params, remat: RematPolicy = "none", remat_group: int = 1) -> CausalLM:
     """The module for ``params``' layout: stacked (scanned) or unstacked (``unstack_layers``)."""
-    return CausalLM(cfg, remat, unroll="layers_0" in params.get("model", {}))
+    return CausalLM(cfg, remat, unroll="layers_0" in params.get("model", {}), remat_group=remat_group)
 
 
 def _remat(fn, policy: RematPolicy):
@@ -124,6 +124,7 @@ def forward(
     dtype=None,
     segment_ids: jnp.ndarray | None = None,
     dropout_rng: jax.Array | None = None,
+    remat_group: int = 1,
 ) -> tuple[jnp.ndarray, KVCache | None]:
     """Run the decoder.
 
@@ -133,7 +134,9 @@ def forward(
     ``cache.index`` and attend to everything cached before them. ``segment_ids``
     (with per-segment ``position_ids``) keeps packed sequences from seeing each other.
     ``dropout_rng`` turns on ``cfg.dropout`` (training); without it the model is deterministic.
+    ``remat_group`` > 1 checkpoints the layers in groups of that many as well (two-level remat, see
+    ``jaxft.models.modules.DecoderModel``; training without a cache only).
     """
-    return _model(cfg, params, remat).apply(
+    return _model(cfg, params, remat, remat_group).apply(
         {"params": params}, input_ids, attention_mask, position_ids, inputs_embeds=inputs_embeds, cache=cache,
         output=output, dtype=dtype, segment_ids=segment_ids, dropout_rng=dropout_rng)

@@ -15,6 +15,7 @@ is where the sharding rules read them from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Literal
 
 import flax.linen as nn
@@ -32,6 +33,7 @@ from jaxft.models.sharding_hints import constrain_batch
 RematPolicy = Literal["none", "full", "save_dots"]
 _INIT_STD = 0.02  # HF's initializer_range default
 CARRY_BITS = "carry_bits"  # the checkpoint name of a rematerialised layer's input (see ``saved_as_bits``)
+GROUP_BITS = "group_carry_bits"  # the same for a group of layers (``remat_group``)
 
 
 @jax.tree_util.register_dataclass
@@ -91,8 +93,8 @@ def _from_bits_jvp(primals, tangents):
     return _from_bits(bits, like), tangents[1]  # the identity on ``like``'s tangent
 
 
-def saved_as_bits(x: jnp.ndarray) -> jnp.ndarray:
-    """``x`` unchanged (value and gradient), computed from its bits under the name ``CARRY_BITS``.
+def saved_as_bits(x: jnp.ndarray, name: str = CARRY_BITS) -> jnp.ndarray:
+    """``x`` unchanged (value and gradient), computed from its bits under the checkpoint name ``name``.
 
     Called first in a rematerialised layer, it makes what the remat policies save for the layer the
     input's bits (uint16 for a 16-bit float) rather than the float itself. The value is the same;
@@ -104,7 +106,7 @@ def saved_as_bits(x: jnp.ndarray) -> jnp.ndarray:
     """
     if not (jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2):
         return x
-    bits = checkpoint_name(jax.lax.bitcast_convert_type(x, jnp.uint16), CARRY_BITS)
+    bits = checkpoint_name(jax.lax.bitcast_convert_type(x, jnp.uint16), name)
     return _from_bits(bits, x)
 
 
@@ -335,11 +337,18 @@ class DecoderModel(nn.Module):
     unstacked weights. A scan reads layer i's kernels with a dynamic slice of the stacked arrays, which
     XLA:CPU copies before every matrix-vector product; when decoding one token at a time that copy is
     as large as the useful work.
+
+    ``remat_group=k`` (k > 1, dividing the depth; with remat on, no cache) is two-level remat: the scan
+    runs over groups of k layers, each group checkpointed as a whole and each layer inside it as before,
+    so the backward keeps L/k group inputs plus the k layer inputs of the group being differentiated
+    instead of all L layer inputs, for one more forward of every layer. The parameters stay stacked
+    [L, ...] under ``layers``; the groups are a reshape of them.
     """
 
     cfg: DecoderConfig
     remat: RematPolicy = "none"
     unroll: bool = False
+    remat_group: int = 1
 
     def setup(self):
         c = self.cfg
@@ -357,6 +366,8 @@ class DecoderModel(nn.Module):
         self.norm = _block_norm(c)
 
     def __call__(self, x, layer_kv, layer_keys, mask, positions, index):
+        if not self.unroll and self.remat_group > 1 and layer_kv is None and not self.is_initializing():
+            return self.norm(self._grouped_layers(x, layer_keys, mask, positions)), None
         if not self.unroll:
             x, new_kv = self.layers(x, layer_kv, layer_keys, mask, positions, index)
             return self.norm(x), new_kv
@@ -369,6 +380,30 @@ class DecoderModel(nn.Module):
                 new_v.append(kv[1])
         return self.norm(x), (None if layer_kv is None else (tuple(new_k), tuple(new_v)))
 
+    def _grouped_layers(self, x, layer_keys, mask, positions):
+        """The scanned layers in checkpointed groups of ``remat_group`` (see the class docstring)."""
+        c, k = self.cfg, self.remat_group
+        use_remat, policy = remat_policy(self.remat)
+        if not use_remat:
+            raise ValueError(f"remat_group={k} needs a remat policy (full or save_dots), not '{self.remat}'")
+        if c.num_hidden_layers % k:
+            raise ValueError(f"remat_group={k} does not divide the {c.num_hidden_layers} layers")
+        groups = c.num_hidden_layers // k
+        stacked = jax.tree.map(lambda a: a.reshape(groups, k, *a.shape[1:]), self.variables["params"]["layers"])
+        keys = None if layer_keys is None else layer_keys.reshape(groups, k, *layer_keys.shape[1:])
+        block = Block(c, True, parent=None)
+
+        @functools.partial(jax.checkpoint, policy=policy)
+        def layer(h, p, key):
+            return block.apply({"params": p}, h, None, key, mask, positions, None)[0]
+
+        @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.save_only_these_names(GROUP_BITS))
+        def group(h, ps, ks):
+            h = saved_as_bits(constrain_batch(h), GROUP_BITS)
+            return jax.lax.scan(lambda h, pk: (layer(h, *pk), None), h, (ps, ks))[0]
+
+        return jax.lax.scan(lambda h, g: (group(h, *g), None), x, (stacked, keys))[0]
+
 
 class CausalLM(nn.Module):
     """The decoder with its output projection (``lm_head``, or the embedding table when tied)."""
@@ -376,9 +411,10 @@ class CausalLM(nn.Module):
     cfg: DecoderConfig
     remat: RematPolicy = "none"
     unroll: bool = False  # parameters in the decode layout (``jaxft.models.decoder.unstack_layers``)
+    remat_group: int = 1  # > 1: two-level remat over groups of this many layers (see ``DecoderModel``)
 
     def setup(self):
-        self.model = DecoderModel(self.cfg, self.remat, self.unroll)
+        self.model = DecoderModel(self.cfg, self.remat, self.unroll, self.remat_group)
         if not self.cfg.tie_word_embeddings:
             self.lm_head = LMHead(self.cfg.hidden_size, self.cfg.vocab_size)
 

@@ -1,5 +1,7 @@
 """The linen modules declare exactly the HF-named parameter layout, and accept every kernel kind."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -149,3 +151,44 @@ def test_bf16_remat_saves_layer_inputs_as_16_bit_stacks(monkeypatch):
         stack = f"{cfg.num_hidden_layers},2,24,{cfg.hidden_size}]"
         assert f"u16[{stack}" in hlo
         assert f"f32[{stack}" not in hlo and f"bf16[{stack}" not in hlo
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_remat_group_gives_the_loss_and_gradients_of_the_plain_scan(dtype):
+    """Two-level remat (``remat_group``): the same loss and gradients as one checkpoint per layer (bit for bit
+    for plain parameters, with and without dropout; within float32 rounding for LoRA factors over int8
+    kernels), for "full" and "save_dots"; the parameters keep their [L, ...] layout, and the backward keeps
+    L / k group inputs and k layer inputs instead of L layer inputs."""
+    shape = dict(SHAPE, num_hidden_layers=6)
+    cfg = DecoderConfig.from_hf(dict(model_type="llama", dropout=0.1, **shape))
+    params = init_params(cfg, jax.random.key(0), dtype)
+    base = quantize(params, cfg, "int8")
+    adapters = jax.tree.map(lambda x: x + 0.05, lora.init(jax.random.key(2), cfg, base, rank=4))
+    x = jax.random.normal(jax.random.key(1), (2, 24, cfg.hidden_size)).astype(dtype)
+
+    def loss(t, x, remat, group, rng):  # t: the parameters, or LoRA factors over the int8 base
+        p = t if isinstance(t, dict) else lora.apply(base, t)
+        hidden, _ = forward(cfg, p, inputs_embeds=x, remat=remat, output="hidden", dtype=dtype, remat_group=group,
+                            dropout_rng=rng)
+        return jnp.sum(jnp.square(hidden.astype(jnp.float32)))
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=(2, 3))
+    for tree, rng in ((params, None), (params, jax.random.key(3)), (adapters, None)):
+        for remat in ("full", "save_dots"):
+            want, want_grads = step(tree, x, remat, 1, rng)
+            for group in (2, 3):
+                value, grads = step(tree, x, remat, group, rng)
+                assert float(value) == float(want)
+                for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+                    if isinstance(tree, dict):
+                        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+                    else:  # the LoRA products sum over the layers in another order: float32 rounding
+                        w = np.asarray(w, np.float32)
+                        np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
+    stacks = lambda group: set(re.findall(rf"\[(\d+),2,24,{cfg.hidden_size}\]",
+                                          step.lower(params, x, "full", group, None).compile().as_text()))
+    assert "6" in stacks(1) and "6" not in stacks(2) and {"3", "2"} <= stacks(2)
+    with pytest.raises(ValueError, match="does not divide"):
+        step(params, x, "full", 4, None)
+    with pytest.raises(ValueError, match="needs a remat policy"):
+        step(params, x, "none", 2, None)

@@ -48,6 +48,7 @@ class CondenseModel:
     dtype: Any = jnp.float32  # compute dtype of both LLMs
     remat: str = "none"  # the encoder's remat policy
     decoder_remat: str = "none"
+    decoder_remat_group: int = 1  # > 1: the decoder's layers also checkpointed in groups of this many
     train_decoder: bool = False  # demo-only: the decoder's weights train too
     lora_config: Any = None  # jaxft.lora.LoraConfig of the encoder adapters; None: no adapters
     projector: str = "reference"  # one of PROJECTORS

@@ -63,6 +63,7 @@ def _decode_and_score(model: CondenseModel, dec_params: Params, prefix, prefix_m
         embeds, mask = decoder_inputs(prefix, prefix_mask, marker, tokens, target_mask[:, :-1])
         first = prefix.shape[1]
     hidden, _ = forward(cfg, dec_params, attention_mask=mask, inputs_embeds=embeds, remat=model.decoder_remat,
+                        remat_group=model.decoder_remat_group,
                         output="hidden", dtype=model.dtype)
     hidden = hidden[:, first:]
     head = lm_head_weight(cfg, dec_params, model.dtype)

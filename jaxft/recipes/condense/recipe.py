@@ -92,7 +92,8 @@ def build_parts(config) -> dict[str, Any]:
     model = model_lib.CondenseModel(
         encoder=enc_cfg, decoder=decoder.cfg, num_condense_tokens=layout.num_condense_tokens,
         segment_length=layout.segment_length, dtype=jnp.dtype(config.encoder.compute_dtype),
-        remat=str(config.encoder.remat), decoder_remat=str(config.decoder.remat), train_decoder=train_decoder, lora_config=adapters.config,
+        remat=str(config.encoder.remat), decoder_remat=str(config.decoder.remat),
+        decoder_remat_group=int(config.decoder.remat_group), train_decoder=train_decoder, lora_config=adapters.config,
         projector=str(k.projector))
     embed_table = decoder.params["model"]["embed_tokens"]["weight"]
     embed_std = float(jnp.std(jnp.asarray(embed_table, jnp.float32)))

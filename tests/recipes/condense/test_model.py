@@ -169,3 +169,21 @@ def test_bf16_remat_gives_the_loss_and_gradients_of_no_remat(monkeypatch):
     np.testing.assert_allclose(value, want, rtol=1e-6)
     for g, w in zip(grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=0, atol=2e-2 * float(np.abs(w).max()))
+
+
+def test_decoder_remat_group_gives_the_loss_and_gradients_of_per_layer_remat():
+    """``decoder_remat_group`` (config ``decoder.remat_group``) checkpoints the decoder's layers in groups too:
+    the condense loss and the trainable gradients stay those of one checkpoint per layer."""
+    import dataclasses
+
+    base, trainable, frozen = tiny_condenser("reference")
+    batch = {k: jnp.asarray(v) for k, v in random_batch(np.random.RandomState(6), b=2).items()}
+    results = []
+    for group in (1, 2):
+        model = dataclasses.replace(base, remat="full", decoder_remat="full", decoder_remat_group=group)
+        loss_fn = objectives.make_loss_fn(model, weights=dict(ae=1.0, continuation=1.0), chunk_size=0)
+        results.append(jax.jit(jax.value_and_grad(lambda t: loss_fn(t, frozen, batch, None)[0]))(trainable))
+    (value, grads), (want, want_grads) = results[1], results[0]
+    assert float(value) == float(want)
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))
