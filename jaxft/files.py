@@ -1,4 +1,5 @@
-"""Reading small JSON files (configs, adapter configs, export metadata) with errors that name the file."""
+"""Reading JSON and safetensors files (configs, adapter configs, export metadata and weights) with errors that
+name the file, and the flat tensor names jaxft's own safetensors files use."""
 
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ def read_json(file: Path, *, missing: str = "not found", error: type[Exception] 
         return json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise error(f"{file}: malformed JSON ({e})") from None
+
+
+def read_safetensors(file: Path) -> dict[str, Any]:
+    """Every tensor of a safetensors file as numpy arrays; ``FileNotFoundError`` or ``ValueError`` naming the
+    file when it is missing or does not read (safetensors' own errors name no file)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: not found")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{file}: not a readable safetensors file ({' '.join(str(err).split())})") from None
 
 
 def flatten_tree(tree: dict, prefix: str = "") -> dict:

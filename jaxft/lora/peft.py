@@ -19,10 +19,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from jaxft.files import read_json
+from jaxft.files import read_json, read_safetensors
 from jaxft.checkpoint.hf_names import ParamSpec, param_specs
 from jaxft.checkpoint.sources import CheckpointError
 from jaxft.lora.adapters import LoRA, LoraConfig
@@ -140,31 +139,29 @@ def load_peft(directory: str | Path, cfg: DecoderConfig, dtype=jnp.float32) -> L
 
     host: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
     seen: dict[tuple[str, ...], set[tuple[str, int | None]]] = {}
-    with safe_open(str(weights), framework="np") as f:
-        for key in f.keys():
-            m = _KEY.match(key)
-            if m is None or m["module"] not in by_module:
-                raise CheckpointError(f"{weights}: tensor '{key}' is not the lora_A/lora_B weight of a "
-                                      f"Linear module of a {cfg.model_type} model; not supported")
-            path, layer, spec = by_module[m["module"]]
-            t = f.get_tensor(key)
-            d_out, d_in = spec.hf_shape
-            expected = (rank, d_in) if m["ab"] == "A" else (d_out, rank)
-            if tuple(t.shape) != expected:
-                raise CheckpointError(f"{weights}: tensor '{key}' has shape {tuple(t.shape)}, expected "
-                                      f"{expected} (r={rank} and the {cfg.model_type} config)")
-            ab = m["ab"].lower()
-            if path not in host:
-                lead = spec.shape[:-2]
-                host[path] = {"a": np.zeros(lead + (d_in, rank), np.float32),
-                              "b": np.zeros(lead + (rank, d_out), np.float32)}
-                seen[path] = set()
-            target = host[path][ab]
-            if layer is None:
-                target[...] = t.T
-            else:
-                target[layer] = t.T
-            seen[path].add((ab, layer))
+    for key, t in read_safetensors(weights).items():
+        m = _KEY.match(key)
+        if m is None or m["module"] not in by_module:
+            raise CheckpointError(f"{weights}: tensor '{key}' is not the lora_A/lora_B weight of a "
+                                  f"Linear module of a {cfg.model_type} model; not supported")
+        path, layer, spec = by_module[m["module"]]
+        d_out, d_in = spec.hf_shape
+        expected = (rank, d_in) if m["ab"] == "A" else (d_out, rank)
+        if tuple(t.shape) != expected:
+            raise CheckpointError(f"{weights}: tensor '{key}' has shape {tuple(t.shape)}, expected "
+                                  f"{expected} (r={rank} and the {cfg.model_type} config)")
+        ab = m["ab"].lower()
+        if path not in host:
+            lead = spec.shape[:-2]
+            host[path] = {"a": np.zeros(lead + (d_in, rank), np.float32),
+                          "b": np.zeros(lead + (rank, d_out), np.float32)}
+            seen[path] = set()
+        target = host[path][ab]
+        if layer is None:
+            target[...] = t.T
+        else:
+            target[layer] = t.T
+        seen[path].add((ab, layer))
     if not host:
         raise CheckpointError(f"{weights}: contains no LoRA weights")
 

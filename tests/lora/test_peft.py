@@ -135,6 +135,11 @@ def test_bad_adapter_files_are_named(peft_made_adapter, tiny_dir, tmp_path):
     with pytest.raises(CheckpointError, match=re.escape(f"'{missing}' is missing")):
         jlora.load_peft(broken, cfg)
 
+    (broken / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match=re.escape(f"{broken / 'adapter_model.safetensors'}: not a readable "
+                                                   "safetensors file")):
+        jlora.load_peft(broken, cfg)
+
     (broken / "adapter_model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
         jlora.load_peft(broken, cfg)

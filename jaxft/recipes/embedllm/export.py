@@ -20,10 +20,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from jaxft import lora as lora_lib
-from jaxft.files import flatten_tree, read_json, unflatten_tree
+from jaxft.files import flatten_tree, read_json, read_safetensors, unflatten_tree
 from jaxft.models.perceiver import PerceiverEncoderConfig, from_hf_state, to_hf_state
 from jaxft.recipes.embedllm.core import EmbedLLM, init_encoder, logits_jit, prefix_jit, split_encoder_params
 from jaxft.recipes.embedllm.data import ExampleBuilder, Layout, split_turns
@@ -164,9 +164,7 @@ def load_embedllm(directory: str | Path, *, llm_path: str | None = None, dtype=N
                      condenser=CondenserConfig(**meta["condenser"]), lora_config=adapters.config,
                      train_perceiver=bool(meta["train_perceiver"]), dtype=dtype)
     weights = directory / WEIGHTS_FILE
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights}: not found")
-    flat = load_file(str(weights))
+    flat = read_safetensors(weights)
     perceiver = from_hf_state(model.perceiver, flat, str(weights), prefix="perceiver.")
     rest = unflatten_tree({k: v for k, v in flat.items() if not k.startswith("perceiver.")})
     template = jax.eval_shape(lambda: init_encoder(jax.random.PRNGKey(0), model))

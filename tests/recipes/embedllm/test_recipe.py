@@ -72,6 +72,9 @@ def test_export_reload_gives_identical_logits(task_and_batch, tmp_path):
     replies = chat.reply(["Remember the word time.<|turn|>What was the word?<|turn|>The word"], max_new_tokens=3)
     assert len(replies) == 1 and isinstance(replies[0], str)
 
+    (tmp_path / "a" / "embedllm.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="embedllm.safetensors: not a readable safetensors file"):
+        load_export(str(tmp_path / "a"))
     (tmp_path / "a" / "embedllm.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="embedllm.safetensors"):
         load_export(str(tmp_path / "a"))
