@@ -43,8 +43,11 @@ class KVCache:
     tokens so positions stay right for left-padded prompts.
     """
 
-    # [layers, batch, max_len, kv_heads, head_dim], or a tuple of per-layer [batch, max_len, kv_heads, head_dim]
-    # arrays for the unrolled decode layout (see ``jaxft.models.decoder.unstack_layers``)
+    # k [layers, batch * kv_heads, max_len, head_dim], v [layers, batch * kv_heads, head_dim, max_len], or
+    # tuples of per-layer arrays for the unrolled decode layout (``jaxft.models.decoder.unstack_layers``).
+    # These are the operands of the attention's batched matmuls as XLA:CPU lays them out (one batch axis,
+    # each contracting its last axis), so a decode step updates the cache in place and reads it where it
+    # lies; with [batch, ...] layouts it transposed, or at batch 1 copied, every layer's cache every step.
     k: jnp.ndarray | tuple[jnp.ndarray, ...]
     v: jnp.ndarray | tuple[jnp.ndarray, ...]
     positions: jnp.ndarray  # [batch, max_len] int32
@@ -54,7 +57,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[1] if isinstance(self.k, tuple) else self.k.shape[2]
+        return (self.k[0] if isinstance(self.k, tuple) else self.k).shape[-2]
 
 
 def positions_from_mask(attention_mask: jnp.ndarray, offset: jnp.ndarray | int = 0) -> jnp.ndarray:
@@ -224,12 +227,15 @@ class SelfAttention(nn.Module):
             q = apply_rope(q, positions, inv_freq)
             k = apply_rope(k, positions, inv_freq)
         if cache_kv is not None:
-            ck, cv = cache_kv
-            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-            cache_kv = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if keys is not None and c.dropout > 0:
+            ck, cv = cache_kv  # [b * kv_heads, max_len, head_dim] and [b * kv_heads, head_dim, max_len]
+            n = b * c.num_key_value_heads
+            ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3).reshape(n, t, c.head_dim).astype(ck.dtype),
+                                              (0, index, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 3, 1).reshape(n, c.head_dim, t).astype(cv.dtype),
+                                              (0, 0, index))
+            cache_kv = (ck, cv)
+            o = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, cache_layout=True)
+        elif keys is not None and c.dropout > 0:
             o = _attention_with_dropout(q, k, v, mask, c.dropout, keys[0])
         else:
             o = attention(q, k, v, mask)
