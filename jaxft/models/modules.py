@@ -29,9 +29,11 @@ from jaxft.models.config import DecoderConfig
 from jaxft.models.rope import apply_rope, inverse_frequencies
 from jaxft.models.sharding_hints import constrain_batch
 
-RematPolicy = Literal["none", "full", "save_dots"]
+RematPolicy = Literal["none", "full", "save_dots", "save_proj"]
+REMAT_POLICIES = ("none", "full", "save_dots", "save_proj")
 _INIT_STD = 0.02  # HF's initializer_range default
 CARRY_BITS = "carry_bits"  # the checkpoint name of a rematerialised layer's input (see ``saved_as_bits``)
+PROJECTION = "projection"  # the checkpoint name of the q, k, v, gate and up projections' outputs
 
 
 @jax.tree_util.register_dataclass
@@ -69,7 +71,15 @@ def positions_from_mask(attention_mask: jnp.ndarray, offset: jnp.ndarray | int =
 def remat_policy(policy: RematPolicy) -> tuple[bool, Callable | None]:
     """(whether to remat, the checkpoint policy) for a policy name.
 
-    Both policies also save the value named ``CARRY_BITS``: a layer's input in its raw bits
+    * ``full``: keep each layer's input only; the backward pass recomputes the whole layer.
+    * ``save_dots``: also keep every matmul output without batch dimensions.
+    * ``save_proj``: also keep the outputs (base + adapter) of the q, k, v, gate and up projections --
+      what attention and the SwiGLU need -- and recompute the norms, the attention and the LoRA
+      branches' small matmuls. With LoRA, ``save_dots`` keeps each adapted projection twice (the
+      frozen matmul's output and the adapter's), so this keeps about half as much for the same
+      recomputation of the frozen matmuls: none.
+
+    Every policy also saves the value named ``CARRY_BITS``: a layer's input in its raw bits
     (``saved_as_bits``), which is what a rematerialised layer keeps anyway.
     """
     if policy == "none":
@@ -80,7 +90,9 @@ def remat_policy(policy: RematPolicy) -> tuple[bool, Callable | None]:
     if policy == "save_dots":
         return True, jax.checkpoint_policies.save_from_both_policies(
             jax.checkpoint_policies.dots_with_no_batch_dims_saveable, carry)
-    raise ValueError(f"remat policy '{policy}' is not one of none, full, save_dots")
+    if policy == "save_proj":
+        return True, jax.checkpoint_policies.save_only_these_names(CARRY_BITS, PROJECTION)
+    raise ValueError(f"remat policy '{policy}' is not one of {', '.join(REMAT_POLICIES)}")
 
 
 @jax.custom_jvp
@@ -156,12 +168,16 @@ def _read(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...], 
 
 
 class Dense(nn.Module):
-    """A Linear layer with an [in, out] kernel; the kernel protocol of ``layers.dense``."""
+    """A Linear layer with an [in, out] kernel; the kernel protocol of ``layers.dense``.
+
+    ``saved``: the output carries the checkpoint name ``PROJECTION`` (kept by remat ``save_proj``).
+    """
 
     in_features: int
     features: int
     use_bias: bool
     axes: tuple[str | None, str | None]
+    saved: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -170,7 +186,8 @@ class Dense(nn.Module):
         bias = None
         if self.use_bias:
             bias = _read(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]).value
-        return layers.dense(x, kernel, bias)
+        y = layers.dense(x, kernel, bias)
+        return checkpoint_name(y, PROJECTION) if self.saved else y
 
 
 class Norm(nn.Module):
@@ -202,9 +219,9 @@ class SelfAttention(nn.Module):
     def setup(self):
         c = self.cfg
         h = c.hidden_size
-        self.q_proj = Dense(h, c.q_size, c.attention_bias, ("embed", "heads"))
-        self.k_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"))
-        self.v_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"))
+        self.q_proj = Dense(h, c.q_size, c.attention_bias, ("embed", "heads"), saved=True)
+        self.k_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), saved=True)
+        self.v_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), saved=True)
         self.o_proj = Dense(c.q_size, h, c.o_proj_bias, ("heads", "embed"))
         if c.qk_norm:
             self.q_norm = Norm(c.head_dim, "rms_norm", c.rms_norm_eps)
@@ -250,8 +267,8 @@ class MLP(nn.Module):
 
     def setup(self):
         c = self.cfg
-        self.gate_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"))
-        self.up_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"))
+        self.gate_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), saved=True)
+        self.up_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), saved=True)
         self.down_proj = Dense(c.intermediate_size, c.hidden_size, c.mlp_bias, ("mlp", "embed"))
 
     def __call__(self, h):
