@@ -24,7 +24,7 @@ def model_section(**overrides) -> ConfigDict:
     m.compute_dtype = "float32"  # activations and matmuls
     m.quantize = "none"  # none | nf4 | int8 (frozen base only)
     m.double_quant = False  # nf4: also quantize the block maxima, as bitsandbytes (QLoRA) does
-    m.remat = "none"  # none | full | save_dots
+    m.remat = "none"  # none | full | save_dots | save_proj (jaxft.models.modules.remat_policy)
     m.random_init = ConfigDict()  # HF config keys for random weights (vocab size comes from the tokenizer)
     m.update(overrides)
     return m

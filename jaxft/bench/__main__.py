@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxft.bench import report, shapes, system
+from jaxft.models.modules import REMAT_POLICIES
 
 PEER = Path(__file__).with_name("peer_peft.py")
 
@@ -51,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.add_argument("--lora-rank", type=int, default=16, help="0: full fine-tuning")
     t.add_argument("--steps", type=int, default=5, help="timed steps")
     t.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
-    t.add_argument("--remat", default="none", choices=("none", "full", "save_dots"))
+    t.add_argument("--remat", default="none", choices=REMAT_POLICIES)
     t.add_argument("--peer-remat", choices=("none", "full"),
                    help="with --vs: the peer's gradient checkpointing (full) or none; default: on when --remat is")
     t.add_argument("--chunk", type=int, default=2048, help="tokens per cross-entropy chunk (0: all at once)")
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pl.add_argument("--batch", type=int, default=8)
     pl.add_argument("--seq", type=int, default=2048)
     pl.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
-    pl.add_argument("--remat", default="full", choices=("none", "full", "save_dots"))
+    pl.add_argument("--remat", default="full", choices=REMAT_POLICIES)
     pl.add_argument("--lora-rank", type=int, help="default: 16 for lm, 128 for condense (as its config)")
     pl.add_argument("--chunk", type=int, default=2048, help="tokens per cross-entropy chunk (0: all at once)")
     c = pl.add_argument_group("condense layout (defaults: configs/condense.py)")

@@ -64,14 +64,24 @@ def _blockwise_from(blockwise_from: int | None) -> int:
 
 
 def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: AttentionMask,
-              impl: str | None = None, blockwise_from: int | None = None) -> jnp.ndarray:
+              impl: str | None = None, blockwise_from: int | None = None, cache_layout: bool = False
+              ) -> jnp.ndarray:
     """q [b, t, h, d]; k, v [b, s, kv_h, d] with h a multiple of kv_h -> [b, t, h, d].
 
+    ``cache_layout``: k [b·kv_h, s, d] and v [b·kv_h, d, s] instead, as the KV cache holds them (see
+    ``KVCache``), which the XLA path reads without moving them.
     Without a fused kernel, queries and keys both at least ``blockwise_from`` long (default
     ``blockwise.DEFAULT_MIN_LENGTH`` or $JAXFT_BLOCKWISE_FROM) run the blockwise online softmax,
     which never holds the [t, s] scores.
     """
     impl = impl or _backend_impl()
+    if cache_layout:
+        b, s = q.shape[0], k.shape[1]
+        if impl not in ("flash", "cudnn", "blockwise") and min(q.shape[1], s) < _blockwise_from(blockwise_from):
+            return _xla_cache_attention(q, k, v, mask.dense())
+        kv_h = k.shape[0] // b  # the other paths take [b, s, kv_h, d]
+        k = k.reshape(b, kv_h, s, -1).transpose(0, 2, 1, 3)
+        v = v.reshape(b, kv_h, -1, s).transpose(0, 3, 1, 2)
     if impl == "flash" and not mask.has_cache and mask.sliding_window is None and mask.segment_ids is None:
         return _tpu_flash(q, k, v, mask)
     if impl == "cudnn" and q.dtype in (jnp.bfloat16, jnp.float16):
@@ -92,6 +102,20 @@ def _xla_attention(q, k, v, allowed):
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=acc)
     return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+def _xla_cache_attention(q, k, v, allowed):
+    """``_xla_attention`` over k [b·kv_h, s, d] and v [b·kv_h, d, s] (the KV cache's layouts)."""
+    b, t, h, d = q.shape
+    n, s, _ = k.shape
+    kv_h, g = n // b, h // (n // b)
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    qn = q.reshape(b, t, kv_h, g, d).transpose(0, 2, 3, 1, 4).reshape(n, g * t, d)
+    scores = jnp.einsum("nqd,nsd->nqs", qn, k, preferred_element_type=acc).reshape(b, kv_h, g, t, s)
+    scores = jnp.where(allowed[:, None, None], scores * (d ** -0.5), _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(n, g * t, s)
+    out = jnp.einsum("nqs,nds->nqd", probs, v, preferred_element_type=acc).reshape(b, kv_h, g, t, d)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
 
 
 def _tpu_flash(q, k, v, mask):

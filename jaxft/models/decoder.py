@@ -31,13 +31,14 @@ __all__ = ["KVCache", "init_cache", "forward", "unstack_layers", "embed", "lm_he
 def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32, *,
                per_layer: bool = False) -> KVCache:
     """An empty cache; ``per_layer=True`` for parameters in the decode layout (``unstack_layers``)."""
-    shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    k_shape = (batch * cfg.num_key_value_heads, max_len, cfg.head_dim)  # the layouts attention reads (KVCache)
+    v_shape = (batch * cfg.num_key_value_heads, cfg.head_dim, max_len)
+    layers = cfg.num_hidden_layers
     if per_layer:
-        k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
-        v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+        k = tuple(jnp.zeros(k_shape, dtype) for _ in range(layers))
+        v = tuple(jnp.zeros(v_shape, dtype) for _ in range(layers))
     else:
-        k = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
-        v = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
+        k, v = jnp.zeros((layers, *k_shape), dtype), jnp.zeros((layers, *v_shape), dtype)
     return KVCache(
         k=k,
         v=v,

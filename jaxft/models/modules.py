@@ -30,10 +30,12 @@ from jaxft.models.config import DecoderConfig
 from jaxft.models.rope import apply_rope, inverse_frequencies
 from jaxft.models.sharding_hints import constrain_batch
 
-RematPolicy = Literal["none", "full", "save_dots"]
+RematPolicy = Literal["none", "full", "save_dots", "save_proj"]
+REMAT_POLICIES = ("none", "full", "save_dots", "save_proj")
 _INIT_STD = 0.02  # HF's initializer_range default
 CARRY_BITS = "carry_bits"  # the checkpoint name of a rematerialised layer's input (see ``saved_as_bits``)
 GROUP_BITS = "group_carry_bits"  # the same for a group of layers (``remat_group``)
+PROJECTION = "projection"  # the checkpoint name of the q, k, v, gate and up projections' outputs
 
 
 @jax.tree_util.register_dataclass
@@ -45,8 +47,11 @@ class KVCache:
     tokens so positions stay right for left-padded prompts.
     """
 
-    # [layers, batch, max_len, kv_heads, head_dim], or a tuple of per-layer [batch, max_len, kv_heads, head_dim]
-    # arrays for the unrolled decode layout (see ``jaxft.models.decoder.unstack_layers``)
+    # k [layers, batch * kv_heads, max_len, head_dim], v [layers, batch * kv_heads, head_dim, max_len], or
+    # tuples of per-layer arrays for the unrolled decode layout (``jaxft.models.decoder.unstack_layers``).
+    # These are the operands of the attention's batched matmuls as XLA:CPU lays them out (one batch axis,
+    # each contracting its last axis), so a decode step updates the cache in place and reads it where it
+    # lies; with [batch, ...] layouts it transposed, or at batch 1 copied, every layer's cache every step.
     k: jnp.ndarray | tuple[jnp.ndarray, ...]
     v: jnp.ndarray | tuple[jnp.ndarray, ...]
     positions: jnp.ndarray  # [batch, max_len] int32
@@ -56,7 +61,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[1] if isinstance(self.k, tuple) else self.k.shape[2]
+        return (self.k[0] if isinstance(self.k, tuple) else self.k).shape[-2]
 
 
 def positions_from_mask(attention_mask: jnp.ndarray, offset: jnp.ndarray | int = 0) -> jnp.ndarray:
@@ -68,7 +73,15 @@ def positions_from_mask(attention_mask: jnp.ndarray, offset: jnp.ndarray | int =
 def remat_policy(policy: RematPolicy) -> tuple[bool, Callable | None]:
     """(whether to remat, the checkpoint policy) for a policy name.
 
-    Both policies also save the value named ``CARRY_BITS``: a layer's input in its raw bits
+    * ``full``: keep each layer's input only; the backward pass recomputes the whole layer.
+    * ``save_dots``: also keep every matmul output without batch dimensions.
+    * ``save_proj``: also keep the outputs (base + adapter) of the q, k, v, gate and up projections --
+      what attention and the SwiGLU need -- and recompute the norms, the attention and the LoRA
+      branches' small matmuls. With LoRA, ``save_dots`` keeps each adapted projection twice (the
+      frozen matmul's output and the adapter's), so this keeps about half as much for the same
+      recomputation of the frozen matmuls: none.
+
+    Every policy also saves the value named ``CARRY_BITS``: a layer's input in its raw bits
     (``saved_as_bits``), which is what a rematerialised layer keeps anyway.
     """
     if policy == "none":
@@ -79,7 +92,9 @@ def remat_policy(policy: RematPolicy) -> tuple[bool, Callable | None]:
     if policy == "save_dots":
         return True, jax.checkpoint_policies.save_from_both_policies(
             jax.checkpoint_policies.dots_with_no_batch_dims_saveable, carry)
-    raise ValueError(f"remat policy '{policy}' is not one of none, full, save_dots")
+    if policy == "save_proj":
+        return True, jax.checkpoint_policies.save_only_these_names(CARRY_BITS, PROJECTION)
+    raise ValueError(f"remat policy '{policy}' is not one of {', '.join(REMAT_POLICIES)}")
 
 
 @jax.custom_jvp
@@ -155,12 +170,16 @@ def _read(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...], 
 
 
 class Dense(nn.Module):
-    """A Linear layer with an [in, out] kernel; the kernel protocol of ``layers.dense``."""
+    """A Linear layer with an [in, out] kernel; the kernel protocol of ``layers.dense``.
+
+    ``saved``: the output carries the checkpoint name ``PROJECTION`` (kept by remat ``save_proj``).
+    """
 
     in_features: int
     features: int
     use_bias: bool
     axes: tuple[str | None, str | None]
+    saved: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -169,7 +188,8 @@ class Dense(nn.Module):
         bias = None
         if self.use_bias:
             bias = _read(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]).value
-        return layers.dense(x, kernel, bias)
+        y = layers.dense(x, kernel, bias)
+        return checkpoint_name(y, PROJECTION) if self.saved else y
 
 
 class Norm(nn.Module):
@@ -201,9 +221,9 @@ class SelfAttention(nn.Module):
     def setup(self):
         c = self.cfg
         h = c.hidden_size
-        self.q_proj = Dense(h, c.q_size, c.attention_bias, ("embed", "heads"))
-        self.k_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"))
-        self.v_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"))
+        self.q_proj = Dense(h, c.q_size, c.attention_bias, ("embed", "heads"), saved=True)
+        self.k_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), saved=True)
+        self.v_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), saved=True)
         self.o_proj = Dense(c.q_size, h, c.o_proj_bias, ("heads", "embed"))
         if c.qk_norm:
             self.q_norm = Norm(c.head_dim, "rms_norm", c.rms_norm_eps)
@@ -226,12 +246,15 @@ class SelfAttention(nn.Module):
             q = apply_rope(q, positions, inv_freq)
             k = apply_rope(k, positions, inv_freq)
         if cache_kv is not None:
-            ck, cv = cache_kv
-            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-            cache_kv = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if keys is not None and c.dropout > 0:
+            ck, cv = cache_kv  # [b * kv_heads, max_len, head_dim] and [b * kv_heads, head_dim, max_len]
+            n = b * c.num_key_value_heads
+            ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3).reshape(n, t, c.head_dim).astype(ck.dtype),
+                                              (0, index, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 3, 1).reshape(n, c.head_dim, t).astype(cv.dtype),
+                                              (0, 0, index))
+            cache_kv = (ck, cv)
+            o = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, cache_layout=True)
+        elif keys is not None and c.dropout > 0:
             o = _attention_with_dropout(q, k, v, mask, c.dropout, keys[0])
         else:
             o = attention(q, k, v, mask)
@@ -246,8 +269,8 @@ class MLP(nn.Module):
 
     def setup(self):
         c = self.cfg
-        self.gate_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"))
-        self.up_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"))
+        self.gate_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), saved=True)
+        self.up_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), saved=True)
         self.down_proj = Dense(c.intermediate_size, c.hidden_size, c.mlp_bias, ("mlp", "embed"))
 
     def __call__(self, h):
@@ -385,7 +408,7 @@ class DecoderModel(nn.Module):
         c, k = self.cfg, self.remat_group
         use_remat, policy = remat_policy(self.remat)
         if not use_remat:
-            raise ValueError(f"remat_group={k} needs a remat policy (full or save_dots), not '{self.remat}'")
+            raise ValueError(f"remat_group={k} needs a remat policy (full, save_dots or save_proj), not '{self.remat}'")
         if c.num_hidden_layers % k:
             raise ValueError(f"remat_group={k} does not divide the {c.num_hidden_layers} layers")
         groups = c.num_hidden_layers // k

@@ -120,3 +120,21 @@ def test_decoder_forward_with_blockwise_attention_equals_dense(monkeypatch):
     dense = run()
     monkeypatch.setenv("JAXFT_ATTENTION", "blockwise")
     np.testing.assert_allclose(run(), dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["xla", "blockwise"])
+def test_cache_layout_gives_the_same_attention(impl):
+    """k [b·kv_h, s, d] and v [b·kv_h, d, s] (the KV cache's layouts) equal the [b, s, kv_h, d] inputs,
+    on the XLA path that reads them in place and on a path that takes them transposed back."""
+    b, t, s, kv_h = 2, 3, 24, 2
+    q, k, v = _inputs(b=b, t=t, s=s, kv_h=kv_h)
+    slots = jnp.broadcast_to(10 + jnp.arange(t), (b, t))
+    kv_valid = np.arange(s)[None] < 13
+    kv_valid[0, :2] = False  # a left-padded row
+    kv_pos = jnp.asarray(np.maximum(np.cumsum(kv_valid, -1) - 1, 0), jnp.int32)
+    mask = attn.AttentionMask(slots, jnp.asarray(kv_valid), kv_pos[:, 10:13], kv_pos, 7, has_cache=True)
+    k_cache = k.transpose(0, 2, 1, 3).reshape(b * kv_h, s, -1)
+    v_cache = v.transpose(0, 2, 3, 1).reshape(b * kv_h, -1, s)
+    want = attn._xla_attention(q, k, v, mask.dense())
+    got = attn.attention(q, k_cache, v_cache, mask, impl=impl, cache_layout=True)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

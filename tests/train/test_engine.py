@@ -188,9 +188,10 @@ def test_remat_policies_give_equal_loss_and_gradients():
         logp = jax.nn.log_softmax(logits[:, :-1])
         return -(jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0] * mask[:, 1:]).sum()
 
-    results = {r: jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, r) for r in ("none", "full", "save_dots")}
+    policies = ("none", "full", "save_dots", "save_proj")
+    results = {r: jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, r) for r in policies}
     base_loss, base_grads = results["none"]
-    for remat in ("full", "save_dots"):
+    for remat in policies[1:]:
         value, grads = results[remat]
         np.testing.assert_allclose(float(value), float(base_loss), rtol=1e-6)
         for g, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):
