@@ -54,8 +54,12 @@ def unstack_layers(params: Params) -> Params:
 
     ``forward`` recognises the layout and runs the layers unrolled, each reading its own weights in
     place (see ``DecoderModel``). LoRA and quantized kernels split like plain ones (every leaf keeps the
-    layer axis first). Inside a jitted function the split is one copy of the weights per call.
+    layer axis first). Inside a jitted function the split is one copy of the weights per call, so code
+    that generates many times (an inference server, an evaluation loop) keeps its parameters split
+    once; parameters already in this layout are returned as they are.
     """
+    if "layers" not in params["model"]:
+        return params
     model = dict(params["model"])
     stacked = model.pop("layers")
     count = jax.tree.leaves(stacked)[0].shape[0]

@@ -81,7 +81,8 @@ def generate(
     start from ``inputs_embeds`` [batch, prompt_len, hidden]; repetition
     penalties and n-gram bans then only see the generated tokens. ``lora``, if
     given, adapts ``params`` on the fly through ``jaxft.lora.apply``. The same
-    ``seed`` gives the same samples.
+    ``seed`` gives the same samples. ``params`` may already be split by
+    ``jaxft.models.decoder.unstack_layers``, which saves a copy of the weights per call.
     """
     if not isinstance(sampling, SamplingConfig):
         raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
@@ -154,6 +155,10 @@ def _generate(cfg: DecoderConfig, sampling: SamplingConfig, eos_ids: tuple[int, 
     if lora is not None:
         from jaxft.lora import apply as apply_lora  # imported late: optional at import time
 
+        if "layers" not in params["model"]:
+            raise ValueError("generate: lora= needs the stacked parameters (model.layers), not the decode layout "
+                             "of unstack_layers; merge or apply the adapters first")
+
         params = apply_lora(params, lora)
     batch, prompt_len = attention_mask.shape
     max_new = sampling.max_new_tokens
@@ -161,6 +166,7 @@ def _generate(cfg: DecoderConfig, sampling: SamplingConfig, eos_ids: tuple[int, 
     dtype = table.dtype if inputs_embeds is None else inputs_embeds.dtype
 
     # Unrolled layers over per-layer weights and caches: each decode step reads every weight once, in place.
+    # (One copy of the weights per call, unless the caller passes them split already.)
     params = unstack_layers(params)
     cache = init_cache(cfg, batch, prompt_len + max_new, dtype, per_layer=True)
     hidden, cache = forward(cfg, params, prompt_ids, attention_mask, inputs_embeds=inputs_embeds,

@@ -334,3 +334,19 @@ def test_lora_is_applied_inside_generate(models):
     np.testing.assert_allclose(np.asarray(adapted.logits), np.asarray(merged.logits), atol=1e-4, rtol=0)
     base = np.stack([_greedy_tokens(models, row=r) for r in range(2)])
     assert (np.asarray(adapted.tokens) != base).any(), "the adapters did not change the output"
+
+
+def test_parameters_split_once_give_the_same_tokens(models):
+    """Parameters already in the decode layout (``unstack_layers``) generate the same tokens and logits."""
+    from jaxft.models.decoder import unstack_layers
+
+    cfg, params, _ = models("llama")
+    ids, mask = _left_padded(PROMPTS)
+    split = unstack_layers(params)
+    assert unstack_layers(split) is split
+    want = generate(cfg, params, ids, GREEDY, attention_mask=mask)
+    got = generate(cfg, split, ids, GREEDY, attention_mask=mask)
+    np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+    np.testing.assert_allclose(np.asarray(got.logits), np.asarray(want.logits), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the stacked parameters"):
+        generate(cfg, split, ids, GREEDY, attention_mask=mask, lora=object())
