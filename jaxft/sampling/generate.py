@@ -98,6 +98,9 @@ def generate(
                              f"got shape {tuple(inputs_embeds.shape)}")
         batch, prompt_len = inputs_embeds.shape[:2]
     attention_mask = _check_mask(attention_mask, batch, prompt_len)
+    if lora is not None and "layers" not in params["model"]:
+        raise ValueError("generate: lora= needs the stacked parameters (model.layers), not the decode layout of "
+                         "unstack_layers; apply or merge the adapters before splitting")
     eos_ids, pad_id = _special_ids(cfg, sampling)
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"generate: seed must be an int in [0, 2**32), got {seed!r}")
@@ -155,9 +158,6 @@ def _generate(cfg: DecoderConfig, sampling: SamplingConfig, eos_ids: tuple[int, 
     if lora is not None:
         from jaxft.lora import apply as apply_lora  # imported late: optional at import time
 
-        if "layers" not in params["model"]:
-            raise ValueError("generate: lora= needs the stacked parameters (model.layers), not the decode layout "
-                             "of unstack_layers; merge or apply the adapters first")
 
         params = apply_lora(params, lora)
     batch, prompt_len = attention_mask.shape
