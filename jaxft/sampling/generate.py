@@ -158,7 +158,6 @@ def _generate(cfg: DecoderConfig, sampling: SamplingConfig, eos_ids: tuple[int, 
     if lora is not None:
         from jaxft.lora import apply as apply_lora  # imported late: optional at import time
 
-
         params = apply_lora(params, lora)
     batch, prompt_len = attention_mask.shape
     max_new = sampling.max_new_tokens
