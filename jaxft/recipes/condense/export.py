@@ -19,10 +19,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from jaxft import lora as lora_lib
-from jaxft.files import flatten_tree, read_json, unflatten_tree
+from jaxft.files import flatten_tree, read_json, read_safetensors, unflatten_tree
 from jaxft.checkpoint.hf import load_pretrained, save_pretrained
 from jaxft.recipes.condense.data import Layout
 from jaxft.recipes.condense.model import CondenseModel, projector_input_size
@@ -126,9 +126,7 @@ def read_condenser(directory: str | Path, *, encoder_path: str | None = None, de
     dec_cfg, dec_params = load_pretrained(_base_path(directory, meta, "decoder", decoder_path), dtype=dtype)
     adapters = lora_lib.load_peft(directory / "adapter", enc_cfg)
     weights_file = directory / WEIGHTS_FILE
-    if not weights_file.exists():
-        raise FileNotFoundError(f"{weights_file}: not found")
-    tree = unflatten_tree(load_file(str(weights_file)))
+    tree = unflatten_tree(read_safetensors(weights_file))
     n, h_enc, h_dec = layout.num_condense_tokens, enc_cfg.hidden_size, dec_cfg.hidden_size
     model = CondenseModel(encoder=enc_cfg, decoder=dec_cfg, num_condense_tokens=n,
                           segment_length=layout.segment_length, dtype=dtype, lora_config=adapters.config,

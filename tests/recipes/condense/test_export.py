@@ -96,6 +96,9 @@ def test_export_rejects_mismatched_weights(exported, tmp_path):
     save_file(weights, str(broken / "condenser.safetensors"))
     with pytest.raises(ValueError, match="condenser.safetensors: tensor 'projector.linear.kernel' has shape"):
         load_condenser(broken)
+    (broken / "condenser.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="condenser.safetensors: not a readable safetensors file"):
+        load_condenser(broken)
 
 
 def test_no_context_baseline_reads_only_a_start_token(exported):
