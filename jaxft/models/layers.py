@@ -25,8 +25,36 @@ def matmul(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
     # One flat token axis: a 3-D einsum makes the backward's weight-gradient dots contract two
     # axes, which XLA:CPU lowers with strided transposed copies (~20% of a LoRA step).
     lead = x.shape[:-1]
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), w.astype(x.dtype), preferred_element_type=accumulation_dtype(x.dtype))
-    return y.reshape(*lead, w.shape[-1]).astype(x.dtype)
+    x2, w = x.reshape(-1, x.shape[-1]), w.astype(x.dtype)
+    y = _matmul_16bit(x2, w) if jnp.dtype(x.dtype).itemsize == 2 else \
+        jnp.dot(x2, w, preferred_element_type=accumulation_dtype(x.dtype)).astype(x.dtype)
+    return y.reshape(*lead, w.shape[-1])
+
+
+@jax.custom_vjp
+def _matmul_16bit(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+    """[n, in] @ [in, out] for 16-bit floats, with 16-bit operands and float32 accumulation in the backward too.
+
+    Autodiff of ``dot(..., preferred_element_type=float32)`` multiplies the float32 cotangent by the
+    16-bit operand, a float32 matmul; the cotangent of a 16-bit output holds 16-bit values, so the
+    same products run as a 16-bit matmul with float32 accumulation (about twice as fast on CPUs).
+    """
+    return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _matmul_16bit_fwd(x, w):
+    return _matmul_16bit(x, w), (x, w)
+
+
+def _matmul_16bit_bwd(residuals, g):
+    x, w = residuals
+    g = g.astype(x.dtype)
+    dx = jax.lax.dot_general(g, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    dw = jax.lax.dot_general(x, g, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_matmul_16bit.defvjp(_matmul_16bit_fwd, _matmul_16bit_bwd)
 
 
 def dense(x: jnp.ndarray, kernel, bias: jnp.ndarray | None = None) -> jnp.ndarray:

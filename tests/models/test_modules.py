@@ -215,3 +215,23 @@ def test_save_proj_keeps_less_than_save_dots_for_lora_with_equal_gradients():
     temp = {r: grad[r].lower(adapters.params, r).compile().memory_analysis().temp_size_in_bytes
             for r in ("save_dots", "save_proj")}
     assert temp["save_proj"] < 0.8 * temp["save_dots"], temp
+
+
+def test_16_bit_matmul_gradients_equal_autodiff_of_the_float32_accumulating_dot():
+    """``layers.matmul`` on bfloat16 (a custom VJP whose backward multiplies 16-bit operands) gives the
+    values and gradients of plain autodiff through ``dot(preferred_element_type=float32)``."""
+    from jaxft.models import layers
+
+    r = np.random.default_rng(0)
+    x = jnp.asarray(r.normal(size=(3, 5, 16)), jnp.bfloat16)
+    w = jnp.asarray(r.normal(size=(16, 8)), jnp.bfloat16)
+    cot = jnp.asarray(r.normal(size=(3, 5, 8)), jnp.float32)
+
+    def plain(x, w):
+        return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+    grads = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * cot), argnums=(0, 1))(x, w)
+    np.testing.assert_array_equal(np.asarray(layers.matmul(x, w), np.float32), np.asarray(plain(x, w), np.float32))
+    for got, want in zip(grads(layers.matmul), grads(plain)):
+        assert got.dtype == want.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-2, atol=1e-2)
