@@ -4,9 +4,10 @@ With vocabularies of 128k-152k entries the float32 logits of a modest batch
 (and the softmax the backward pass needs) are the largest buffers of a
 fine-tuning step, often larger than the LoRA model itself. ``causal_lm_loss``
 with ``chunk_size`` scans over chunks of tokens, computes each chunk's logits,
-log-sum-exp and target logit; its custom VJP keeps only the per-token
-log-sum-exp and recomputes one chunk's softmax at a time in the backward pass,
-so only one chunk of logits is ever alive.
+log-sum-exp and target logit; its custom VJP keeps per token either the
+gradient with respect to the hidden state (frozen head) or the log-sum-exp
+(trained head, whose backward recomputes one chunk's softmax at a time), so
+only one chunk of logits is ever alive.
 
 Conventions shared with the train step:
 
@@ -25,6 +26,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
 
 class LossOutput(NamedTuple):
@@ -50,8 +52,9 @@ def _chunk_logits(x, w):
     return jnp.einsum("nh,hv->nv", x, w, preferred_element_type=jnp.float32)
 
 
-def _chunks_forward(xs, w, targets, weights, live):
-    """Scan over chunks [C, n, ...]: the three sums, plus each token's logsumexp and nll for the backward."""
+def _chunks_forward(xs, w, targets, weights, live, *, unit_grads: bool = False):
+    """Scan over chunks [C, n, ...]: the three sums, each token's nll, and for the backward either each
+    token's logsumexp or (``unit_grads``) its d nll / d x, ``(softmax - onehot(target)) @ w.T``."""
     def body(carry, chunk):
         x, tgt, wt, lv = chunk
         logits = _chunk_logits(x, w)
@@ -60,11 +63,18 @@ def _chunks_forward(xs, w, targets, weights, live):
         hits = (jnp.argmax(logits, axis=-1) == tgt) & lv
         sums = (jnp.sum(jnp.where(lv, wt * nll, 0.0)), jnp.sum(jnp.where(lv, nll, 0.0)),
                 jnp.sum(hits.astype(jnp.float32)))
-        return tuple(c + v for c, v in zip(carry, sums)), (lse, jnp.where(lv, nll, 0.0))
+        saved = _unit_grads(x, w, logits, lse, tgt) if unit_grads else lse
+        return tuple(c + v for c, v in zip(carry, sums)), (saved, jnp.where(lv, nll, 0.0))
 
     zero = jnp.zeros((), jnp.float32)
-    sums, (lse, nll) = jax.lax.scan(body, (zero, zero, zero), (xs, targets, weights, live))
-    return sums, lse, nll
+    sums, (saved, nll) = jax.lax.scan(body, (zero, zero, zero), (xs, targets, weights, live))
+    return sums, saved, nll
+
+
+def _unit_grads(x, w, logits, lse, tgt):
+    """d nll / d x of each token row, float32 [n, h]."""
+    dlogits = jnp.exp(logits - lse[:, None]) - jax.nn.one_hot(tgt, w.shape[1], dtype=logits.dtype)
+    return jnp.einsum("nv,hv->nh", dlogits.astype(x.dtype), w, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
@@ -73,42 +83,51 @@ def _chunked_sums(xs, w, targets, weights, live):
 
 
 def _chunked_sums_fwd(xs, w, targets, weights, live):
-    sums, lse, nll = _chunks_forward(xs, w, targets, weights, live)
-    return sums, (xs, w, targets, weights, live, lse, nll)
+    """A frozen head (LoRA, prefix tuning): each token's gradient is a per-token coefficient times a
+    vector that does not depend on the cotangents, so the forward computes that vector while the
+    chunk's logits are at hand and the backward needs no logits at all -- two vocabulary matmuls in
+    the step instead of three. A trained head needs d W, which the backward gets from the logits
+    recomputed chunk by chunk."""
+    head_trains = w.perturbed
+    xs, w, targets, weights, live = custom_vjp_primal_tree_values((xs, w, targets, weights, live))
+    sums, saved, nll = _chunks_forward(xs, w, targets, weights, live, unit_grads=not head_trains)
+    return sums, (xs, w if head_trains else None, targets, weights, live, saved, nll)
+
+
+def _cotangent(g) -> jax.Array:
+    return jnp.zeros((), jnp.float32) if isinstance(g, SymbolicZero) else g
 
 
 def _chunked_sums_bwd(res, cotangents):
-    """Per chunk: softmax from the saved logsumexp (one logits matmul), then d hidden and d W.
+    """d(loss)/d(logits) of a token is c * (softmax - onehot(target)) with c = g_loss * weight + g_ce
+    on live tokens and 0 elsewhere; the argmax count has no gradient."""
+    xs, w, targets, weights, live, saved, nll = res
+    g_loss, g_ce = _cotangent(cotangents[0]), _cotangent(cotangents[1])
+    coef = jnp.where(live, g_loss * weights + g_ce, 0.0)
+    dweights = (g_loss * nll).astype(weights.dtype)  # nll is already 0 on dead tokens
+    if w is None:  # frozen head: saved holds each token's unit gradient
+        return (coef[..., None] * saved).astype(xs.dtype), None, None, dweights, None
 
-    d(loss)/d(logits) of a token is c * (softmax - onehot(target)) with c = g_loss * weight + g_ce
-    on live tokens and 0 elsewhere; the argmax count has no gradient.
-    """
-    xs, w, targets, weights, live, lse, nll = res
-    g_loss, g_ce, _ = cotangents
-
-    def body(dw, chunk):
-        x, tgt, wt, lv, lse_c = chunk
-        coef = jnp.where(lv, g_loss * wt + g_ce, 0.0)
+    def body(dw, chunk):  # per chunk: softmax from the saved logsumexp (one logits matmul), d x and d W
+        x, tgt, c, lse_c = chunk
         probs = jnp.exp(_chunk_logits(x, w) - lse_c[:, None])
         onehot = jax.nn.one_hot(tgt, w.shape[1], dtype=probs.dtype)
-        dlogits = (coef[:, None] * (probs - onehot)).astype(x.dtype)
+        dlogits = (c[:, None] * (probs - onehot)).astype(x.dtype)
         dx = jnp.einsum("nv,hv->nh", dlogits, w, preferred_element_type=jnp.float32).astype(x.dtype)
         dw = dw + jnp.einsum("nh,nv->hv", x, dlogits, preferred_element_type=jnp.float32)
         return dw, dx
 
-    dw, dxs = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (xs, targets, weights, live, lse))
-    dweights = (g_loss * nll).astype(weights.dtype)  # nll is already 0 on dead tokens
+    dw, dxs = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (xs, targets, coef, saved))
     return dxs, dw.astype(w.dtype), None, dweights, None
 
 
-_chunked_sums.defvjp(_chunked_sums_fwd, _chunked_sums_bwd)
+_chunked_sums.defvjp(_chunked_sums_fwd, _chunked_sums_bwd, symbolic_zeros=True)
 
 
 def _chunked_stats(hidden, head_weight, targets, weights, live, chunk_size: int):
     """The sums of _token_stats over chunks of whole time slices [b, span]: every chunk covers all batch
-    rows, so a batch-sharded ``hidden`` stays sharded the same way inside the scan. A custom VJP keeps
-    only each token's logsumexp from the forward and recomputes one chunk's softmax at a time in the
-    backward, so neither pass holds more than one chunk of logits."""
+    rows, so a batch-sharded ``hidden`` stays sharded the same way inside the scan. Neither pass holds
+    more than one chunk of logits (see ``_chunked_sums_fwd``)."""
     b, t, h = hidden.shape
     span = -(-chunk_size // b)  # time steps per chunk, so that a chunk holds ~chunk_size tokens
     pad = -t % span

@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,3 +153,38 @@ def test_ce_sum_is_the_unweighted_nll():
     for chunk_size in (None, 16):
         out = causal_lm_loss(hidden, head, targets, mask, weights, chunk_size=chunk_size)
         np.testing.assert_allclose(float(out.ce_sum), _reference(hidden, head, targets, mask, ones)[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_ce", [True, False])
+def test_frozen_head_gradients_equal_plain_autodiff(use_ce):
+    """A head that gets no gradient takes the path that computes each token's gradient in the forward."""
+    hidden, head, targets, mask, weights = _problem(b=2, t=45, h=24, vocab=500, seed=6)
+    mix = (0.7, 0.3) if use_ce else (1.0, 0.0)
+
+    def objective(sums):
+        return lambda x, wt: (lambda ls, ce: mix[0] * ls + mix[1] * ce)(*sums(x, wt))
+
+    chunked = objective(lambda x, wt: causal_lm_loss(x, head, targets, mask, wt, chunk_size=16)[::4][:2])
+    plain = objective(lambda x, wt: _plain_sums(x, head, targets, mask, wt))
+    v, grads = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(hidden, weights)
+    v_ref, grads_ref = jax.value_and_grad(plain, argnums=(0, 1))(hidden, weights)
+    np.testing.assert_allclose(float(v), float(v_ref), rtol=1e-5)
+    for g, ref in zip(grads, grads_ref):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+
+def _vocab_dots(f, *args) -> int:
+    """Dots in the lowered gradient of f with a vocabulary-wide (500) operand or result."""
+    hlo = jax.jit(f).lower(*args).as_text()
+    return sum(1 for line in hlo.splitlines() if "dot_general" in line and re.search(r"[<x]500x", line))
+
+
+def test_frozen_head_step_multiplies_by_the_vocabulary_twice():
+    """Logits and the hidden-state gradient; a trained head adds the recomputed logits and d W."""
+    hidden, head, targets, mask, weights = _problem(b=2, t=45, h=24, vocab=500, seed=7)
+
+    def loss(x, w):
+        return causal_lm_loss(x, w, targets, mask, chunk_size=16).loss_sum
+
+    assert _vocab_dots(jax.grad(loss), hidden, head) == 2
+    assert _vocab_dots(jax.grad(loss, argnums=(0, 1)), hidden, head) == 4
