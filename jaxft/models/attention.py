@@ -19,6 +19,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from jaxft.models import layers
 from jaxft.models.blockwise import DEFAULT_MIN_LENGTH, blockwise_attention
 
 _NEG = -1e30  # finite, so fully masked rows (padding queries) stay NaN-free
@@ -95,12 +96,11 @@ def _xla_attention(q, k, v, allowed):
     b, t, h, d = q.shape
     kv_h = k.shape[2]
     q = q.reshape(b, t, kv_h, h // kv_h, d)
-    acc = jnp.promote_types(q.dtype, jnp.float32)  # float64 runs stay float64
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=acc)
+    scores = layers.einsum("btkgd,bskd->bkgts", q, k)
     scores = scores * (d ** -0.5)
     scores = jnp.where(allowed[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=acc)
+    out = layers.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, d).astype(q.dtype)
 
 
@@ -109,12 +109,11 @@ def _xla_cache_attention(q, k, v, allowed):
     b, t, h, d = q.shape
     n, s, _ = k.shape
     kv_h, g = n // b, h // (n // b)
-    acc = jnp.promote_types(q.dtype, jnp.float32)
     qn = q.reshape(b, t, kv_h, g, d).transpose(0, 2, 3, 1, 4).reshape(n, g * t, d)
-    scores = jnp.einsum("nqd,nsd->nqs", qn, k, preferred_element_type=acc).reshape(b, kv_h, g, t, s)
+    scores = layers.einsum("nqd,nsd->nqs", qn, k).reshape(b, kv_h, g, t, s)
     scores = jnp.where(allowed[:, None, None], scores * (d ** -0.5), _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(n, g * t, s)
-    out = jnp.einsum("nqs,nds->nqd", probs, v, preferred_element_type=acc).reshape(b, kv_h, g, t, d)
+    out = layers.einsum("nqs,nds->nqd", probs, v).reshape(b, kv_h, g, t, d)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
 
 

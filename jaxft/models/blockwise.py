@@ -20,6 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxft.models import layers
+
 # Query and key lengths from which ``attention`` switches to this path on backends
 # without a fused kernel; override with the environment variable JAXFT_BLOCKWISE_FROM.
 DEFAULT_MIN_LENGTH = 1024
@@ -89,7 +91,7 @@ def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask, *,
 
             def update(carry):
                 m, l, o = carry
-                scores = jnp.einsum("bqkgd,bskd->bkgqs", qb, kb, preferred_element_type=acc) * scale
+                scores = layers.einsum("bqkgd,bskd->bkgqs", qb, kb) * scale
                 okb = ok[:, None, None]
                 # The output does not depend on the running maximum (it cancels), so no gradient flows
                 # through it.
@@ -101,7 +103,7 @@ def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask, *,
                 p = jnp.exp(jnp.where(okb, scores - shift[..., None], -jnp.inf))
                 corr = jnp.exp(jnp.where(jnp.isfinite(m), m - shift, -jnp.inf))
                 l = l * corr + p.sum(-1)
-                pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(vb.dtype), vb, preferred_element_type=acc)
+                pv = layers.einsum("bkgqs,bskd->bkgqd", p.astype(vb.dtype), vb)
                 return m_new, l, o * corr[..., None] + pv
 
             return jax.lax.cond(ok.any(), update, lambda c: c, carry), None

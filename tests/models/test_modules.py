@@ -236,3 +236,48 @@ def test_16_bit_matmul_gradients_equal_autodiff_of_the_float32_accumulating_dot(
     for got, want in zip(grads(layers.matmul), grads(plain)):
         assert got.dtype == want.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("spec", ["btkgd,bskd->bkgts", "bkgts,bskd->btkgd"])
+def test_16_bit_einsum_gradients_equal_autodiff_in_float32(spec):
+    """``layers.einsum`` on bfloat16 (the attention's two products) gives float32 autodiff's values and
+    gradients, up to rounding the cotangent and the gradients to bfloat16."""
+    from jaxft.models import layers
+
+    r = np.random.default_rng(1)
+    dims = dict(b=2, t=5, s=5, k=2, g=3, d=8)
+    lhs, rhs = spec.split("->")[0].split(",")
+    a = jnp.asarray(r.normal(size=[dims[c] for c in lhs]), jnp.bfloat16)
+    b = jnp.asarray(r.normal(size=[dims[c] for c in rhs]), jnp.bfloat16)
+    cot = jnp.asarray(r.normal(size=[dims[c] for c in spec.split("->")[1]]), jnp.bfloat16).astype(jnp.float32)
+
+    def grads(f, a, b):
+        return jax.value_and_grad(lambda a, b: jnp.sum(f(a, b) * cot), argnums=(0, 1))(a, b)
+
+    value, got = grads(lambda a, b: layers.einsum(spec, a, b), a, b)
+    want_value, want = grads(lambda a, b: jnp.einsum(spec, a, b), a.astype(jnp.float32), b.astype(jnp.float32))
+    np.testing.assert_allclose(float(value), float(want_value), rtol=1e-6)
+    for g, w in zip(got, want):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w), rtol=1e-2, atol=1e-2)
+
+
+def test_bf16_attention_backward_multiplies_16_bit_operands():
+    """Every dot in the gradient of bfloat16 attention reads bfloat16 operands (float32 operands would
+    run at half the rate)."""
+    import re
+
+    from jaxft.models.attention import AttentionMask, attention
+
+    r = np.random.default_rng(2)
+    q = jnp.asarray(r.normal(size=(2, 16, 4, 8)), jnp.bfloat16)
+    k, v = (jnp.asarray(r.normal(size=(2, 16, 2, 8)), jnp.bfloat16) for _ in range(2))
+    pos = jnp.broadcast_to(jnp.arange(16), (2, 16))
+    mask = AttentionMask(pos, jnp.ones((2, 16), bool), pos, pos)
+    loss = lambda q, k, v: jnp.sum(attention(q, k, v, mask, impl="xla").astype(jnp.float32) ** 2)
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, v).as_text()
+    dots = [line for line in hlo.splitlines() if "stablehlo.dot_general" in line]
+    assert len(dots) == 6
+    for line in dots:
+        operands = re.search(r":\s*\((.*?)\)\s*->", line).group(1)
+        assert "f32" not in operands, line
