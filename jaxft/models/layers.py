@@ -40,8 +40,17 @@ def einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     and accumulates in float32 again.
     """
     if jnp.dtype(a.dtype).itemsize == 2 and jnp.dtype(b.dtype).itemsize == 2:
+        sa, sb, out = _einsum_indices(spec)
+        if not set(sa) <= set(out) | set(sb) or not set(sb) <= set(out) | set(sa):
+            raise ValueError(f"einsum {spec!r}: an index summed within one operand has no 16-bit backward here")
         return _einsum_16bit(spec, a, b)
     return jnp.einsum(spec, a, b, preferred_element_type=accumulation_dtype(a.dtype))
+
+
+def _einsum_indices(spec: str) -> tuple[str, str, str]:
+    inputs, out = spec.replace(" ", "").split("->")
+    sa, sb = inputs.split(",")
+    return sa, sb, out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -55,11 +64,10 @@ def _einsum_16bit_fwd(spec, a, b):
 
 def _einsum_16bit_bwd(spec, residuals, g):
     a, b = residuals
-    (sa, sb), out = spec.replace(" ", "").split("->")[0].split(","), spec.replace(" ", "").split("->")[1]
-    if not set(sa) <= set(out) | set(sb) or not set(sb) <= set(out) | set(sa):
-        raise ValueError(f"einsum {spec!r}: an operand index summed on its own has no 16-bit backward here")
+    sa, sb, out = _einsum_indices(spec)
     g = g.astype(a.dtype)
-    # Each operand first in its own gradient's dot keeps the result in its natural layout.
+    # a first in its gradient's dot: a matmul's weight gradient contracts axis 0 of both operands and
+    # comes out [in, out] without a transposed copy.
     da = jnp.einsum(f"{out},{sb}->{sa}", g, b, preferred_element_type=jnp.float32)
     db = jnp.einsum(f"{sa},{out}->{sb}", a, g, preferred_element_type=jnp.float32)
     return da.astype(a.dtype), db.astype(b.dtype)

@@ -262,6 +262,14 @@ def test_16_bit_einsum_gradients_equal_autodiff_in_float32(spec):
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w), rtol=1e-2, atol=1e-2)
 
 
+def test_16_bit_einsum_refuses_an_index_summed_within_one_operand():
+    from jaxft.models import layers
+
+    x = jnp.ones((2, 3), jnp.bfloat16)
+    with pytest.raises(ValueError, match="ab,bc->c"):
+        layers.einsum("ab,bc->c", x, x.T)
+
+
 def test_bf16_attention_backward_multiplies_16_bit_operands():
     """Every dot in the gradient of bfloat16 attention reads bfloat16 operands (float32 operands would
     run at half the rate)."""
