@@ -10,7 +10,7 @@ alive. Each query block is rematerialised in the backward pass
 
 Key blocks no query of the block may see (the causal future, outside the
 sliding window, other segments) are skipped with ``lax.cond``. The result
-equals ``attention._xla_attention`` including its treatment of rows that see
+equals ``attention.dense_attention`` including its treatment of rows that see
 no key at all (left padding): the dense softmax over an all ``-1e30`` row is
 uniform, so such rows get the mean of all values.
 """

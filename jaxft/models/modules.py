@@ -25,7 +25,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxft.models import layers
-from jaxft.models.attention import AttentionMask, attention
+from jaxft.models.attention import AttentionMask, attention, dense_attention
 from jaxft.models.config import DecoderConfig
 from jaxft.models.rope import apply_rope, inverse_frequencies
 from jaxft.models.sharding_hints import constrain_batch
@@ -131,18 +131,6 @@ def dropout(x, rate: float, key):
         return x
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-def _attention_with_dropout(q, k, v, mask, rate, key):
-    """Softmax attention with dropout on the probabilities (training only; plain XLA on every backend)."""
-    b, t, h, d = q.shape
-    kv_h = k.shape[2]
-    q = q.reshape(b, t, kv_h, h // kv_h, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
-    scores = jnp.where(mask.dense()[:, None, None], scores, -1e30)
-    probs = dropout(jax.nn.softmax(scores, axis=-1), rate, key).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, h, d).astype(q.dtype)
 
 
 def sinusoidal_positions(positions: jnp.ndarray, dim: int) -> jnp.ndarray:
@@ -255,7 +243,7 @@ class SelfAttention(nn.Module):
             cache_kv = (ck, cv)
             o = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, cache_layout=True)
         elif keys is not None and c.dropout > 0:
-            o = _attention_with_dropout(q, k, v, mask, c.dropout, keys[0])
+            o = dense_attention(q, k, v, mask.dense(), lambda p: dropout(p, c.dropout, keys[0]))
         else:
             o = attention(q, k, v, mask)
         o = self.o_proj(o.reshape(b, t, c.q_size))

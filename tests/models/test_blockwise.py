@@ -25,7 +25,7 @@ def _mask(b, t, valid, *, window=None, segments=None):
 
 
 def _check(q, k, v, mask, q_block=4, kv_block=8):
-    dense = lambda q, k, v: attn._xla_attention(q, k, v, mask.dense())
+    dense = lambda q, k, v: attn.dense_attention(q, k, v, mask.dense())
     block = lambda q, k, v: blockwise_attention(q, k, v, mask, q_block=q_block, kv_block=kv_block)
     np.testing.assert_allclose(block(q, k, v), dense(q, k, v), atol=1e-5, rtol=1e-5)
     cot = jnp.asarray(np.random.default_rng(9).normal(size=q.shape), jnp.float32)
@@ -96,7 +96,7 @@ def test_attention_switches_to_blockwise_above_the_threshold(monkeypatch):
     monkeypatch.setattr(attn, "blockwise_attention", spy)
     out = attn.attention(q, k, v, mask, impl="xla", blockwise_from=8)
     assert calls, "12 >= 8 queries and keys: blockwise expected"
-    np.testing.assert_allclose(out, attn._xla_attention(q, k, v, mask.dense()), atol=1e-5)
+    np.testing.assert_allclose(out, attn.dense_attention(q, k, v, mask.dense()), atol=1e-5)
     calls.clear()
     attn.attention(q, k, v, mask, impl="xla", blockwise_from=16)
     assert not calls
@@ -135,6 +135,6 @@ def test_cache_layout_gives_the_same_attention(impl):
     mask = attn.AttentionMask(slots, jnp.asarray(kv_valid), kv_pos[:, 10:13], kv_pos, 7, has_cache=True)
     k_cache = k.transpose(0, 2, 1, 3).reshape(b * kv_h, s, -1)
     v_cache = v.transpose(0, 2, 3, 1).reshape(b * kv_h, -1, s)
-    want = attn._xla_attention(q, k, v, mask.dense())
+    want = attn.dense_attention(q, k, v, mask.dense())
     got = attn.attention(q, k_cache, v_cache, mask, impl=impl, cache_layout=True)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
