@@ -71,10 +71,15 @@ def _chunks_forward(xs, w, targets, weights, live, *, unit_grads: bool = False):
     return sums, saved, nll
 
 
+def _nll_grad_logits(logits, lse, tgt):
+    """d nll / d logits of each token row: softmax - onehot(target)."""
+    return jnp.exp(logits - lse[:, None]) - jax.nn.one_hot(tgt, logits.shape[1], dtype=logits.dtype)
+
+
 def _unit_grads(x, w, logits, lse, tgt):
     """d nll / d x of each token row, float32 [n, h]."""
-    dlogits = jnp.exp(logits - lse[:, None]) - jax.nn.one_hot(tgt, w.shape[1], dtype=logits.dtype)
-    return jnp.einsum("nv,hv->nh", dlogits.astype(x.dtype), w, preferred_element_type=jnp.float32)
+    dlogits = _nll_grad_logits(logits, lse, tgt).astype(x.dtype)
+    return jnp.einsum("nv,hv->nh", dlogits, w, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
@@ -110,9 +115,7 @@ def _chunked_sums_bwd(res, cotangents):
 
     def body(dw, chunk):  # per chunk: softmax from the saved logsumexp (one logits matmul), d x and d W
         x, tgt, c, lse_c = chunk
-        probs = jnp.exp(_chunk_logits(x, w) - lse_c[:, None])
-        onehot = jax.nn.one_hot(tgt, w.shape[1], dtype=probs.dtype)
-        dlogits = (c[:, None] * (probs - onehot)).astype(x.dtype)
+        dlogits = (c[:, None] * _nll_grad_logits(_chunk_logits(x, w), lse_c, tgt)).astype(x.dtype)
         dx = jnp.einsum("nv,hv->nh", dlogits, w, preferred_element_type=jnp.float32).astype(x.dtype)
         dw = dw + jnp.einsum("nh,nv->hv", x, dlogits, preferred_element_type=jnp.float32)
         return dw, dx
