@@ -76,8 +76,9 @@ def remat_policy(policy: RematPolicy) -> tuple[bool, Callable | None]:
     * ``full``: keep each layer's input only; the backward pass recomputes the whole layer.
     * ``save_dots``: also keep every matmul output without batch dimensions.
     * ``save_proj``: also keep the outputs (base + adapter) of the q, k, v, gate and up projections --
-      what attention and the SwiGLU need -- and recompute the norms, the attention and the LoRA
-      branches' small matmuls. With LoRA, ``save_dots`` keeps each adapted projection twice (the
+      what attention and the SwiGLU need -- and the residual stream between attention and MLP (so the
+      o projection is not run again), and recompute the norms, the attention and the LoRA branches'
+      small matmuls. With LoRA, ``save_dots`` keeps each adapted projection twice (the
       frozen matmul's output and the adapter's), so this keeps about half as much for the same
       recomputation of the frozen matmuls: none.
 
@@ -123,6 +124,13 @@ def saved_as_bits(x: jnp.ndarray, name: str = CARRY_BITS) -> jnp.ndarray:
         return x
     bits = checkpoint_name(jax.lax.bitcast_convert_type(x, jnp.uint16), name)
     return _from_bits(bits, x)
+
+
+def kept_for_backward(x: jnp.ndarray, name: str) -> jnp.ndarray:
+    """``x`` under the checkpoint name ``name``, 16-bit floats through their bits (``saved_as_bits``)."""
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2:
+        return saved_as_bits(x, name)
+    return checkpoint_name(x, name)
 
 
 def dropout(x, rate: float, key):
@@ -300,6 +308,10 @@ class Block(nn.Module):
         if self.cfg.parallel_residual:
             return x + a + self.mlp_branch(x, mlp_key), cache_kv
         x = x + a
+        if self.remat:
+            # Kept by remat ``save_proj``: the MLP norm's backward reads it, and recomputing it means
+            # recomputing the o projection.
+            x = kept_for_backward(x, PROJECTION)
         return x + self.mlp_branch(x, mlp_key), cache_kv
 
 
