@@ -277,10 +277,13 @@ class Block(nn.Module):
     """One decoder layer: sequential (``x + Attn``, then ``+ MLP``) or parallel residual.
 
     ``remat``: the layer runs rematerialised; its input goes through ``saved_as_bits``.
+    ``keep_residual``: the residual stream between attention and MLP carries the checkpoint name
+    ``PROJECTION`` too (remat ``save_proj`` keeps it; other policies would only pay for the round trip).
     """
 
     cfg: DecoderConfig
     remat: bool = False
+    keep_residual: bool = False
 
     def setup(self):
         self.input_layernorm = _block_norm(self.cfg)
@@ -308,9 +311,8 @@ class Block(nn.Module):
         if self.cfg.parallel_residual:
             return x + a + self.mlp_branch(x, mlp_key), cache_kv
         x = x + a
-        if self.remat:
-            # Kept by remat ``save_proj``: the MLP norm's backward reads it, and recomputing it means
-            # recomputing the o projection.
+        if self.remat and self.keep_residual:
+            # The MLP norm's backward reads it, and recomputing it means recomputing the o projection.
             x = kept_for_backward(x, PROJECTION)
         return x + self.mlp_branch(x, mlp_key), cache_kv
 
@@ -378,14 +380,15 @@ class DecoderModel(nn.Module):
         self.embed_tokens = Embed(c.vocab_size, c.hidden_size)
         use_remat, policy = remat_policy(self.remat)
         block = nn.remat(Block, policy=policy) if use_remat else Block
+        keep = self.remat == "save_proj"
         if self.unroll:
-            self.layers = [block(c, use_remat) for _ in range(c.num_hidden_layers)]
+            self.layers = [block(c, use_remat, keep) for _ in range(c.num_hidden_layers)]
         else:
             self.layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(c, use_remat)
+            )(c, use_remat, keep)
         self.norm = _block_norm(c)
 
     def __call__(self, x, layer_kv, layer_keys, mask, positions, index):
@@ -414,7 +417,7 @@ class DecoderModel(nn.Module):
         groups = c.num_hidden_layers // k
         stacked = jax.tree.map(lambda a: a.reshape(groups, k, *a.shape[1:]), self.variables["params"]["layers"])
         keys = None if layer_keys is None else layer_keys.reshape(groups, k, *layer_keys.shape[1:])
-        block = Block(c, True, parent=None)
+        block = Block(c, True, self.remat == "save_proj", parent=None)
 
         @functools.partial(jax.checkpoint, policy=policy)
         def layer(h, p, key):
