@@ -122,3 +122,13 @@ print(getattr(jax.jit(lambda x: constrain_batch(x * 2.0)).lower(x).compile().out
     with_mesh, without = out.stdout.strip().splitlines()[-2:]
     assert "('fsdp'" in with_mesh, with_mesh
     assert "fsdp" not in without
+
+
+def test_the_reported_config_is_the_shape_that_ran():
+    """With ``--model``, the JSON's ``config`` names the model's dimensions, not the shape flags' defaults."""
+    from jaxft.bench.__main__ import _ran, parse_args
+
+    config = _ran(parse_args(["train", "--model", "qwen3-0.6b"]))
+    assert (config["model"], config["hidden"], config["layers"], config["heads"], config["vocab"]) == \
+        ("qwen3-0.6b", 1024, 28, 16, 151936)
+    assert _ran(parse_args(["train", *TINY]))["hidden"] == 64

@@ -143,8 +143,17 @@ def run_here(args) -> dict[str, Any]:
                                dtype=args.dtype, repeats=args.repeats, peak_gflops=peaks["matmul_peak_gflops"],
                                bandwidth=peaks.get("bandwidth_gbs"))
     out["peak_rss_mib"] = rss.peak_bytes() / system.MiB
-    out["config"] = _describe(args)
+    out["config"] = _ran(args)
     return out
+
+
+def _ran(args) -> dict[str, Any]:
+    """The flags, with the shape fields of the model that ran (``--model`` overrides the shape flags)."""
+    hf = shapes.from_args(args)
+    shape = dict(arch=hf["model_type"], hidden=hf["hidden_size"], layers=hf["num_hidden_layers"],
+                 heads=hf["num_attention_heads"], kv_heads=hf["num_key_value_heads"], head_dim=hf.get("head_dim"),
+                 ffn=hf["intermediate_size"], vocab=hf["vocab_size"])
+    return {**_describe(args), **shape}
 
 
 def _describe(args) -> dict[str, Any]:
