@@ -168,7 +168,8 @@ def _read(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...], 
 class Dense(nn.Module):
     """A Linear layer with an [in, out] kernel; the kernel protocol of ``layers.dense``.
 
-    ``saved``: the output carries the checkpoint name ``PROJECTION`` (kept by remat ``save_proj``).
+    ``saved``: the output carries the checkpoint name ``PROJECTION`` (kept by remat ``save_proj``);
+    ``bits``: a 16-bit output carries it as its bits (``kept_for_backward``), as remat ``save_proj`` sets it.
     """
 
     in_features: int
@@ -176,6 +177,7 @@ class Dense(nn.Module):
     use_bias: bool
     axes: tuple[str | None, str | None]
     saved: bool = False
+    bits: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -185,7 +187,9 @@ class Dense(nn.Module):
         if self.use_bias:
             bias = _read(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]).value
         y = layers.dense(x, kernel, bias)
-        return checkpoint_name(y, PROJECTION) if self.saved else y
+        if not self.saved:
+            return y
+        return kept_for_backward(y, PROJECTION) if self.bits else checkpoint_name(y, PROJECTION)
 
 
 class Norm(nn.Module):
@@ -210,16 +214,21 @@ def _block_norm(cfg: DecoderConfig) -> Norm:
 
 
 class SelfAttention(nn.Module):
-    """Grouped-query attention with rotary positions, optional q/k norms and a KV cache slot."""
+    """Grouped-query attention with rotary positions, optional q/k norms and a KV cache slot.
+
+    ``save_proj``: the q, k, v projections keep 16-bit outputs as bits (``Dense.bits``).
+    """
 
     cfg: DecoderConfig
+    save_proj: bool = False
 
     def setup(self):
         c = self.cfg
         h = c.hidden_size
-        self.q_proj = Dense(h, c.q_size, c.attention_bias, ("embed", "heads"), saved=True)
-        self.k_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), saved=True)
-        self.v_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), saved=True)
+        kept = dict(saved=True, bits=self.save_proj)
+        self.q_proj = Dense(h, c.q_size, c.attention_bias, ("embed", "heads"), **kept)
+        self.k_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), **kept)
+        self.v_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), **kept)
         self.o_proj = Dense(c.q_size, h, c.o_proj_bias, ("heads", "embed"))
         if c.qk_norm:
             self.q_norm = Norm(c.head_dim, "rms_norm", c.rms_norm_eps)
@@ -259,14 +268,16 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: ``down(silu(gate x) * up x)``."""
+    """SwiGLU: ``down(silu(gate x) * up x)``; ``save_proj`` as in ``SelfAttention``."""
 
     cfg: DecoderConfig
+    save_proj: bool = False
 
     def setup(self):
         c = self.cfg
-        self.gate_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), saved=True)
-        self.up_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), saved=True)
+        kept = dict(saved=True, bits=self.save_proj)
+        self.gate_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), **kept)
+        self.up_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), **kept)
         self.down_proj = Dense(c.intermediate_size, c.hidden_size, c.mlp_bias, ("mlp", "embed"))
 
     def __call__(self, h):
@@ -277,19 +288,20 @@ class Block(nn.Module):
     """One decoder layer: sequential (``x + Attn``, then ``+ MLP``) or parallel residual.
 
     ``remat``: the layer runs rematerialised; its input goes through ``saved_as_bits``.
-    ``keep_residual``: the residual stream between attention and MLP carries the checkpoint name
-    ``PROJECTION`` too (remat ``save_proj`` keeps it; other policies would only pay for the round trip).
+    ``save_proj`` (set under remat ``save_proj``): the residual stream between attention and MLP carries
+    the checkpoint name ``PROJECTION`` too, and what the policy keeps goes through its bits when 16-bit
+    (``kept_for_backward``); under other policies the round trip would cost without saving anything.
     """
 
     cfg: DecoderConfig
     remat: bool = False
-    keep_residual: bool = False
+    save_proj: bool = False
 
     def setup(self):
         self.input_layernorm = _block_norm(self.cfg)
-        self.self_attn = SelfAttention(self.cfg)
+        self.self_attn = SelfAttention(self.cfg, self.save_proj)
         self.post_attention_layernorm = _block_norm(self.cfg)
-        self.mlp = MLP(self.cfg)
+        self.mlp = MLP(self.cfg, self.save_proj)
 
     def attention_branch(self, x, mask, positions, cache_kv=None, index=None, keys=None):
         """``Attn(norm x)`` and the layer's updated cache."""
@@ -311,7 +323,7 @@ class Block(nn.Module):
         if self.cfg.parallel_residual:
             return x + a + self.mlp_branch(x, mlp_key), cache_kv
         x = x + a
-        if self.remat and self.keep_residual:
+        if self.remat and self.save_proj:
             # The MLP norm's backward reads it, and recomputing it means recomputing the o projection.
             x = kept_for_backward(x, PROJECTION)
         return x + self.mlp_branch(x, mlp_key), cache_kv
@@ -380,15 +392,15 @@ class DecoderModel(nn.Module):
         self.embed_tokens = Embed(c.vocab_size, c.hidden_size)
         use_remat, policy = remat_policy(self.remat)
         block = nn.remat(Block, policy=policy) if use_remat else Block
-        keep = self.remat == "save_proj"
+        save_proj = self.remat == "save_proj"
         if self.unroll:
-            self.layers = [block(c, use_remat, keep) for _ in range(c.num_hidden_layers)]
+            self.layers = [block(c, use_remat, save_proj) for _ in range(c.num_hidden_layers)]
         else:
             self.layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(c, use_remat, keep)
+            )(c, use_remat, save_proj)
         self.norm = _block_norm(c)
 
     def __call__(self, x, layer_kv, layer_keys, mask, positions, index):

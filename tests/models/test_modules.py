@@ -121,7 +121,8 @@ def test_bf16_remat_saves_layer_inputs_as_16_bit_stacks(monkeypatch):
     """With bfloat16 activations, remat "full" and "save_dots" give the loss and gradients of no remat (and
     those of saving the bfloat16 values themselves, up to XLA:CPU keeping a saved bfloat16 value's float32
     excess precision), and what the compiled step keeps per layer is a 16-bit stack [layers, batch, tokens,
-    hidden] (uint16 bits): no float32 copy of it, which XLA:CPU makes of a saved bfloat16 stack."""
+    hidden] (uint16 bits): no float32 copy of it, which XLA:CPU makes of a saved bfloat16 stack. The same
+    holds for the projections "save_proj" keeps."""
     from jaxft.models import modules
     cfg = CONFIGS["llama"]
     params = init_params(cfg, jax.random.key(0), jnp.bfloat16)
@@ -134,7 +135,7 @@ def test_bf16_remat_saves_layer_inputs_as_16_bit_stacks(monkeypatch):
 
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
     base_loss, base_grads = step(params, embeds, "none")
-    for remat in ("full", "save_dots"):
+    for remat in ("full", "save_dots", "save_proj"):
         value, grads = step(params, embeds, remat)
         np.testing.assert_allclose(float(value), float(base_loss), rtol=1e-6)
         for g, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):
@@ -151,6 +152,9 @@ def test_bf16_remat_saves_layer_inputs_as_16_bit_stacks(monkeypatch):
         stack = f"{cfg.num_hidden_layers},2,24,{cfg.hidden_size}]"
         assert f"u16[{stack}" in hlo
         assert f"f32[{stack}" not in hlo and f"bf16[{stack}" not in hlo
+        if remat == "save_proj":  # the kept gate/up projections too
+            ffn = f"{cfg.num_hidden_layers},2,24,{cfg.intermediate_size}]"
+            assert f"u16[{ffn}" in hlo and f"f32[{ffn}" not in hlo and f"bf16[{ffn}" not in hlo
 
 
 @pytest.mark.slow  # a dozen compiled steps per dtype
