@@ -132,3 +132,10 @@ def test_the_reported_config_is_the_shape_that_ran():
     assert (config["model"], config["hidden"], config["layers"], config["heads"], config["vocab"]) == \
         ("qwen3-0.6b", 1024, 28, 16, 151936)
     assert _ran(parse_args(["train", *TINY]))["hidden"] == 64
+
+
+def test_generate_rounds_report_the_median_of_each_batch_figure():
+    from jaxft.bench.__main__ import median_batches
+
+    runs = [{"batches": {"1": {"decode_tokens_per_s": v, "prefill_tokens_per_s": 10 * v}}} for v in (93.0, 99.0, 98.0)]
+    assert median_batches(runs) == {"1": {"decode_tokens_per_s": 98.0, "prefill_tokens_per_s": 980.0}}

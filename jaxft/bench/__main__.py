@@ -223,13 +223,17 @@ def compare(args) -> dict[str, Any]:
     if args.what == "train" and peaks.get("matmul_peak_gflops"):
         out["peer_mfu"] = ours[0]["model_flops_per_step"] / out["peer_step_s_median"] / (peaks["matmul_peak_gflops"] * 1e9)
     if args.what == "generate":
-        out["ratios_by_batch"] = {
-            b: {k: system.median([o["batches"][b][k] for o in ours]) / system.median([t["batches"][b][k] for t in theirs])
-                for k in ("prefill_tokens_per_s", "decode_tokens_per_s")}
-            for b in ours[0]["batches"]}
-        out["peer_batches"] = {b: {k: system.median([t["batches"][b][k] for t in theirs]) for k in theirs[0]["batches"][b]}
-                               for b in theirs[0]["batches"]}
+        out["batches"], out["peer_batches"] = median_batches(ours), median_batches(theirs)
+        out["ratios_by_batch"] = {b: {k: out["batches"][b][k] / out["peer_batches"][b][k]
+                                      for k in ("prefill_tokens_per_s", "decode_tokens_per_s")}
+                                  for b in out["batches"]}
     return out
+
+
+def median_batches(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per batch size, the median of each generate figure over the rounds."""
+    return {b: {k: system.median([run["batches"][b][k] for run in runs]) for k in row}
+            for b, row in runs[0]["batches"].items()}
 
 
 # -- plan ----------------------------------------------------------------------------------------
