@@ -80,7 +80,8 @@ def remat_policy(policy: RematPolicy) -> tuple[bool, Callable | None]:
       o projection is not run again), and recompute the norms, the attention and the LoRA branches'
       small matmuls. With LoRA, ``save_dots`` keeps each adapted projection twice (the
       frozen matmul's output and the adapter's), so this keeps about half as much for the same
-      recomputation of the frozen matmuls: none.
+      recomputation of the frozen matmuls: none. 16-bit values are kept as their bits
+      (``kept_for_backward``), which XLA:CPU would otherwise store as float32.
 
     Every policy also saves the value named ``CARRY_BITS``: a layer's input in its raw bits
     (``saved_as_bits``), which is what a rematerialised layer keeps anyway.
