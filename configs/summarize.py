@@ -12,7 +12,6 @@ from ml_collections import ConfigDict
 from jaxft.config import base_config, data_section, lora_section, model_section
 
 PRESETS = ("demo", "smoke", "smol", "seed")
-CNN_DAILYMAIL_TRAIN = 287_113  # rows of cnn_dailymail 3.0.0's train split
 
 
 def get_config(preset: str = "demo") -> ConfigDict:
@@ -45,6 +44,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     s.max_new_tokens = 128
     s.results_path = ""  # also write each eval's evaluation_results.json here ("": only the export's)
     s.scaling_report = True  # print the Chinchilla block for the planned run at start
+    s.epochs = 3.0  # > 0: train.steps = ceil(epochs * training pairs read / train.batch_size); 0: train.steps
 
     # The reference's optimisation: AdamW lr 1e-4, wd 0.01, 100 warmup steps then linear decay,
     # clipping at 1.0, batch 4, 3 epochs; eval every 500 steps, best by validation loss.
@@ -55,7 +55,6 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.optim.weight_decay = 0.01
     c.optim.max_grad_norm = 1.0
     c.train.batch_size = 4
-    c.train.steps = -(-3 * CNN_DAILYMAIL_TRAIN // 4)  # 3 epochs of the full train split
     c.train.eval_every = 500
     c.train.eval_batches = 50
     c.train.log_every = 50
@@ -89,6 +88,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
         c.optim.schedule.warmup_steps = 20
         c.optim.schedule.end_lr_ratio = 0.1
         c.train.batch_size = 16
+        s.epochs = 0.0
         c.train.steps = 150
         c.train.eval_every = 50
         c.train.eval_batches = 4
@@ -129,6 +129,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
         s.eval_samples = 16
         c.optim.schedule.peak_lr = 5e-4
         c.optim.schedule.warmup_steps = 5
+        s.epochs = 0.0
         c.train.steps = 60
         c.train.eval_every = 30
         c.train.eval_batches = 4

@@ -2,6 +2,7 @@
 
     python -m jaxft.recipes.summarize scaling --params 8.8e6 --tokens 2.3e8 [--total-params 5e8]
     python -m jaxft.recipes.summarize evaluate --export runs/summarize/export [--data val.jsonl] [--eval-samples 50]
+    python -m jaxft.recipes.summarize evaluate --export runs/summarize/export --split test  # the run's dataset's test split
     python -m jaxft.recipes.summarize evaluate --export runs/summarize/export --base     # the untuned base model
     python -m jaxft.recipes.summarize generate --export runs/summarize/export --file article.txt
 """
@@ -33,19 +34,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--compute", type=_number, help="compute budget C in FLOPs")
     s.add_argument("--total-params", type=_number, help="full model size, printed for reference")
 
-    e = verbs.add_parser("evaluate", help="ROUGE of an export's summaries; writes evaluation_results.json")
+    e = verbs.add_parser("evaluate", help="ROUGE of an export's summaries; writes evaluate_<split>.json")
     e.add_argument("--export", required=True, help="export directory of a summarize run")
     e.add_argument("--data", help="validation pairs: a .jsonl/.json/.csv file or directory, a datasets "
                                   "directory or a hub name (default: the run's own validation pairs)")
-    e.add_argument("--split", default="validation", help="split of a datasets directory / hub dataset")
+    e.add_argument("--split", help="split of --data (a datasets directory / hub dataset; default validation), "
+                                   "or without --data of the run's own data.hf_dataset (e.g. test, as the "
+                                   "reference scored); default: the run's validation pairs")
     e.add_argument("--hf-config", default="", help="configuration of a hub dataset (e.g. 3.0.0)")
     e.add_argument("--document-column", help="default: the run's data.document_column")
     e.add_argument("--summary-column", help="default: the run's data.summary_column")
     e.add_argument("--eval-samples", type=int, help="documents to summarise (default: the run's)")
     e.add_argument("--base", action="store_true", help="evaluate the base model without the adapter")
     e.add_argument("--greedy", action="store_true", help="greedy decoding instead of the run's setting")
-    e.add_argument("--output", help="results file (default: <export>/evaluation_results.json, "
-                                    "<export>/base_evaluation_results.json with --base)")
+    e.add_argument("--output", help="results file (default: <export>/evaluate_<split or data name>.json, "
+                                    "..._base.json with --base; the export's evaluation_results.json, written "
+                                    "at training, is never overwritten)")
 
     g = verbs.add_parser("generate", help="summarise a text with an export")
     g.add_argument("--export", required=True, help="export directory of a summarize run")
@@ -72,10 +76,16 @@ def _data_config(args, config):
     data.document_column = args.document_column or data.document_column
     data.summary_column = args.summary_column or data.summary_column
     data.max_records = 0
-    if Path(args.data).expanduser().is_file():
+    if args.data is None:  # --split alone: another split of the run's own dataset
+        if not data.hf_dataset or data.path:
+            raise ValueError("--split without --data needs a run trained on data.hf_dataset (a hub dataset or "
+                             "datasets directory); this run read data.path: give --data")
+        data.path, data.hf_split = "", args.split
+    elif Path(args.data).expanduser().is_file():
         data.path, data.hf_dataset = str(Path(args.data).expanduser()), ""
     else:
-        data.path, data.hf_dataset, data.hf_config, data.hf_split = "", args.data, args.hf_config, args.split
+        data.path, data.hf_dataset, data.hf_config, data.hf_split = "", args.data, args.hf_config, \
+            args.split or "validation"
     return data
 
 
@@ -88,7 +98,7 @@ def _evaluation_pairs(args, summarizer):
     count = args.eval_samples if args.eval_samples is not None else int(config.summarize.eval_samples)
     if count < 1:
         raise ValueError(f"--eval-samples must be positive, got {count}")
-    if args.data is None:
+    if args.data is None and args.split is None:
         _, valid, _ = load_pairs(config, train=False)
     else:
         data = _data_config(args, config)
@@ -115,8 +125,9 @@ def _evaluate(args) -> int:
                                  pairs, decode=decode, lora=None if args.base else summarizer.adapters,
                                  batch_size=int(config.summarize.eval_batch_size), seed=int(config.seed))
     results["model"] = "base" if args.base else "trained"
-    output = Path(args.output) if args.output else Path(args.export) / (
-        f"base_{RESULTS_FILE}" if args.base else RESULTS_FILE)
+    output = Path(args.output) if args.output else default_output(args)
+    if output.resolve() == (Path(args.export) / RESULTS_FILE).resolve():
+        raise ValueError(f"--output {output}: that is the training run's results file; name another")
     write_results(output, results)
     print(summary_line(results))
     for i, sample in enumerate(results["samples"][:3], 1):
@@ -124,6 +135,16 @@ def _evaluate(args) -> int:
               f"Generated Summary: {sample['generated_summary']}")
     print(f"\nresults: {output}")
     return 0
+
+
+def default_output(args) -> Path:
+    """``<export>/evaluate_<what>[_base].json``: named after the split or data file scored, so runs on
+    different data keep their own file and training's ``evaluation_results.json`` stays as written."""
+    if args.data is not None and Path(args.data).expanduser().is_file():
+        what = Path(args.data).stem
+    else:
+        what = args.split or "validation"
+    return Path(args.export) / f"evaluate_{what}{'_base' if args.base else ''}.json"
 
 
 def _generate(args) -> int:

@@ -8,7 +8,8 @@ trained on (tokenizing the joined string would let BPE merge ``:`` with the summ
 
 ``max_input_length`` cuts the *document* to that many of its own tokens (the cut falls on a token
 boundary of the document's text, which is then put into the prompt; the markers are never cut);
-``max_target_length`` cuts the summary's tokens (the EOS is added after the cut).
+``max_target_length`` cuts the summary's tokens; a cut summary gets no EOS, so the model is never
+taught to stop in mid-sentence (a summary that fits ends with the EOS).
 """
 
 from __future__ import annotations
@@ -105,10 +106,11 @@ class SummaryEncoder:
                 if not summary:
                     where = origins[i] if origins else f"pair {i}"
                     raise DataError(f"{where}: the summary encodes to no tokens")
+                end = [self.eos]
                 if len(summary) > self.max_target_length:
                     counts.summaries += 1
-                    summary = summary[:self.max_target_length]
-                ids = np.asarray(prompt + list(summary) + [self.eos], np.int32)
+                    summary, end = summary[:self.max_target_length], []
+                ids = np.asarray(prompt + list(summary) + end, np.int32)
                 mask = np.zeros(len(ids), np.int8)
                 mask[len(prompt):] = 1
                 examples.append({"input_ids": ids, "loss_mask": mask})
@@ -184,10 +186,19 @@ def load_pairs(config, *, train: bool = True) -> tuple[RecordList | None, Record
     return records, _renamed(load_records(extra, columns), columns), source
 
 
-def head(records: RecordList, count: int) -> RecordList:
-    """The first ``count`` records, keeping their origins."""
+def seeded_subset(records: RecordList, count: int, seed: int) -> RecordList:
+    """A seeded choice of ``count`` records in their original order, keeping their origins: the same
+    records at every eval, drawn from the whole set rather than its head (a file's first rows are often
+    one source or one day)."""
+    count = min(int(count), len(records))
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(records))[:count])
     origins = getattr(records, "origins", None) or None
-    return RecordList(records[:count], origins=origins[:count] if origins else None)
+    return RecordList([records[i] for i in chosen], origins=[origins[i] for i in chosen] if origins else None)
+
+
+def steps_for_epochs(epochs: float, train_count: int, batch_size: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``train_count`` pairs at ``batch_size``, rounded up."""
+    return max(1, -(-int(round(float(epochs) * train_count)) // int(batch_size)))
 
 
 def _renamed(records: RecordList, columns: tuple[str, str]) -> RecordList:

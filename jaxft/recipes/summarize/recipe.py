@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxft import lora as lora_lib
-from jaxft.recipes.summarize.data import SummaryEncoder, head, load_pairs
+from jaxft.recipes.summarize.data import SummaryEncoder, load_pairs, seeded_subset, steps_for_epochs
 from jaxft.recipes.summarize.evaluation import DecodeSettings, evaluate_summaries, summary_line, write_results
 from jaxft.recipes.summarize.loss import boundary_token_weights
 from jaxft.train.task import TrainTask
@@ -51,9 +51,7 @@ def token_weights(loss_mask: np.ndarray, s) -> np.ndarray:
 def eval_subset(records, count: int, seed: int) -> list[tuple[str, str]]:
     """A seeded choice of ``count`` (document, summary) pairs, in their original order: the same
     documents at every eval, and for ``evaluate`` on the export."""
-    count = min(int(count), len(records))
-    chosen = np.sort(np.random.default_rng(seed).permutation(len(records))[:count])
-    return [(records[i]["document"], records[i]["summary"]) for i in chosen]
+    return [(r["document"], r["summary"]) for r in seeded_subset(records, count, seed)]
 
 
 def count_params(tree: Any) -> int:
@@ -78,7 +76,8 @@ def build(config, mesh) -> TrainTask:
     model_cfg.quantize = "none"  # counted at full size first, then quantized
     cfg, params, tokenizer = load_model(model_cfg, config.seed)
     base_param_count = count_params(params)
-    params = quantize(params, cfg, str(config.model.quantize))
+    double_quant = str(config.model.quantize) == "nf4" and bool(config.model.double_quant)
+    params = quantize(params, cfg, str(config.model.quantize), double_quant=double_quant)
     compute_dtype = jnp.dtype(config.model.compute_dtype)
     lcfg = config.lora
     trainable, frozen, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(config.seed + 1), cfg, params, lcfg)
@@ -93,13 +92,18 @@ def build(config, mesh) -> TrainTask:
                          f"{source}; need at least one of each")
     batch_size = int(config.train.batch_size)
     eval_rows = int(config.train.eval_batches) * batch_size
-    valid_for_loss = head(valid_records, eval_rows) if eval_rows else valid_records
+    # validation loss (the best checkpoint's criterion) on a seeded subset when eval_batches caps it
+    valid_for_loss = seeded_subset(valid_records, eval_rows, int(config.seed)) if eval_rows else valid_records
     train_examples, train_counts = encoder.encode([(r["document"], r["summary"]) for r in train_records],
                                                   getattr(train_records, "origins", None))
     valid_examples, valid_counts = encoder.encode([(r["document"], r["summary"]) for r in valid_for_loss],
                                                   getattr(valid_for_loss, "origins", None))
     log.info("data: train: %s", train_counts)
     log.info("data: validation: %s", valid_counts)
+    if float(s.epochs) > 0:  # the steps of the data actually read, not of a fixed data set
+        config.train.steps = steps_for_epochs(float(s.epochs), len(train_examples), batch_size)
+        log.info("summarize.epochs=%s over %d pairs at batch %d: train.steps=%d", s.epochs, len(train_examples),
+                 batch_size, int(config.train.steps))
     longest = max(len(e["input_ids"]) for e in train_examples + valid_examples)
     seq_len = int(s.seq_len) or -(-longest // 8) * 8
     if seq_len < longest:
@@ -179,7 +183,7 @@ def build(config, mesh) -> TrainTask:
                 save_pretrained(directory / "merged", cfg, lora_lib.merge(cfg, base, adapters))
         tokenizer.save_pretrained(str(directory / "tokenizer"))
         settings = {"base_model": config.model.path or None, "quantize": str(config.model.quantize),
-                    "dtype": str(config.model.dtype), "full_finetune": full_finetune,
+                    "double_quant": double_quant, "dtype": str(config.model.dtype), "full_finetune": full_finetune,
                     "decode": dataclasses.asdict(decode), "config": config.to_dict()}
         (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str) + "\n")
         results = run_rouge(trainable, frozen)
@@ -191,7 +195,8 @@ def build(config, mesh) -> TrainTask:
     planned_tokens = int(config.train.steps) * batch_size * mean_tokens
     if s.scaling_report and jax.process_index() == 0:
         analysis = scaling.analyze(params=trainable_count, tokens=planned_tokens,
-                                   total_params=base_param_count + (0 if full_finetune else trainable_count))
+                                   total_params=base_param_count + (0 if full_finetune else trainable_count),
+                                   lora=not full_finetune)
         print(scaling.report(analysis), flush=True)
 
     where = config.model.path or "a randomly initialised model (config.model.random_init)"
@@ -268,5 +273,5 @@ def load_export(directory: str) -> Summarizer:
     if not base:
         raise FileNotFoundError(f"{directory}: no base/ and no base_model in {SETTINGS_FILE}")
     cfg, params = load_pretrained(base, dtype=dtype)
-    params = quantize(params, cfg, settings.get("quantize", "none"))
+    params = quantize(params, cfg, settings.get("quantize", "none"), double_quant=bool(settings.get("double_quant")))
     return Summarizer(cfg, params, lora_lib.load_peft(adapter, cfg), tokenizer, settings)

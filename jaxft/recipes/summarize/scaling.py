@@ -8,10 +8,16 @@ Two estimates of the compute-optimal model size N and token count D for a budget
   along C = 6·N·D: N_opt = G·(C/6)^(beta/(alpha+beta)), D_opt = (C/6)^(alpha/(alpha+beta))/G with
   G = (alpha·A / (beta·B))^(1/(alpha+beta)).
 
-The report keeps the layout, thresholds and wording of the reference project's analysis; its
-N is the number of *trainable* parameters (the LoRA adapters), as there, with the full model size
-printed for reference. For LoRA fine-tuning these laws (fitted on pre-training runs) are a rough
-guide, not a prediction.
+The two disagree by about 2x in N at the Chinchilla budget (5.76e23 FLOPs: the rule gives 69.3B
+parameters on 1.39T tokens, near the 67B on 1.5T of the paper's Table 3; the fit gives 32.2B on
+2.98T). The fit's optimum grows as C^0.45, not C^0.5, and is sensitive to its constants, which are
+published rounded (alpha 0.34, beta 0.28, A and B to one decimal): with them the optimum sits at ~93
+tokens per parameter at that budget instead of ~20. The report prints the ratio of the two.
+
+The report keeps the layout and thresholds of the reference project's analysis; N is the number of
+*trainable* parameters (the LoRA adapters, or every weight of a full fine-tune), with the full model
+size printed for reference. For fine-tuning these laws (fitted on pre-training runs) are a rough guide,
+not a prediction; the fit's loss is on the paper's pre-training text, not this run's data.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class ScalingAnalysis:
     tokens: float | None = None
     total_params: float | None = None
     current_loss: float | None = None
+    lora: bool = True  # False: a full fine-tune (the words for what N counts and what to change)
 
     @property
     def model_efficiency(self) -> float | None:
@@ -83,10 +90,12 @@ class ScalingAnalysis:
         out = []
         if self.params is not None:
             current, optimal = f"{self.params:.1e}", f"{self.optimal_params:.1e}"
+            smaller, larger = ("reducing LoRA rank", "increasing LoRA rank") if self.lora else \
+                ("a smaller model", "a larger model")
             if self.model_efficiency > 1.2:
-                out.append(f"Consider reducing LoRA rank. Current trainable: {current}, Optimal: {optimal}")
+                out.append(f"Consider {smaller}. Current trainable: {current}, Optimal: {optimal}")
             elif self.model_efficiency < 0.8:
-                out.append(f"Consider increasing LoRA rank. Current trainable: {current}, Optimal: {optimal}")
+                out.append(f"Consider {larger}. Current trainable: {current}, Optimal: {optimal}")
         if self.tokens is not None:
             current, optimal = f"{self.tokens:.1e}", f"{self.optimal_tokens:.1e}"
             if self.token_efficiency < 0.8:
@@ -97,7 +106,7 @@ class ScalingAnalysis:
 
 
 def analyze(params: float | None = None, tokens: float | None = None, compute: float | None = None,
-            total_params: float | None = None, fit: ParametricFit = HOFFMANN) -> ScalingAnalysis:
+            total_params: float | None = None, fit: ParametricFit = HOFFMANN, lora: bool = True) -> ScalingAnalysis:
     """The analysis from any two of (params, tokens, compute), or from ``compute`` alone.
 
     The missing one follows from C = 6·N·D. Values must be positive; all three at once are refused
@@ -122,12 +131,26 @@ def analyze(params: float | None = None, tokens: float | None = None, compute: f
     return ScalingAnalysis(
         compute=compute, optimal_params=n_opt, optimal_tokens=d_opt, fit_params=n_fit, fit_tokens=d_fit,
         fit_loss=fit.loss(n_fit, d_fit), params=params, tokens=tokens, total_params=total_params,
-        current_loss=None if params is None else fit.loss(params, tokens))
+        current_loss=None if params is None else fit.loss(params, tokens), lora=lora)
+
+
+def engineering(value: float) -> str:
+    """``36.43e15``: three significant-ish digits and an exponent that is a multiple of 3."""
+    if value == 0 or 1e-3 <= abs(value) < 1e3:
+        return f"{value:.2f}"
+    exponent = 3 * math.floor(math.log10(abs(value)) / 3)
+    mantissa = value / 10 ** exponent
+    if abs(mantissa) >= 999.995:  # rounding would print 1000.00e3
+        mantissa, exponent = mantissa / 1000, exponent + 3
+    return f"{mantissa:.2f}e{exponent}"
 
 
 def format_count(value: float) -> str:
-    """1.23B / 4.56M / 7.89K / 12.00, as the reference prints counts."""
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    """1.23T / 1.23B / 4.56M / 7.89K / 12.00, as the reference prints counts; engineering notation
+    from 1e15 on, where no suffix reads well."""
+    if value >= 1e15:
+        return engineering(value)
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if value >= scale:
             return f"{value / scale:.2f}{suffix}"
     return f"{value:.2f}"
@@ -136,16 +159,16 @@ def format_count(value: float) -> str:
 def report(analysis: ScalingAnalysis, fit: ParametricFit = HOFFMANN) -> str:
     """The printed block: the reference's lines, then the parametric fit's optimum."""
     a, rule = analysis, "=" * 60
-    lines = ["", rule, "CHINCHILLA SCALING LAWS ANALYSIS (LoRA)", rule]
+    lines = ["", rule, f"CHINCHILLA SCALING LAWS ANALYSIS ({'LoRA' if a.lora else 'full fine-tuning'})", rule]
     if a.params is not None:
-        lines.append(f"Trainable LoRA Parameters: {format_count(a.params)}")
+        lines.append(f"Trainable {'LoRA ' if a.lora else ''}Parameters: {format_count(a.params)}")
     if a.total_params is not None:
         lines.append(f"Base Model Size: {format_count(a.total_params)} parameters")
     lines.append(f"Optimal Model Size: {format_count(a.optimal_params)} parameters")
     if a.tokens is not None:
         lines.append(f"Available Tokens: {format_count(a.tokens)}")
     lines.append(f"Optimal Tokens: {format_count(a.optimal_tokens)}")
-    lines.append(f"Compute Budget: {format_count(a.compute)} FLOPs")
+    lines.append(f"Compute Budget: {engineering(a.compute)} FLOPs")
     if a.params is not None:
         lines.append(f"Model Efficiency: {a.model_efficiency:.2f}x")
         lines.append(f"Token Efficiency: {a.token_efficiency:.2f}x")
@@ -154,7 +177,9 @@ def report(analysis: ScalingAnalysis, fit: ParametricFit = HOFFMANN) -> str:
               f"  Compute-Optimal Tokens: {format_count(a.fit_tokens)}",
               f"  Predicted Loss at the Optimum: {a.fit_loss:.3f}"]
     if a.current_loss is not None:
-        lines.append(f"  Predicted Loss at the Current Size: {a.current_loss:.3f}")
+        lines.append(f"  Predicted Loss at the Current Size: {a.current_loss:.3f} (pre-training text, not this data)")
+    lines.append(f"  The 20-tokens rule's N is {a.optimal_params / a.fit_params:.2f}x the fit's: the fit (its published "
+                 f"constants, rounded) puts the optimum at {a.fit_tokens / a.fit_params:.0f} tokens per parameter")
     recommendations = a.recommendations()
     if recommendations:
         lines += ["", "RECOMMENDATIONS:"] + [f"{i}. {text}" for i, text in enumerate(recommendations, 1)]

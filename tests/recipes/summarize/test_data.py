@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
+from jaxft.data.records import RecordList
 from jaxft.recipes.summarize.data import (PROMPT_PREFIX, TARGET_MARKER, SummaryEncoder, TruncationCounts,
-                                          docstring_pairs, prompt_text)
+                                          docstring_pairs, prompt_text, seeded_subset, steps_for_epochs)
 from jaxft.recipes.summarize.evaluation import rouge_scores, write_results
 from jaxft.tokenization.demo import demo_tokenizer
 
@@ -64,7 +65,9 @@ def test_truncation_cuts_document_and_summary_never_markers(tok, slow):
     texts = [tok.decode(e["input_ids"], skip_special_tokens=True) for e in examples]
     assert texts == ["Summarize: 0123456789 \nTarget:WXYZ", "Summarize: short \nTarget:LONG",
                      "Summarize: exactly 10 \nTarget:ok"]
-    assert [int(e["loss_mask"].sum()) for e in examples] == [5, 5, 3]  # summary tokens + EOS
+    # summary tokens + EOS; the cut summary ("LONG") gets no EOS: stopping there would be stopping mid-sentence
+    assert [int(e["loss_mask"].sum()) for e in examples] == [5, 4, 3]
+    assert [int(e["input_ids"][-1] == tok.eos_token_id) for e in examples] == [1, 0, 1]
     kept, cut = enc.truncate_documents(["0123456789abcdef"])
     assert kept == ["0123456789"] and cut == [True]
     again, counts_again = enc.encode(pairs, chunk=2)  # tokenized two pairs at a time: the same
@@ -126,3 +129,18 @@ def test_rouge_matches_rouge_score():
 def test_write_results(tmp_path):
     path = write_results(tmp_path / "run" / "evaluation_results.json", {"rouge1": 0.5, "samples": []})
     assert json.loads(path.read_text()) == {"rouge1": 0.5, "samples": []}
+
+
+def test_seeded_subset_is_drawn_from_the_whole_set_in_order():
+    records = RecordList([{"i": i} for i in range(1000)], origins=[f"f:{i + 1}" for i in range(1000)])
+    chosen = seeded_subset(records, 200, seed=0)
+    ids = [r["i"] for r in chosen]
+    assert len(ids) == 200 and ids == sorted(ids) and max(ids) > 900 and ids != list(range(200))
+    assert chosen.origins == [f"f:{i + 1}" for i in ids]
+    assert [r["i"] for r in seeded_subset(records, 200, seed=0)] == ids  # the same at every eval
+    assert len(seeded_subset(records, 5000, seed=0)) == 1000
+
+
+def test_steps_for_epochs():
+    assert steps_for_epochs(3.0, 287_113, 4) == 215_335  # the reference's 3 epochs of cnn_dailymail
+    assert steps_for_epochs(3.0, 61, 4) == 46 and steps_for_epochs(0.01, 10, 4) == 1

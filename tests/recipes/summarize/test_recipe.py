@@ -14,7 +14,7 @@ from jaxft.models.decoder import forward
 from jaxft.recipes.summarize import build, load_export
 from jaxft.recipes.summarize.cli import main
 from jaxft.recipes.summarize.data import load_pairs
-from jaxft.recipes.summarize.evaluation import evaluate_summaries
+from jaxft.recipes.summarize.evaluation import evaluate_summaries, rouge_scores
 from tests.configs import recipe_config
 from tests.recipes.summarize.test_loss import transcribed_loss
 
@@ -71,14 +71,22 @@ def test_smoke_trains_evaluates_exports_and_reloads(tmp_path):
     history = trainer.run()
     step, metrics = history["eval"][-1]
     assert step == 2
-    for key in ("loss", "ce", "rouge1", "rouge2", "rougeL", "avg_summary_length", "avg_generation_time"):
-        assert np.isfinite(metrics[key])
-    assert metrics["loss"] > metrics["ce"]  # weights 1 + 0.1 * w > 1
+    _, exported = trainer.export_params()  # the only eval's parameters, so the logged metrics are theirs
+    (batch,) = list(trainer.task.eval_batches())
+    logits = _logits(config, jax.device_get(exported), batch)
+    mask = batch["loss_mask"]
+    assert metrics["loss"] == pytest.approx(transcribed_loss(logits, batch["input_ids"], mask, 4, 2.0, 0.1), rel=2e-5)
+    assert metrics["ce"] == pytest.approx(transcribed_loss(logits, batch["input_ids"], mask, 4, 2.0, 0.0), rel=2e-5)
 
     export = trainer.export()
     results = json.loads((export / "evaluation_results.json").read_text())
     assert results["num_samples"] == 3 and len(results["samples"]) == 3  # 5% of 64 pairs validate
-    assert {"rouge1", "rouge2", "rougeL", "avg_summary_length", "avg_generation_time"} <= set(results)
+    # the logged ROUGE and lengths are those of the summaries the export wrote (same parameters, greedy)
+    generated = [s["generated_summary"] for s in results["samples"]]
+    scores = rouge_scores(generated, [s["target_summary"] for s in results["samples"]])
+    for name in ("rouge1", "rouge2", "rougeL"):
+        assert metrics[name] == pytest.approx(scores[name], abs=1e-12) == pytest.approx(results[name], abs=1e-12)
+    assert metrics["avg_summary_length"] == pytest.approx(np.mean([len(g.split()) for g in generated]))
 
     loaded = load_export(str(export))
     assert loaded.adapters is not None and loaded.settings["base_model"] is None
@@ -95,9 +103,14 @@ def test_smoke_trains_evaluates_exports_and_reloads(tmp_path):
     # greedy decoding of the reloaded export reproduces the summaries written at export time
     assert [s["generated_summary"] for s in again["samples"]] == [s["generated_summary"] for s in results["samples"]]
 
+    written = (export / "evaluation_results.json").read_text()
     assert main(["evaluate", "--export", str(export), "--eval-samples", "2", "--base"]) == 0
-    base = json.loads((export / "base_evaluation_results.json").read_text())
+    base = json.loads((export / "evaluate_validation_base.json").read_text())
     assert base["model"] == "base" and base["num_samples"] == 2
+    assert main(["evaluate", "--export", str(export), "--eval-samples", "2"]) == 0
+    assert json.loads((export / "evaluate_validation.json").read_text())["num_samples"] == 2
+    assert (export / "evaluation_results.json").read_text() == written  # training's 3-sample results stay
+    assert main(["evaluate", "--export", str(export), "--output", str(export / "evaluation_results.json")]) == 2
 
     rows = [{"article": f"Item {i} is stored in the table.", "highlights": f"Item {i}."} for i in range(3)]
     (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -161,20 +174,49 @@ def test_pairs_from_a_saved_datasets_directory(tmp_path):
     assert len(train) == 6 and [r["summary"] for r in valid] == ["val 0.", "val 1.", "val 2."]
 
 
-@pytest.mark.slow
-def test_nf4_base_trains_exports_and_reloads(tmp_path):
+def _quantized_kernels(tree):
+    from jaxft.quant.kernel import QuantizedKernel
+
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, QuantizedKernel))
+    return [x for x in leaves if isinstance(x, QuantizedKernel)]
+
+
+def test_double_quant_reaches_the_base():
     config = smoke()
-    config.model.quantize = "nf4"
+    config.model.quantize, config.model.double_quant = "nf4", True
+    kernels = _quantized_kernels(build(config, None).frozen["base"])
+    assert kernels and all(k.scale_scales is not None and k.scales.dtype == jnp.uint8 for k in kernels)
+
+
+def test_epochs_set_the_steps_from_the_pairs_read():
+    config = smoke(epochs=2.0)
+    train, _, _ = load_pairs(config)
+    build(config, None)
+    assert len(train) == 61 and config.train.steps == -(-2 * 61 // 4)  # 64 records, 5% validate
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_nf4_base_trains_exports_and_reloads(tmp_path, double_quant):
+    config = smoke()
+    config.model.quantize, config.model.double_quant = "nf4", double_quant
     task = build(config, None)
     loss_sum, count, _ = jax.jit(task.loss_fn)(task.trainable, task.frozen, next(task.train_batches), None)
     assert np.isfinite(float(loss_sum / count))
     task.export_fn(str(tmp_path), task.trainable, task.frozen)
     loaded = load_export(str(tmp_path))
-    assert loaded.settings["quantize"] == "nf4"
-    # the saved base is the dequantized NF4 base: quantizing it again gives back the same codes
+    assert loaded.settings["quantize"] == "nf4" and loaded.settings["double_quant"] is double_quant
+    assert all((k.scale_scales is not None) is double_quant for k in _quantized_kernels(loaded.params))
+    # the saved base is the dequantized NF4 base: quantizing it again gives back the same codes (with double
+    # quantization the block maxima go through the 8-bit code a second time: each moves by under 1%)
     leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
-    for want, got in zip(leaves(task.frozen["base"]), leaves(loaded.params)):
-        np.testing.assert_array_equal(got, want)
+    if not double_quant:
+        for want, got in zip(leaves(task.frozen["base"]), leaves(loaded.params)):
+            np.testing.assert_array_equal(got, want)
+    for want, got in zip(_quantized_kernels(task.frozen["base"]), _quantized_kernels(loaded.params)):
+        np.testing.assert_array_equal(np.asarray(got.codes), np.asarray(want.codes))
+        np.testing.assert_allclose(np.asarray(got.materialize(jnp.float32)), np.asarray(want.materialize(jnp.float32)),
+                                   rtol=1e-2, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -199,14 +241,16 @@ def test_seed_preset_on_a_local_checkpoint_and_datasets_directory(tmp_path, caps
     rows = lambda n, tag: datasets.Dataset.from_dict({
         "article": [f"The {tag} story number {i} is about a cat that sat on mat {i}." for i in range(n)],
         "highlights": [f"Cat {i} sat." for i in range(n)]})
-    datasets.DatasetDict({"train": rows(16, "train"), "validation": rows(4, "val")}).save_to_disk(tmp_path / "cnn")
+    datasets.DatasetDict({"train": rows(16, "train"), "validation": rows(4, "val"),
+                          "test": rows(3, "test")}).save_to_disk(tmp_path / "cnn")
 
     c = recipe_config("summarize", "seed")
     c.model.path, c.model.dtype, c.model.compute_dtype, c.model.remat = str(tmp_path / "model"), "float32", \
         "float32", "none"
     c.data.hf_dataset, c.data.hf_config = str(tmp_path / "cnn"), ""
     c.summarize.update(max_input_length=24, max_target_length=8, max_new_tokens=4, eval_samples=2)
-    c.train.update(steps=2, eval_every=2, eval_batches=1, log_every=1)
+    c.train.update(eval_every=2, eval_batches=1, log_every=1)
+    c.summarize.epochs = 0.5  # of the 16 pairs read, at batch 4: 2 steps
     c.optim.schedule.warmup_steps = 1
     c.checkpoint.update(every=2, async_save=False)
     assert c.lora.rank == 16 and c.lora.dropout == 0.1 and len(c.lora.targets) == 7
@@ -214,10 +258,16 @@ def test_seed_preset_on_a_local_checkpoint_and_datasets_directory(tmp_path, caps
     trainer = Trainer(c, tmp_path / "run", build)
     printed = capsys.readouterr().out
     assert "CHINCHILLA SCALING LAWS ANALYSIS (LoRA)" in printed and "Base Model Size:" in printed
+    assert c.train.steps == 2
     history = trainer.run()
-    assert np.isfinite(history["eval"][-1][1]["rouge1"])
+    assert [step for step, _ in history["eval"]] == [2]
     export = trainer.export()
     loaded = load_export(str(export))
     assert loaded.settings["base_model"] == str(tmp_path / "model") and not (export / "base").exists()
     adapter_config = json.loads((export / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["r"] == 16 and adapter_config["base_model_name_or_path"] == str(tmp_path / "model")
+    # the reference scored its test split: --split picks one of the run's own dataset
+    assert main(["evaluate", "--export", str(export), "--split", "test", "--eval-samples", "3"]) == 0
+    scored = json.loads((export / "evaluate_test.json").read_text())
+    assert sorted(s["target_summary"] for s in scored["samples"]) == ["Cat 0 sat.", "Cat 1 sat.", "Cat 2 sat."]
+    assert all(s["original_text"].startswith("The test story") for s in scored["samples"])

@@ -14,10 +14,39 @@ def test_rule_optimum_spends_the_budget(compute):
     assert d == pytest.approx(20 * n, rel=1e-12)
 
 
-def test_chinchilla_budget_gives_70b_on_1_4t_tokens():
-    # Chinchilla itself: 70B parameters on 1.4T tokens, C = 6·N·D = 5.88e23.
-    n, d = scaling.rule_optimum(6 * 70e9 * 1.4e12)
-    assert n == pytest.approx(70e9, rel=1e-9) and d == pytest.approx(1.4e12, rel=1e-9)
+# Hoffmann et al. (2022), Table 3: compute-optimal parameters, FLOPs and tokens (approach 1).
+PAPER_TABLE = [(400e6, 1.92e19, 8.0e9), (1e9, 1.21e20, 20.2e9), (10e9, 1.23e22, 205.1e9),
+               (67e9, 5.76e23, 1.5e12), (175e9, 3.85e24, 3.7e12), (280e9, 9.90e24, 5.9e12),
+               (520e9, 3.43e25, 11.0e12), (1e12, 1.27e26, 21.2e12), (10e12, 1.30e28, 216.2e12)]
+
+
+@pytest.mark.parametrize("params, compute, tokens", PAPER_TABLE)
+def test_rule_optimum_reproduces_the_papers_table(params, compute, tokens):
+    n, d = scaling.rule_optimum(compute)
+    assert n == pytest.approx(params, rel=0.05) and d == pytest.approx(tokens, rel=0.08)
+
+
+def test_rule_and_fit_disagree_at_the_chinchilla_budget_and_the_report_says_so():
+    a = scaling.analyze(compute=5.76e23)
+    assert (a.optimal_params, a.optimal_tokens) == (pytest.approx(69.28e9, rel=1e-3), pytest.approx(1.386e12, rel=1e-3))
+    assert (a.fit_params, a.fit_tokens) == (pytest.approx(32.19e9, rel=1e-3), pytest.approx(2.982e12, rel=1e-3))
+    assert ("  The 20-tokens rule's N is 2.15x the fit's: the fit (its published constants, rounded) puts the "
+            "optimum at 93 tokens per parameter") in scaling.report(a).splitlines()
+
+
+def test_full_fine_tuning_is_worded_for_what_was_trained():
+    lora = scaling.report(scaling.analyze(params=4e5, tokens=1.5e7, lora=True))
+    full = scaling.report(scaling.analyze(params=4e5, tokens=1.5e7, lora=False))
+    assert "Trainable LoRA Parameters: 400.00K" in lora and "increasing LoRA rank" in lora
+    assert "CHINCHILLA SCALING LAWS ANALYSIS (full fine-tuning)" in full.splitlines()
+    assert "Trainable Parameters: 400.00K" in full.splitlines() and "LoRA" not in full
+    assert "1. Consider a larger model. Current trainable: 4.0e+05, Optimal: 5.5e+05" in full.splitlines()
+
+
+def test_engineering_notation():
+    assert [scaling.engineering(v) for v in (3.6432e16, 5.76e23, 1.2e14, 999.999e3, 12.0, 0.0)] == \
+        ["36.43e15", "576.00e21", "120.00e12", "1.00e6", "12.00", "0.00"]
+    assert "Compute Budget: 36.43e15 FLOPs" in scaling.report(scaling.analyze(compute=3.6432e16)).splitlines()
 
 
 @pytest.mark.parametrize("compute", [1e18, 1e21, 5.76e23])
@@ -73,8 +102,8 @@ def test_recommendations_thresholds_and_wording():
 
 
 def test_format_count():
-    assert [scaling.format_count(v) for v in (12.0, 1234.0, 8.8e6, 4.94e8, 1.5e9)] == \
-        ["12.00", "1.23K", "8.80M", "494.00M", "1.50B"]
+    assert [scaling.format_count(v) for v in (12.0, 1234.0, 8.8e6, 4.94e8, 1.5e9, 1.39e12, 2.3e16)] == \
+        ["12.00", "1.23K", "8.80M", "494.00M", "1.50B", "1.39T", "23.00e15"]
 
 
 def test_cli_report(capsys):
@@ -82,7 +111,7 @@ def test_cli_report(capsys):
     out = capsys.readouterr().out
     for line in ["CHINCHILLA SCALING LAWS ANALYSIS (LoRA)", "Trainable LoRA Parameters: 1.00M",
                  "Base Model Size: 494.00M parameters", "Optimal Model Size: 1.00M parameters",
-                 "Available Tokens: 20.00M", "Optimal Tokens: 20.00M", "Compute Budget: 120000.00B FLOPs",
+                 "Available Tokens: 20.00M", "Optimal Tokens: 20.00M", "Compute Budget: 120.00e12 FLOPs",
                  "Model Efficiency: 1.00x", "Token Efficiency: 1.00x", "✓ Configuration is close to optimal!"]:
         assert line in out.splitlines()
     n, d = scaling.HOFFMANN.optimum(1.2e14)
