@@ -22,8 +22,7 @@ def lm_task(cfg, base, *, lora_rank: int, compute, remat: str, chunk: int, seed:
     import jax
 
     from jaxft import lora as lora_lib
-    from jaxft.models.decoder import forward, lm_head_weight
-    from jaxft.train.loss import causal_lm_loss, next_token_targets
+    from jaxft.train.lm import LM, loss_only_sums
 
     if lora_rank:
         # Adapters stay float32 (the optimizer's master copy), like PEFT's autocast_adapter_dtype.
@@ -34,18 +33,8 @@ def lm_task(cfg, base, *, lora_rank: int, compute, remat: str, chunk: int, seed:
         trainable, frozen, lcfg = {"lora": adapters.params}, {"base": base}, adapters.config
     else:
         trainable, frozen, lcfg = {"model": base}, {}, None
-
-    def params_of(t, f):
-        return t["model"] if lcfg is None else lora_lib.apply(f["base"], lora_lib.LoRA(t["lora"], lcfg))
-
-    def loss_fn(t, f, b, rng):
-        p = params_of(t, f)
-        hidden, _ = forward(cfg, p, b["input_ids"], b["attention_mask"], remat=remat, output="hidden",
-                            dtype=compute)
-        targets, mask = next_token_targets(b["input_ids"], b["loss_mask"])
-        out = causal_lm_loss(hidden, lm_head_weight(cfg, p, compute), targets, mask, chunk_size=chunk or None)
-        return out.loss_sum, out.weight_sum, {}
-
+    lm = LM(cfg, lora_lib.Finetune(lcfg), dtype=compute, remat=remat, chunk_size=chunk or None)
+    loss_fn = lm.loss_fn(loss_only_sums)
     return trainable, frozen, loss_fn
 
 

@@ -7,21 +7,13 @@ dataset, or -- in the demo -- prose assembled from Python's own docstrings.
 
 from __future__ import annotations
 
-import functools
 import logging
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxft import lora as lora_lib
-from jaxft.checkpoint.hf import save_pretrained
 from jaxft.checkpoint.hf_names import is_norm_bias_or_embedding
-from jaxft.loaders import load_model, load_records
-from jaxft.lora.peft import base_model_of
-from jaxft.models.decoder import forward, lm_head_weight
-from jaxft.train.loss import causal_lm_loss, next_token_targets
+from jaxft.loaders import load_records
+from jaxft.train.lm import Finetuned, GlobalBatches, export_finetuned, load_finetuned, load_lm
 from jaxft.train.task import TrainTask
 
 log = logging.getLogger("jaxft")
@@ -43,24 +35,10 @@ def no_decay(path: tuple[str, ...], leaf) -> bool:
 
 
 def build(config, mesh) -> TrainTask:
-    from jaxft.data import make_batches, split_records
+    from jaxft.data import split_records
     from jaxft.data.lm import text_chunks
 
-    cfg, params, tokenizer = load_model(config.model, config.seed)
-    compute_dtype = jnp.dtype(config.model.compute_dtype)
-    lcfg = config.lora
-    trainable, frozen, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(config.seed + 1), cfg, params, lcfg)
-    full_finetune, lora_config, effective_params = tuning.full, tuning.lora_config, tuning.params
-
-    def loss_fn(trainable, frozen, batch, rng):
-        p = effective_params(trainable, frozen, rng)
-        hidden, _ = forward(cfg, p, batch["input_ids"], batch["attention_mask"], remat=config.model.remat,
-                            output="hidden", dtype=compute_dtype)
-        targets, mask = next_token_targets(batch["input_ids"], batch["loss_mask"])
-        out = causal_lm_loss(hidden, lm_head_weight(cfg, p, compute_dtype), targets, mask,
-                             chunk_size=int(config.loss.chunk_size) or None)
-        return out.loss_sum, out.weight_sum, {"accuracy": out.correct, "accuracy_count": out.count}
-
+    lm, trainable, frozen, tokenizer = load_lm(config)
     texts = load_texts(config.data)
     seq_len = int(config.data.seq_len)
     examples = [{"input_ids": ids} for ids in text_chunks(tokenizer, texts, seq_len)]
@@ -68,66 +46,41 @@ def build(config, mesh) -> TrainTask:
         raise ValueError(f"data: only {len(examples)} examples of {seq_len} tokens; need more text or a shorter "
                          f"data.seq_len")
     train, valid = split_records(examples, float(config.data.validation_fraction), int(config.seed))
-    procs = jax.process_count()
-    per_process = int(config.train.batch_size) // procs
-
-    def as_example(record):
-        ids = np.asarray(record["input_ids"], np.int32)
-        return {"input_ids": ids, "loss_mask": np.ones_like(ids, np.int32)}
-
-    batches = functools.partial(make_batches, example_fn=as_example, batch_size=per_process, seq_len=seq_len,
-                                shard_index=jax.process_index(), shard_count=procs)
-    train_batches = batches(train, seed=int(config.seed), shuffle=True, num_epochs=None)
-    eval_batches = (lambda: batches(valid, seed=0, shuffle=False, num_epochs=1)) if valid else None
+    batches = GlobalBatches.of(config, example_fn=as_example, seq_len=seq_len)
 
     def samples_fn(trainable, frozen):
         from jaxft.sampling import SamplingConfig, generate
 
         prompt = config.sample.prompt
-        if not prompt:
-            return {}
         ids = np.asarray([tokenizer(prompt)["input_ids"]], np.int32)
         sampling = SamplingConfig(max_new_tokens=int(config.sample.max_new_tokens), temperature=0.0,
-                                  eos_token_ids=tuple(cfg.eos_token_ids), pad_token_id=cfg.pad_token_id or 0)
-        out = generate(cfg, effective_params(trainable, frozen, None), ids, sampling)
+                                  eos_token_ids=tuple(lm.cfg.eos_token_ids), pad_token_id=lm.cfg.pad_token_id or 0)
+        out = generate(lm.cfg, lm.params(trainable, frozen), ids, sampling)
         n = int(np.asarray(out.lengths)[0])
         return {"generation": prompt + tokenizer.decode(np.asarray(out.tokens)[0, :n], skip_special_tokens=True)}
 
     def export_fn(directory, trainable, frozen):
-        directory = Path(directory)
-        if full_finetune:
-            save_pretrained(directory / "model", cfg, trainable["model"], tokenizer=tokenizer)
-            return
-        adapters = lora_lib.LoRA(trainable["lora"], lora_config)
-        lora_lib.save_peft(directory / "adapter", cfg, adapters, base_model_name_or_path=config.model.path or None)
-        if config.export.merged:  # a quantized base is dequantized to its original dtype
-            merged = lora_lib.merge(cfg, jax.device_get(frozen["base"]), adapters)
-            save_pretrained(directory / "merged", cfg, merged, tokenizer=tokenizer)
+        # a quantized base is dequantized to its original dtype in merged/
+        export_finetuned(directory, lm, trainable, frozen, source=config.model.path, tokenizer=tokenizer,
+                         merged=bool(config.export.merged))
 
     where = config.model.path or "a randomly initialised model (config.model.random_init)"
     text = config.data.path or config.data.hf_dataset or "the offline demo corpus (Python's own docstrings)"
     return TrainTask(
-        trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=train_batches, no_decay=no_decay,
-        eval_batches=eval_batches, samples_fn=samples_fn if config.sample.prompt else None, export_fn=export_fn,
-        description=f"lm: {'full fine-tuning' if full_finetune else f'LoRA r={lcfg.rank}'} of {where} on {text}; "
+        trainable=trainable, frozen=frozen, loss_fn=lm.loss_fn(), train_batches=batches.train(train),
+        no_decay=no_decay, eval_batches=batches.eval(valid), export_fn=export_fn,
+        samples_fn=samples_fn if config.sample.prompt else None,
+        description=f"lm: {'full fine-tuning' if lm.full else f'LoRA r={config.lora.rank}'} of {where} on {text}; "
                     f"{len(train)} train / {len(valid)} validation sequences of {seq_len} tokens",
     )
 
 
-def load_export(directory: str):
-    """``(cfg, params, adapters or None)`` read back from an export: the merged (or fully tuned) model,
-    or the adapter over its base model when no merged copy was written."""
-    from jaxft.checkpoint.hf import load_pretrained
+def as_example(record) -> dict[str, np.ndarray]:
+    ids = np.asarray(record["input_ids"], np.int32)
+    return {"input_ids": ids, "loss_mask": np.ones_like(ids, np.int32)}
 
-    directory = Path(directory)
-    adapter = directory / "adapter"
-    for name in ("merged", "model"):
-        if (directory / name).is_dir():
-            cfg, params = load_pretrained(directory / name)
-            return cfg, params, lora_lib.load_peft(adapter, cfg) if adapter.is_dir() else None
-    if adapter.is_dir():
-        base = base_model_of(adapter)
-        if base:
-            cfg, params = load_pretrained(base)
-            return cfg, params, lora_lib.load_peft(adapter, cfg)
-    raise FileNotFoundError(f"{directory}: no merged/, model/ or adapter/ (with a base model) export to load")
+
+def load_export(directory: str) -> Finetuned:
+    """The tuned model of an export: the merged (or fully tuned) model, or the adapter over its base
+    model when no merged copy was written."""
+    return load_finetuned(directory, merged_first=True)
