@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxft.tokenization.sentencepiece import SPM_FILE
+from jaxft.train.lm_export import Finetuned, load_finetuned
 
 
 def save_model(directory: str | Path, cfg, params, tokenizer, spm_model: str | Path | None) -> Path:
@@ -21,9 +22,13 @@ def save_model(directory: str | Path, cfg, params, tokenizer, spm_model: str | P
 
     directory = Path(directory)
     save_pretrained(directory, cfg, params, tokenizer=tokenizer)
+    copy_spm_model(directory, spm_model)
+    return directory
+
+
+def copy_spm_model(directory: Path, spm_model: str | Path | None) -> None:
     if spm_model is not None and Path(spm_model).is_file():
         shutil.copyfile(spm_model, directory / SPM_FILE)
-    return directory
 
 
 def model_dir(path: str | Path) -> Path:
@@ -43,17 +48,13 @@ def load_for_inference(path: str | Path) -> tuple[Any, dict, Any]:
     """``(cfg, params, tokenizer)`` of an export or model directory."""
     from jaxft.checkpoint.hf import load_pretrained
     from jaxft.tokenization import load_tokenizer
+    from jaxft.train.lm_export import read_tokenizer
 
     directory = model_dir(path)
     cfg, params = load_pretrained(directory)
-    if (directory / "tokenizer.json").is_file():
-        # Read directly: AutoTokenizer would look up the (transformers-unknown) minigpt model type.
-        from transformers import PreTrainedTokenizerFast
-
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
-    else:
-        tokenizer = load_tokenizer(directory)
-    return cfg, params, tokenizer
+    tokenizer = read_tokenizer(directory)
+    # without tokenizer files, load_tokenizer raises naming what is missing
+    return cfg, params, load_tokenizer(directory) if tokenizer is None else tokenizer
 
 
 def spm_model_of(directory: str | Path) -> Path | None:
@@ -61,13 +62,7 @@ def spm_model_of(directory: str | Path) -> Path | None:
     return file if file.is_file() else None
 
 
-def load_export(directory: str):
-    """``(cfg, params, tokenizer)`` read back from a minigpt export; for a LoRA export the PEFT adapter
-    is also checked against the merged model's shapes."""
-    from jaxft import lora as lora_lib
-
-    cfg, params, tokenizer = load_for_inference(directory)
-    adapter = Path(directory) / "adapter"
-    if adapter.is_dir():
-        lora_lib.load_peft(adapter, cfg)  # raises on a broken adapter
-    return cfg, params, tokenizer
+def load_export(directory: str) -> Finetuned:
+    """The tuned model of a minigpt export (merged/ before model/); a LoRA export's PEFT adapter is
+    checked against the merged model's shapes."""
+    return load_finetuned(directory, merged_first=True)

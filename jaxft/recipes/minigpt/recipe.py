@@ -17,14 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxft import lora as lora_lib
 from jaxft.models.config import DecoderConfig
-from jaxft.models.decoder import forward, lm_head_weight
 from jaxft.recipes.minigpt import data as mdata
-from jaxft.recipes.minigpt.export import load_for_inference, save_model, spm_model_of
-from jaxft.recipes.minigpt.loss import smoothed_loss_sums
+from jaxft.recipes.minigpt.export import copy_spm_model, load_for_inference, spm_model_of
 from jaxft.recipes.minigpt.model import hf_config
-from jaxft.train.loss import causal_lm_loss, next_token_targets
+from jaxft.train.lm import GlobalBatches, export_finetuned, per_process_batch_size, tune
 from jaxft.train.task import TrainTask
 
 log = logging.getLogger("jaxft")
@@ -116,8 +113,6 @@ def _model(config, tokenizer):
 
 
 def build(config, mesh) -> TrainTask:
-    from jaxft.data import make_batches, split_records
-
     m = config.minigpt
     mode = str(m.mode)
     if mode not in MODES:
@@ -129,55 +124,11 @@ def build(config, mesh) -> TrainTask:
     if seq_len > cfg.max_position_embeddings:
         raise ValueError(f"config key 'data.seq_len'={seq_len} exceeds the model's context "
                          f"{cfg.max_position_embeddings}")
-    compute_dtype = jnp.dtype(config.model.compute_dtype)
-    smoothing = float(m.label_smoothing)
-    lcfg = config.lora
-    trainable, frozen, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(int(config.seed) + 1), cfg, params, lcfg)
-    full, lora_config, effective = tuning.full, tuning.lora_config, tuning.params
-
-    def loss_fn(trainable, frozen, batch, rng):
-        adapter_rng, dropout_rng = (None, None) if rng is None else tuple(jax.random.split(rng))
-        p = effective(trainable, frozen, adapter_rng)
-        if "targets" in batch:  # pretraining windows: inputs and their next tokens
-            targets, mask = batch["targets"], batch["loss_mask"]
-            hidden, _ = forward(cfg, p, batch["input_ids"], output="hidden", dtype=compute_dtype,
-                                remat=config.model.remat, dropout_rng=dropout_rng)
-        else:  # SFT rows (padded or packed)
-            targets, mask = next_token_targets(batch["input_ids"], batch["loss_mask"])
-            hidden, _ = forward(cfg, p, batch["input_ids"], batch["attention_mask"], batch["positions"],
-                                segment_ids=batch["segment_ids"], output="hidden", dtype=compute_dtype,
-                                remat=config.model.remat, dropout_rng=dropout_rng)
-        head = lm_head_weight(cfg, p, compute_dtype)
-        if smoothing and rng is not None:  # label smoothing shapes the training loss; eval reports plain NLL
-            logits = jnp.einsum("bth,hv->btv", hidden, head, preferred_element_type=jnp.float32)
-            loss, count, correct = smoothed_loss_sums(logits, targets, mask, smoothing)
-            return loss, count, {"accuracy": correct, "accuracy_count": count}
-        out = causal_lm_loss(hidden, head, targets, mask, chunk_size=int(config.loss.chunk_size) or None)
-        return out.loss_sum, out.weight_sum, {"accuracy": out.correct, "accuracy_count": out.count}
-
-    procs = jax.process_count()
-    per_process = int(config.train.batch_size) // procs
-    if mode == "pretrain":
-        name = str(m.token_file) or str(_cache_dir(config) / "tokens" / f"{mdata.texts_fingerprint(texts)[:16]}.bin")
-        tokens = mdata.token_file(texts, tokenizer, name)
-        train, valid = mdata.split_stream(tokens, float(m.validation_fraction))
-        train_batches = mdata.WindowBatches(train, batch_size=per_process, seq_len=seq_len,
-                                            seed=int(config.seed) * procs + jax.process_index())
-        eval_batches = functools.partial(mdata.eval_windows, valid, batch_size=per_process, seq_len=seq_len)
-        baseline = mdata.unigram_loss(train, valid, cfg.vocab_size)
-        sizes = f"{len(train)} train / {len(valid)} validation tokens; unigram baseline loss {baseline:.4f} " \
-                f"(perplexity {np.exp(baseline):.1f})"
-    else:
-        examples = mdata.sft_examples(texts, tokenizer, max_len=seq_len,
-                                      origins=getattr(texts, "origins", None))
-        train, valid = split_records(examples, float(config.data.validation_fraction), int(config.seed))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        batches = functools.partial(make_batches, example_fn=lambda r: r, batch_size=per_process, seq_len=seq_len,
-                                    packing=bool(m.packing), pad_id=pad, shard_index=jax.process_index(),
-                                    shard_count=procs)
-        train_batches = batches(train, seed=int(config.seed), shuffle=True, num_epochs=None)
-        eval_batches = (lambda: batches(valid, seed=0, shuffle=False, num_epochs=1)) if valid else None
-        sizes = f"{len(train)} train / {len(valid)} validation examples ({'packed' if m.packing else 'padded'})"
+    # label smoothing shapes the training loss only; eval reports the plain NLL
+    lm, trainable, frozen, _ = tune(config, cfg, params, tokenizer, label_smoothing=float(m.label_smoothing),
+                                    packed=True, model_dropout=True)
+    batches = (_pretrain_batches if mode == "pretrain" else _sft_batches)(config, texts, tokenizer, cfg, seq_len)
+    train_batches, eval_batches, sizes = batches
 
     def samples_fn(trainable, frozen):
         from jaxft.recipes.minigpt.sampling import reference_sampling
@@ -187,7 +138,7 @@ def build(config, mesh) -> TrainTask:
         sampling = reference_sampling(cfg, tokenizer, temp=float(s.temp), top_p=float(s.top_p),
                                       min_new=int(s.min_new), max_new=int(s.max_new),
                                       rep_penalty=float(s.rep_penalty), no_repeat=int(s.no_repeat))
-        p = effective(trainable, frozen, None)
+        p = lm.params(trainable, frozen)
         out = {}
         for i, prompt in enumerate(s.prompts, 1):
             ids = tokenizer.encode(prompt, add_special_tokens=False)
@@ -196,21 +147,17 @@ def build(config, mesh) -> TrainTask:
         return out
 
     def export_fn(directory, trainable, frozen):
-        directory = Path(directory)
-        if full:
-            save_model(directory / "model", cfg, trainable["model"], tokenizer, spm_model)
-            return
-        adapters = lora_lib.LoRA(trainable["lora"], lora_config)
-        lora_lib.save_peft(directory / "adapter", cfg, adapters,
-                           base_model_name_or_path=str(Path(config.init_from).resolve()) if config.init_from else None)
-        tokenizer.save_pretrained(str(directory / "adapter"))
-        merged = lora_lib.merge(cfg, jax.device_get(frozen["base"]), adapters)
-        save_model(directory / "merged", cfg, merged, tokenizer, spm_model)
+        source = str(Path(config.init_from).resolve()) if config.init_from else None
+        export_finetuned(directory, lm, trainable, frozen, source=source, tokenizer=tokenizer,
+                         tokenizer_in=("model", "merged", "adapter"), merged=True)
+        for part in ("model", "merged"):  # the SentencePiece model beside the weights, for GGUF export
+            if (Path(directory) / part).is_dir():
+                copy_spm_model(Path(directory) / part, spm_model)
 
     shape = "reference block" if cfg.model_type == "minigpt" else f"{cfg.model_type}-shaped"
-    what = "full training" if full else f"LoRA r={lcfg.rank} on {', '.join(lcfg.targets)}"
+    what = "full training" if lm.full else f"LoRA r={config.lora.rank} on {', '.join(config.lora.targets)}"
     return TrainTask(
-        trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=train_batches,
+        trainable=trainable, frozen=frozen, loss_fn=lm.loss_fn(), train_batches=train_batches,
         eval_batches=eval_batches, samples_fn=samples_fn if m.sample.prompts else None, export_fn=export_fn,
         # The reference's AdamW decays every parameter; so does this one.
         no_decay=lambda path, leaf: False,
@@ -218,3 +165,31 @@ def build(config, mesh) -> TrainTask:
                     f"d={cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size}) on {where}; "
                     f"{sizes}",
     )
+
+
+def _pretrain_batches(config, texts: list[str], tokenizer, cfg, seq_len: int):
+    """Random windows of the run's token file, and every consecutive validation window."""
+    m = config.minigpt
+    per_process = per_process_batch_size(config.train.batch_size)
+    name = str(m.token_file) or str(_cache_dir(config) / "tokens" / f"{mdata.texts_fingerprint(texts)[:16]}.bin")
+    tokens = mdata.token_file(texts, tokenizer, name)
+    train, valid = mdata.split_stream(tokens, float(m.validation_fraction))
+    train_batches = mdata.WindowBatches(train, batch_size=per_process, seq_len=seq_len,
+                                        seed=int(config.seed) * jax.process_count() + jax.process_index())
+    eval_batches = functools.partial(mdata.eval_windows, valid, batch_size=per_process, seq_len=seq_len)
+    baseline = mdata.unigram_loss(train, valid, cfg.vocab_size)
+    return train_batches, eval_batches, (f"{len(train)} train / {len(valid)} validation tokens; unigram baseline "
+                                         f"loss {baseline:.4f} (perplexity {np.exp(baseline):.1f})")
+
+
+def _sft_batches(config, texts: list[str], tokenizer, cfg, seq_len: int):
+    """Instruction/response examples (loss on the response), padded or packed."""
+    from jaxft.data import split_records
+
+    packing = bool(config.minigpt.packing)
+    examples = mdata.sft_examples(texts, tokenizer, max_len=seq_len, origins=getattr(texts, "origins", None))
+    train, valid = split_records(examples, float(config.data.validation_fraction), int(config.seed))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = GlobalBatches.of(config, example_fn=lambda r: r, seq_len=seq_len, packing=packing, pad_id=pad)
+    return batches.train(train), batches.eval(valid), (f"{len(train)} train / {len(valid)} validation examples "
+                                                       f"({'packed' if packing else 'padded'})")

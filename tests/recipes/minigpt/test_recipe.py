@@ -17,7 +17,7 @@ from jaxft.models.init import init_params
 from jaxft.recipes import minigpt
 from jaxft.recipes.minigpt import data as mdata
 from jaxft.recipes.minigpt.export import save_model
-from jaxft.recipes.minigpt.loss import smoothed_loss_sums
+from jaxft.train.lm import smoothed_loss_sums
 from jaxft.recipes.minigpt.model import hf_config
 from jaxft.tokenization.char import build_char_vocab
 
@@ -127,7 +127,8 @@ def test_lora_sft_from_init_from_masks_and_exports_peft(tmp_path, pretrained):
     x = torch.tensor(ids[:2, :20])
     with torch.no_grad():
         np.testing.assert_allclose(with_adapter(x).logits.numpy(), merged(x).logits.numpy(), atol=1e-4)
-    cfg2, _, tok2 = minigpt.load_export(str(out))
+    loaded = minigpt.load_export(str(out))
+    cfg2, tok2 = loaded.cfg, loaded.tokenizer
     assert cfg2 == cfg and tok2.get_vocab() == tok.get_vocab()
 
 
