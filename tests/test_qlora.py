@@ -10,7 +10,7 @@ import pytest
 import jaxft
 from jaxft import lora as jlora
 from jaxft.checkpoint.hf_names import param_specs
-from jaxft.lora import paths
+from jaxft.models import paths
 from jaxft.quant import dynamic
 from jaxft.quant.nf4 import NF4_LEVELS
 from jaxft.models.decoder import forward

@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 
 from jaxft.checkpoint.hf_names import spec_by_path
-from jaxft.lora import paths
 from jaxft.lora.kernels import LoraKernel
+from jaxft.models import paths
 from jaxft.models.config import DecoderConfig
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -55,10 +55,20 @@ class LoRA:
 
     def items(self) -> list[tuple[tuple[str, ...], dict[str, jax.Array]]]:
         """(module path, {"a", "b"}) for every adapted module."""
-        return list(paths.leaves_with_paths(self.params))
+        return list(_adapter_leaves(self.params))
 
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.params))
+
+
+def _adapter_leaves(tree: dict[str, Any], prefix: paths.ModulePath = ()) -> Iterator[tuple[paths.ModulePath, Any]]:
+    """(module path, adapter dict) for an adapter tree whose leaves are ``{"a", "b"}`` dicts."""
+    for key in sorted(tree):
+        node = tree[key]
+        if isinstance(node, dict) and "a" in node and "b" in node:
+            yield prefix + (key,), node
+        elif isinstance(node, dict):
+            yield from _adapter_leaves(node, prefix + (key,))
 
 
 def _kernel_at(params: dict[str, Any], path: tuple[str, ...]):

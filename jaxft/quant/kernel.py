@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxft.checkpoint.hf_names import spec_by_path
-from jaxft.models import layers
+from jaxft.models import layers, paths
 from jaxft.models.config import DecoderConfig
 from jaxft.quant import int8, nf4
 
@@ -86,8 +86,6 @@ def quantize(params: dict[str, Any], cfg: DecoderConfig, fmt: Format = "nf4",
     embedding or ``lm_head``, as QLoRA does); otherwise module-name patterns as
     for LoRA targets.
     """
-    from jaxft.lora import paths  # late: jaxft.lora re-exports this module
-
     specs = spec_by_path(cfg)
     within = ("model", "layers") if targets is None else ()
     selected = paths.select(params, ("*",) if targets is None else tuple(targets), within)

@@ -8,7 +8,7 @@ import pytest
 
 import jaxft
 from jaxft import lora as jlora
-from jaxft.lora import paths
+from jaxft.models import paths
 from jaxft.models.decoder import forward
 
 

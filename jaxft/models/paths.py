@@ -8,7 +8,7 @@ are keyed by exactly these paths, so they line up with ``param_specs``.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterator
+from typing import Any
 
 ModulePath = tuple[str, ...]
 
@@ -63,12 +63,3 @@ def replace(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str
         raise KeyError(f"parameters have no entry '{head}'")
     return {**tree, head: replace(tree[head], rest, value) if rest else value}
 
-
-def leaves_with_paths(tree: dict[str, Any], prefix: ModulePath = ()) -> Iterator[tuple[ModulePath, Any]]:
-    """(module path, adapter dict) for an adapter tree whose leaves are ``{"a", "b"}`` dicts."""
-    for key in sorted(tree):
-        node = tree[key]
-        if isinstance(node, dict) and "a" in node and "b" in node:
-            yield prefix + (key,), node
-        elif isinstance(node, dict):
-            yield from leaves_with_paths(node, prefix + (key,))
