@@ -3,6 +3,7 @@
     python -m jaxft.bench train [--model qwen3-0.6b | shape flags] [--vs peft] [--json]
     python -m jaxft.bench generate [--model ...] [--batch 8] [--vs peft] [--json]
     python -m jaxft.bench plan --recipe lm|embedllm|condense [--devices 8 --mesh fsdp=8] [--json]
+    python -m jaxft.bench.summary --model PATH_OR_PRESET      # the decoder's module tree, shapes, axes, counts
 
 ``train`` times the jitted LoRA (or full) train step after compiling it, with
 median step time, tokens/s, peak RSS and MFU against a matmul peak measured

@@ -1,4 +1,4 @@
-"""``python -m jaxft.models.summary``: the module tree of a checkpoint, counted like the loaded tree."""
+"""``python -m jaxft.bench.summary``: the module tree of a checkpoint, counted like the loaded tree."""
 
 import jax
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import jaxft
 from jaxft.checkpoint.hf_names import param_specs
-from jaxft.models import summary
+from jaxft.bench import summary
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])

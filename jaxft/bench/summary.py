@@ -1,4 +1,4 @@
-"""``python -m jaxft.models.summary --model PATH_OR_PRESET``: the decoder's module tree.
+"""``python -m jaxft.bench.summary --model PATH_OR_PRESET``: the decoder's module tree.
 
 One row per parameter: module path, module class, parameter, shape, dtype, logical
 axes and element count, then the total. Shapes come from ``jax.eval_shape`` of
@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxft.bench import shapes
+from jaxft.checkpoint.hf import open_checkpoint
 from jaxft.errors import cli_boundary
 from jaxft.models.config import DecoderConfig
 from jaxft.models.modules import CausalLM
@@ -74,12 +76,8 @@ def render(cfg: DecoderConfig, table: list[Row]) -> str:
 
 def resolve_config(model: str) -> DecoderConfig:
     """A preset name of ``jaxft.bench.shapes`` or a checkpoint directory / GGUF file / hub id."""
-    from jaxft.bench import shapes
-
     if model in shapes.MODELS:
         return DecoderConfig.from_hf(shapes.hf_config(model), source=f"preset '{model}'")
-    from jaxft.checkpoint.hf import open_checkpoint
-
     cfg, source = open_checkpoint(model)
     source.close()
     return cfg
@@ -87,9 +85,7 @@ def resolve_config(model: str) -> DecoderConfig:
 
 @cli_boundary
 def main(argv: list[str] | None = None) -> int:
-    from jaxft.bench import shapes
-
-    p = argparse.ArgumentParser(prog="python -m jaxft.models.summary", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m jaxft.bench.summary", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True,
                    help=f"checkpoint directory, .gguf file, or a preset ({', '.join(shapes.MODELS)})")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
