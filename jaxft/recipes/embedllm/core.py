@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from jaxft import lora as lora_lib
 from jaxft.models.config import DecoderConfig
 from jaxft.models.decoder import embed, forward, lm_head_weight
-from jaxft.models.perceiver import PerceiverEncoderConfig
 from jaxft.recipes.embedllm.model import CondenserConfig, HistoryEncoder, init_history_encoder
+from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig
 from jaxft.train.loss import LossOutput, causal_lm_loss, next_token_targets
 
 Params = dict[str, Any]

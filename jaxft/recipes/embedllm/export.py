@@ -24,10 +24,10 @@ from safetensors.numpy import save_file
 
 from jaxft import lora as lora_lib
 from jaxft.files import flatten_tree, read_json, read_safetensors, unflatten_tree
-from jaxft.models.perceiver import PerceiverEncoderConfig, from_hf_state, to_hf_state
 from jaxft.recipes.embedllm.core import EmbedLLM, init_encoder, logits_jit, prefix_jit, split_encoder_params
 from jaxft.recipes.embedllm.data import ExampleBuilder, Layout, split_turns
 from jaxft.recipes.embedllm.model import CondenserConfig
+from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig, from_hf_state, to_hf_state
 
 CONFIG_FILE = "embedllm.json"
 WEIGHTS_FILE = "embedllm.safetensors"

@@ -8,7 +8,7 @@ vector of the LLM's hidden size: the prefix the LLM reads before the last turn.
 A conversation without history gets a learned "empty history" vector instead.
 
 Parameter tree (``HistoryEncoder``): ``input_projection``, ``perceiver``
-(transformers' PerceiverModel names, see ``jaxft.models.perceiver``),
+(transformers' PerceiverModel names, see ``jaxft.recipes.embedllm.perceiver``),
 ``compressor`` (``query``, ``attention.{q,k,v,out}_proj``, ``layer_norm``),
 ``projection``, ``empty_history``.
 """
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxft.models.perceiver import LayerNorm, Linear, PerceiverEncoderConfig, PerceiverModel
+from jaxft.recipes.embedllm.perceiver import LayerNorm, Linear, PerceiverEncoderConfig, PerceiverModel
 
 Params = dict[str, Any]
 

@@ -11,12 +11,12 @@ import jax.numpy as jnp
 
 from jaxft import lora as lora_lib
 from jaxft.loaders import load_model
-from jaxft.models.perceiver import PerceiverEncoderConfig, load_perceiver
 from jaxft.recipes.embedllm.core import EmbedLLM, eval_sums, init_encoder, split_encoder_params, token_stats
 from jaxft.recipes.embedllm.data import (ExampleBuilder, Layout, history_fields, parse_conversations, read_hf,
                                          read_local)
 from jaxft.recipes.embedllm.export import EmbedChat, export_embedllm, load_embedllm
 from jaxft.recipes.embedllm.model import CondenserConfig
+from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig, load_perceiver
 from jaxft.train.task import TrainTask
 
 log = logging.getLogger("jaxft")

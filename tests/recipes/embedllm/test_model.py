@@ -8,8 +8,8 @@ import torch
 import jax
 import jax.numpy as jnp
 
-from jaxft.models.perceiver import PerceiverEncoderConfig
 from jaxft.recipes.embedllm.model import Compressor, CondenserConfig, HistoryEncoder, init_history_encoder
+from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig
 
 PERCEIVER = PerceiverEncoderConfig(num_latents=4, d_latents=16, d_model=12, num_self_attends_per_block=2,
                                    num_self_attention_heads=2, num_cross_attention_heads=1,

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxft.checkpoint.sources import CheckpointError
-from jaxft.models.perceiver import (PerceiverEncoderConfig, PerceiverModel, load_perceiver, save_perceiver,
-                                    to_hf_state)
+from jaxft.recipes.embedllm.perceiver import (PerceiverEncoderConfig, PerceiverModel, load_perceiver,
+                                              save_perceiver, to_hf_state)
 
 # One config on transformers' defaults for channels, one with explicit qk/v channels, several
 # blocks and widening MLPs, and cross-attention shaped by the queries.
