@@ -187,13 +187,6 @@ def model_card(directory: str | Path, repo: str) -> str:
     return "\n".join(meta + body) + "\n"
 
 
-def write_model_card(directory: str | Path, repo: str) -> Path:
-    """Write ``model_card`` into the export (for recipes that want the card on disk too)."""
-    file = Path(directory) / "README.md"
-    file.write_text(model_card(directory, repo))
-    return file
-
-
 def upload_plan(directory: str | Path, repo: str) -> list[tuple[str, Path | bytes]]:
     """(path in repo, local file or bytes) of everything ``push`` uploads."""
     directory = Path(directory)

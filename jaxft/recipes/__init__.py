@@ -38,8 +38,4 @@ def resolve(name: str) -> ModuleType:
     return module
 
 
-def build_task(config, mesh):
-    return resolve(config.recipe).build(config, mesh)
-
-
-__all__ = ["RECIPES", "build_task", "resolve"]
+__all__ = ["RECIPES", "resolve"]
