@@ -115,19 +115,26 @@ def fit_text(text: str, enc_tok, dec_tok, max_decoder_tokens: int, max_character
              ) -> tuple[str, list[int], np.ndarray, list[int], np.ndarray]:
     """Cut ``text`` to ``max_characters`` and then at a decoder token end until its decoder tokens
     fit ``max_decoder_tokens``; return it with both tokenizations (the encoder reads its first
-    ``max_tokens`` tokens, the rest of the text is the continuation after them)."""
+    ``max_tokens`` tokens, the rest of the text is the continuation after them). Only the decoder's
+    tokens decide the cut, so the encoder tokenizes the final text once."""
     text = text[:max_characters] if max_characters else text
     for _ in range(16):
-        enc_ids, enc_off = _tokenize(enc_tok, text)
         dec_ids, dec_off = _tokenize(dec_tok, text)
         if len(dec_ids) <= max_decoder_tokens:
+            enc_ids, enc_off = _tokenize(enc_tok, text)
             return text, enc_ids, enc_off, dec_ids, dec_off
         # Re-tokenizing a prefix can merge differently at the cut; shrink by at
         # least one character per round so the loop always ends.
         limit = int(dec_off[max_decoder_tokens - 1, 1])
-        text = text[:min(limit, len(text) - 1)]
+        tokenized, text = text, text[:min(limit, len(text) - 1)]
+    enc_ids, enc_off = _tokenize(enc_tok, tokenized)  # the text the last decoder tokens are of
     keep = np.searchsorted(enc_off[:, 1], int(dec_off[max_decoder_tokens - 1, 1]), side="right")
     return text, enc_ids[:keep], enc_off[:keep], dec_ids[:max_decoder_tokens], dec_off[:max_decoder_tokens]
+
+
+def context_end(fitted: str, enc_ids: list[int], enc_off: np.ndarray, max_tokens: int) -> int:
+    """The character where the condensed context (the first ``max_tokens`` encoder tokens) ends."""
+    return int(enc_off[max_tokens, 0]) if len(enc_ids) > max_tokens else len(fitted)
 
 
 def segment_char_starts(enc_offsets: np.ndarray, segment_length: int) -> np.ndarray:
@@ -181,8 +188,28 @@ def continuation_targets(dec_ids: np.ndarray, dec_len: int, starts: np.ndarray, 
     return ids, mask
 
 
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+    """What an example is built from: a text's tokens, once per text (the arrays follow with numpy only).
+
+    ``enc_ids`` are the encoder tokens of the condensed context, ``dec_ids`` the decoder tokens of the
+    whole fitted text, ``starts[i]`` the first decoder token of segment ``i`` (``starts[-1]``: of the
+    remainder). Instruction records add the prompt's and the completion's decoder tokens.
+    """
+
+    enc_ids: np.ndarray
+    dec_ids: np.ndarray
+    starts: np.ndarray
+    prompt_ids: np.ndarray | None = None
+    completion_ids: np.ndarray | None = None
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.starts) - 1
+
+
 class ExampleBuilder:
-    """Callable ``text (or instruction record) -> Example`` (numpy arrays of static shapes; see ``Layout``).
+    """Callable ``text (or instruction record, or its Tokens) -> Example`` (numpy arrays of static shapes).
 
     Keys: ``enc_ids``/``enc_mask`` [S, L] (the condensed context: the text's first ``S * L``
     encoder tokens), ``dec_ids``/``dec_mask`` [D] (the context in decoder tokens: the AE target),
@@ -190,6 +217,7 @@ class ExampleBuilder:
     up to the end of the text) and ``num_segments`` [] -- the segments holding at least one token.
     With the instruction objective (``layout.max_prompt_tokens > 0``) also ``ins_ids``/``ins_mask``
     [P + C] (prompt then completion tokens) and ``ins_loss`` (the completion's tokens).
+    ``tokens(item)`` does all the tokenizing; ``example(tokens)`` the rest.
     """
 
     def __init__(self, encoder_tokenizer, decoder_tokenizer, layout: Layout,
@@ -212,45 +240,33 @@ class ExampleBuilder:
     def context_end(self, text: str) -> int:
         """The character where the condensed context ends (the continuation after it starts)."""
         fitted, enc_ids, enc_off, _, _ = self.fit(text)
-        return int(enc_off[self.layout.max_tokens, 0]) if len(enc_ids) > self.layout.max_tokens else len(fitted)
+        return context_end(fitted, enc_ids, enc_off, self.layout.max_tokens)
 
     def __call__(self, item) -> Example:
+        return self.example(item if isinstance(item, Tokens) else self.tokens(item))
+
+    def tokens(self, item) -> Tokens:
         if isinstance(item, dict):
-            return self.instruction_example(item)
+            return self.instruction_tokens(item)
         if not isinstance(item, str):
             raise ValueError(f"condense: expected a text string, got {type(item).__name__}")
         if self.instruction:
             raise ValueError("condense: the instruction objective needs records with columns "
                              f"{', '.join(self.instruction_columns)}, got a plain text")
-        return self.text_example(item)
+        return self.text_tokens(item)
 
-    def text_example(self, text: str) -> Example:
-        lay = self.layout
-        fitted, enc_ids, enc_off, dec_ids, dec_off = self.fit(text)
+    def text_tokens(self, text: str, fit=None) -> Tokens:
+        """``fit``: the text's ``self.fit(text)`` when the caller has it already."""
+        fitted, enc_ids, enc_off, dec_ids, dec_off = fit or self.fit(text)
         if not enc_ids or not dec_ids:
             raise ValueError(f"condense: text {text[:40]!r} has no tokens (empty or whitespace only)")
-        context = min(len(enc_ids), lay.max_tokens)
-        num_segments = math.ceil(context / lay.segment_length)
-        end = int(enc_off[context, 0]) if len(enc_ids) > context else len(fitted)
-        char_starts = np.append(segment_char_starts(enc_off[:context], lay.segment_length), end)
-        starts = decoder_segment_starts(dec_off, char_starts)  # [num_segments + 1]
-        dec, _ = pad_to(dec_ids, lay.max_decoder_tokens)
-        context_dec = int(starts[num_segments])
-        ae_ids, ae_mask = pad_to(dec_ids[:context_dec], lay.max_decoder_tokens)
-        cont_ids, cont_mask = continuation_targets(dec, len(dec_ids), starts, num_segments, lay.num_levels,
-                                                   lay.continuation_width)
-        flat_ids, flat_mask = pad_to(enc_ids[:context], lay.max_tokens)
-        return {
-            "enc_ids": flat_ids.reshape(lay.max_segments, lay.segment_length),
-            "enc_mask": flat_mask.reshape(lay.max_segments, lay.segment_length),
-            "dec_ids": ae_ids,
-            "dec_mask": ae_mask,
-            "cont_ids": cont_ids,
-            "cont_mask": cont_mask,
-            "num_segments": np.asarray(num_segments, np.int32),
-        }
+        context = min(len(enc_ids), self.layout.max_tokens)
+        end = context_end(fitted, enc_ids, enc_off, context)
+        char_starts = np.append(segment_char_starts(enc_off[:context], self.layout.segment_length), end)
+        return Tokens(enc_ids=np.asarray(enc_ids[:context], np.int32), dec_ids=np.asarray(dec_ids, np.int32),
+                      starts=decoder_segment_starts(dec_off, char_starts))
 
-    def instruction_example(self, record: dict) -> Example:
+    def instruction_tokens(self, record: dict) -> Tokens:
         """The context is condensed (with its AE and continuation targets, as any text); the decoder
         then reads the prompt and is scored on the completion."""
         lay = self.layout
@@ -261,24 +277,48 @@ class ExampleBuilder:
             raise ValueError(f"condense: record has no text column(s) {', '.join(repr(c) for c in missing)} "
                              f"(columns: {sorted(record)})")
         context, prompt, completion = (record[c] for c in self.instruction_columns)
-        example = self.text_example(context)
+        tokens = self.text_tokens(context)
         tok = self.decoder_tokenizer
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"][-lay.max_prompt_tokens:]
         completion_ids = tok(completion, add_special_tokens=False)["input_ids"][:lay.max_completion_tokens]
         if not prompt_ids or not completion_ids:
             raise ValueError(f"condense: record with {self.instruction_columns[1]}={prompt[:30]!r} has an empty "
                              f"prompt or completion")
-        ids, mask = pad_to(list(prompt_ids) + list(completion_ids), lay.instruction_width)
+        return dataclasses.replace(tokens, prompt_ids=np.asarray(prompt_ids, np.int32),
+                                   completion_ids=np.asarray(completion_ids, np.int32))
+
+    def example(self, tokens: Tokens) -> Example:
+        lay = self.layout
+        num_segments = math.ceil(len(tokens.enc_ids) / lay.segment_length)
+        dec_ids, starts = tokens.dec_ids, tokens.starts  # starts: [num_segments + 1]
+        dec, _ = pad_to(dec_ids, lay.max_decoder_tokens)
+        ae_ids, ae_mask = pad_to(dec_ids[:int(starts[num_segments])], lay.max_decoder_tokens)
+        cont_ids, cont_mask = continuation_targets(dec, len(dec_ids), starts, num_segments, lay.num_levels,
+                                                   lay.continuation_width)
+        flat_ids, flat_mask = pad_to(tokens.enc_ids, lay.max_tokens)
+        example = {
+            "enc_ids": flat_ids.reshape(lay.max_segments, lay.segment_length),
+            "enc_mask": flat_mask.reshape(lay.max_segments, lay.segment_length),
+            "dec_ids": ae_ids,
+            "dec_mask": ae_mask,
+            "cont_ids": cont_ids,
+            "cont_mask": cont_mask,
+            "num_segments": np.asarray(num_segments, np.int32),
+        }
+        if tokens.prompt_ids is None:
+            return example
+        n_prompt, n_completion = len(tokens.prompt_ids), len(tokens.completion_ids)
+        ids, mask = pad_to(np.concatenate([tokens.prompt_ids, tokens.completion_ids]), lay.instruction_width)
         loss = np.zeros_like(mask)
-        loss[len(prompt_ids): len(prompt_ids) + len(completion_ids)] = True
+        loss[n_prompt: n_prompt + n_completion] = True
         return dict(example, ins_ids=ids, ins_mask=mask, ins_loss=loss)
 
     def usable(self, item) -> bool:
         """A text that fills at least one whole segment and has a continuation after it (instruction
-        records: always; their parts are checked when their example is built)."""
-        if isinstance(item, dict):
+        records: always; their parts are checked when their tokens are made)."""
+        if isinstance(item, dict) or (isinstance(item, Tokens) and item.prompt_ids is not None):
             return True
-        ex = self.text_example(item)
+        ex = self.example(item if isinstance(item, Tokens) else self.text_tokens(item))
         return bool(ex["enc_mask"][0].all()) and bool(ex["cont_mask"][0].any())
 
     def record_fn(self, column: str = "text"):

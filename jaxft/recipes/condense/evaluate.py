@@ -51,7 +51,8 @@ def no_context_sums(model: CondenseModel, dec_params, start_id: int, batch: dict
 
 
 def compare(condenser, items: list, batch_size: int = 4) -> dict[str, dict[str, float]]:
-    """``{"condensed": {...}, "no_context": {...}}``: AE/continuation mean losses and token accuracies."""
+    """``{"condensed": {...}, "no_context": {...}}``: AE/continuation mean losses and token accuracies of
+    ``items`` (texts, or their ``Tokens``)."""
     tok = condenser.decoder_tokenizer
     start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     model = condenser.model
@@ -75,12 +76,13 @@ def compare(condenser, items: list, batch_size: int = 4) -> dict[str, dict[str, 
 
 
 def validation_items(config, builder) -> list:
-    """The validation records of a training run with ``config`` (same filter, same seeded split)."""
+    """The validation records of a training run with ``config`` (same filter, same seeded split), as the
+    tokens the filter made of them."""
     from jaxft.data import split_records
     from jaxft.recipes.condense.recipe import load_items
 
-    items, _ = load_items(config, builder)
-    return split_records(items, float(config.data.validation_fraction), int(config.seed))[1]
+    _, tokens, _ = load_items(config, builder)
+    return split_records(tokens, float(config.data.validation_fraction), int(config.seed))[1]
 
 
 def untrained_condenser(config):

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxft.models.decoder import embed
 from jaxft.recipes.condense import model as model_lib
-from jaxft.recipes.condense.data import ExampleBuilder, Layout
+from jaxft.recipes.condense.data import ExampleBuilder, Layout, context_end
 
 Mode = Literal["continue", "reconstruct"]
 _MARKERS = {"continue": "cont", "reconstruct": "ae"}
@@ -72,7 +72,9 @@ class Condenser:
         configured maximum length); the states of one segment do not depend on
         the others, so a prefix of segments is a prefix of the output.
         """
-        example = self.builder(text)
+        return self._compress(self.builder.example(self.builder.text_tokens(text)), num_segments)
+
+    def _compress(self, example, num_segments: int | None = None) -> np.ndarray:
         total = int(example["num_segments"])
         k = total if num_segments is None else num_segments
         if not 1 <= k <= total:
@@ -84,11 +86,12 @@ class Condenser:
 
     def coverage(self, text: str) -> Coverage:
         """How much of ``text`` ``compress`` reads, and the segments the whole text would need."""
-        _, enc_ids, _, _, _ = self.builder.fit(text)
+        fitted, enc_ids, enc_off, _, _ = self.builder.fit(text)
         total_tokens = len(self.encoder_tokenizer(text, add_special_tokens=False)["input_ids"])
         length = self.layout.segment_length
         read = min(len(enc_ids), self.layout.max_tokens)
-        return Coverage(characters=self.builder.context_end(text), total_characters=len(text),
+        return Coverage(characters=context_end(fitted, enc_ids, enc_off, self.layout.max_tokens),
+                        total_characters=len(text),
                         segments=math.ceil(read / length), needed_segments=math.ceil(total_tokens / length),
                         max_segments=self.layout.max_segments)
 
@@ -125,15 +128,16 @@ class Condenser:
     def samples(self, text: str, max_new_tokens: int = 64) -> dict[str, str]:
         """The text as the condenser sees it, its reconstruction, and a continuation from all but
         the last segment next to the real rest of the text."""
-        fitted, _, enc_off, _, _ = self.builder.fit(text)
-        example = self.builder(text)
+        fit = self.builder.fit(text)  # the only tokenizing of the text here
+        fitted, enc_ids, enc_off, _, _ = fit
+        example = self.builder.example(self.builder.text_tokens(text, fit))
         m = int(example["num_segments"])
-        states = self.compress(text)
+        states = self._compress(example)
         n_dec = int(example["dec_mask"].sum())
         out = {"original": fitted,
                "reconstruction": self.generate(states, mode="reconstruct", max_new_tokens=min(n_dec, max_new_tokens),
                                                stop_at_eos=False)}
-        end = self.builder.context_end(text)
+        end = context_end(fitted, enc_ids, enc_off, self.layout.max_tokens)
         if end < len(fitted):  # the text goes on after the condensed context: continue from all of it
             out["continuation"] = self.generate(states, mode="continue", max_new_tokens=max_new_tokens)
             out["continuation_reference"] = fitted[end:]

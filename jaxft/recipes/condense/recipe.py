@@ -17,7 +17,7 @@ from jaxft.checkpoint.hf_names import is_norm_bias_or_embedding
 from jaxft.loaders import load_model, load_records
 from jaxft.train.task import TrainTask
 from jaxft.recipes.condense import model as model_lib
-from jaxft.recipes.condense.data import ExampleBuilder, Layout, example_fields
+from jaxft.recipes.condense.data import ExampleBuilder, Layout, Tokens, example_fields
 from jaxft.recipes.condense.objectives import check_weights, make_loss_fn
 
 log = logging.getLogger("jaxft")
@@ -111,9 +111,9 @@ def build_parts(config) -> dict[str, Any]:
                 encoder_tokenizer=encoder.tokenizer, decoder_tokenizer=decoder.tokenizer)
 
 
-def load_items(config, builder: ExampleBuilder) -> tuple[list, str]:
-    """The configured records (texts, or instruction records) after the length filter, and a line saying
-    what was filtered. Without data: the offline demo corpus."""
+def load_items(config, builder: ExampleBuilder) -> tuple[list, list[Tokens], str]:
+    """The configured records (texts, or instruction records) after the length filter, their tokens
+    and a line saying what was filtered. Without data: the offline demo corpus."""
     from jaxft.data.corpus import demo_corpus
 
     k, data = config.condense, config.data
@@ -130,36 +130,38 @@ def load_items(config, builder: ExampleBuilder) -> tuple[list, str]:
     return filter_items(items, builder, int(k.min_characters))
 
 
-def filter_items(items: list, builder: ExampleBuilder, min_characters: int) -> tuple[list, str]:
+def filter_items(items: list, builder: ExampleBuilder, min_characters: int) -> tuple[list, list[Tokens], str]:
     """Keep texts of at least ``min_characters`` that fill one whole segment and have a continuation
-    after it (every kept text trains every objective); instruction records are kept as they are."""
+    after it (every kept text trains every objective); instruction records are all kept. Each item is
+    tokenized here, once: the batches are built from these tokens (a malformed record fails here)."""
     total = len(items)
     short = structural = 0
-    kept = []
+    kept, kept_tokens = [], []
     for item in items:
-        if isinstance(item, str):
-            if not item.strip() or len(item) < min_characters:
-                short += 1
-                continue
-            if not builder.usable(item):
-                structural += 1
-                continue
+        if isinstance(item, str) and (not item.strip() or len(item) < min_characters):
+            short += 1
+            continue
+        tokens = builder.tokens(item)
+        if not builder.usable(tokens):
+            structural += 1
+            continue
         kept.append(item)
+        kept_tokens.append(tokens)
     line = (f"{len(kept)} of {total} records kept ({short} shorter than condense.min_characters={min_characters} "
             f"or empty, {structural} without a whole first segment of {builder.layout.segment_length} encoder "
             "tokens and a continuation after it)")
-    return kept, line
+    return kept, kept_tokens, line
 
 
-def pick_sample_text(texts: list, builder: ExampleBuilder, candidates: int = 200):
-    """The first text that fills every segment (so the samples show all levels), else the one filling most."""
-    best, best_segments = texts[0], 0
-    for text in texts[:candidates]:
-        segments = int(builder(text)["num_segments"])
-        if segments == builder.layout.max_segments:
-            return text
-        if segments > best_segments:
-            best, best_segments = text, segments
+def pick_sample(pairs: list[tuple[Any, Tokens]], max_segments: int, candidates: int = 200):
+    """Of ``(item, tokens)`` pairs, the first item that fills every segment (so the samples show all
+    levels), else the one filling most."""
+    best, best_segments = pairs[0][0], 0
+    for item, tokens in pairs[:candidates]:
+        if tokens.num_segments == max_segments:
+            return item
+        if tokens.num_segments > best_segments:
+            best, best_segments = item, tokens.num_segments
     return best
 
 
@@ -180,11 +182,14 @@ def build(config, mesh) -> TrainTask:
     builder = ExampleBuilder(enc_tok, dec_tok, layout,
                              (ins.context_column, ins.prompt_column, ins.completion_column))
 
-    items, filtered = load_items(config, builder)
+    items, tokens, filtered = load_items(config, builder)
     log.info("condense data: %s", filtered)
     if len(items) < 2:
         raise ValueError(f"condense data: {filtered}; need at least 2 (train and validation)")
-    train, valid = split_records(items, float(config.data.validation_fraction), int(config.seed))
+    # The batches are built from the tokens (no tokenizing after this); the items only give the sample text.
+    train_pairs, valid_pairs = split_records(list(zip(items, tokens)), float(config.data.validation_fraction),
+                                             int(config.seed))
+    train, valid = [t for _, t in train_pairs], [t for _, t in valid_pairs]
     procs = jax.process_count()
     per_process = int(config.train.batch_size) // procs
     if per_process < 1:
@@ -199,7 +204,7 @@ def build(config, mesh) -> TrainTask:
         return Condenser(model=model, layout=layout, trainable=trainable, frozen=frozen, encoder_tokenizer=enc_tok,
                          decoder_tokenizer=dec_tok)
 
-    sample = pick_sample_text(valid or train, builder)
+    sample = pick_sample(valid_pairs or train_pairs, layout.max_segments)
     sample_text = sample if isinstance(sample, str) else sample[ins.context_column]
     max_new = int(k.samples.max_new_tokens)
 

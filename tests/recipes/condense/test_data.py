@@ -117,7 +117,7 @@ def test_min_length_filter_over_streamed_records(tmp_path):
     config.condense.min_characters = 6
     builder = ExampleBuilder(word_tokenizer(), byte_tokenizer(), Layout.create(
         max_tokens=8, compression_ratio=2.0, num_segments=2, max_decoder_tokens=80))
-    items, line = load_items(config, builder)
+    items, _, line = load_items(config, builder)
     assert items == [TEXT, TEXT + " and then the cat sat"]
     # "a dog" is short; "the cat" fills no segment; "the cat sat on" fills one with nothing after it.
     assert line.startswith("2 of 5 records kept (1 shorter than condense.min_characters=6 or empty, 2 without")

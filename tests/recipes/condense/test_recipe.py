@@ -3,6 +3,7 @@ records through the batches, and the demo preset end to end through the CLI."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -82,6 +83,53 @@ def test_instruction_records_through_build(tmp_path):
     assert np.isfinite(float(loss_sum)) and float(weight_sum) == 2
     np.testing.assert_allclose(float(loss_sum), float(metrics["ins_loss"]), rtol=1e-6)
     assert "objectives instruction x1" in task.description
+
+
+class CountingTokenizer:
+    """A tokenizer that counts the texts it is called on (everything else passes through)."""
+
+    def __init__(self, tokenizer, calls: collections.Counter):
+        self._tokenizer, self.calls = tokenizer, calls
+
+    def __call__(self, text, *args, **kwargs):
+        self.calls[text] += 1
+        return self._tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_build_tokenizes_each_text_once(tmp_path, monkeypatch):
+    """The filter tokenizes each record once per tokenizer (the decoder once per cut of a text too long for
+    it); the batches and the sample choice reuse those tokens; a samples call tokenizes its text once."""
+    from jaxft.recipes.condense import build, recipe
+
+    enc_calls, dec_calls = collections.Counter(), collections.Counter()
+    build_parts = recipe.build_parts
+
+    def counted_parts(config):
+        parts = build_parts(config)
+        parts["encoder_tokenizer"] = CountingTokenizer(parts["encoder_tokenizer"], enc_calls)
+        parts["decoder_tokenizer"] = CountingTokenizer(parts["decoder_tokenizer"], dec_calls)
+        return parts
+
+    monkeypatch.setattr(recipe, "build_parts", counted_parts)
+    texts = [f"Record {i}: the quick brown fox jumps over the lazy dog" + " and naps" * i for i in range(12)]
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    config = recipe_config("condense", "smoke")
+    config.data.path = str(tmp_path / "texts.jsonl")
+    task = build(config, None)
+    assert len(enc_calls) == len(texts) and set(enc_calls.values()) == {1}  # the fitted text, once
+    assert set(dec_calls.values()) == {1} and len(dec_calls) > len(texts)  # the long texts were cut
+    before_batches = enc_calls.total(), dec_calls.total()
+    next(task.train_batches)
+    list(task.eval_batches())
+    assert (enc_calls.total(), dec_calls.total()) == before_batches
+    before_enc, before_dec = collections.Counter(enc_calls), collections.Counter(dec_calls)
+    samples = task.samples_fn(task.trainable, task.frozen)
+    assert "reconstruction" in samples
+    assert (enc_calls - before_enc).total() == 1
+    assert set((dec_calls - before_dec).values()) == {1}
 
 
 @pytest.mark.slow
