@@ -5,6 +5,13 @@ The conversion builds a ``tokenizers`` pipeline that encodes exactly as
 (identity normalisation, dummy prefix, byte fallback, user-defined pieces such as
 ``### Response:``), so the same ids come out of either, and the tokenizer can be
 saved beside checkpoints with ``save_pretrained``.
+
+Models trained with another normalisation rule (SentencePiece's default ``nmt_nfkc``, ``nfkc``,
+their ``_cf`` variants, or a user-defined rule) carry the rule as a compiled character map in the
+model file. That map is run as it is (the ``Precompiled`` normalizer executes SentencePiece's own
+compiled trie), followed by SentencePiece's whitespace handling (``remove_extra_whitespaces``: no
+leading, trailing or repeated spaces), so text is normalised as the model itself normalises it.
+Decoding gives the normalised text back (NFKC is not invertible: "ﬁ" comes back as "fi").
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from jaxft.tokenization.pretrained import TokenizerError
@@ -78,10 +85,7 @@ def sentencepiece_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
 
 def _convert(proto, file: Path) -> PreTrainedTokenizerFast:
     pb = type(proto.pieces[0])
-    # User-defined pieces are matched on the raw text, so they are stored with plain spaces; the model then
-    # finds them in its vocabulary under the same ids as SentencePiece.
-    pieces = [(p.piece.replace(_SPACE, " ") if p.type == pb.USER_DEFINED else p.piece, p.score)
-              for p in proto.pieces]
+    pieces = [(p.piece, p.score) for p in proto.pieces]
     unk_id = proto.trainer_spec.unk_id
     byte_fallback = proto.trainer_spec.byte_fallback
     if proto.trainer_spec.model_type == 1:  # UNIGRAM
@@ -93,28 +97,45 @@ def _convert(proto, file: Path) -> PreTrainedTokenizerFast:
     else:
         raise TokenizerError(f"{file}: SentencePiece model type {proto.trainer_spec.model_type} is not supported "
                              "(unigram or bpe)")
-    if proto.normalizer_spec.name not in ("identity", ""):
-        raise TokenizerError(f"{file}: normalization rule '{proto.normalizer_spec.name}' is not supported "
-                             "(train with normalization_rule_name=identity)")
     tokenizer = Tokenizer(model)
     # One deviation, at the very start of a text only: SentencePiece adds its dummy prefix even before a
-    # leading space or a leading user piece, Metaspace does not. Everywhere else the ids are the same.
-    tokenizer.normalizer = normalizers.Replace(" ", _SPACE)
+    # leading space (kept by identity normalisation), a leading user piece or a character its rule removes;
+    # Metaspace does not. Everywhere else the ids are the same.
+    tokenizer.normalizer = _normalizer(proto.normalizer_spec, file)
     prepend = "first" if proto.normalizer_spec.add_dummy_prefix else "never"
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme=prepend, split=True)
     steps = [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
     if proto.normalizer_spec.add_dummy_prefix:
         steps.append(decoders.Strip(" ", 1, 0))
     tokenizer.decoder = decoders.Sequence(steps)
-    # Control pieces are special tokens; user-defined pieces match anywhere in the (space-replaced) text.
+    # Control pieces are special tokens; user-defined pieces match anywhere in the normalised text, as
+    # SentencePiece matches them (after its normalisation, so "\n### Response:" is found after the
+    # newline became a space under nmt_nfkc).
     tokenizer.add_special_tokens([AddedToken(p.piece, special=True, normalized=False)
                                   for p in proto.pieces if p.type == pb.CONTROL])
-    tokenizer.add_tokens([AddedToken(p.piece.replace(_SPACE, " "), special=False, normalized=False)
+    tokenizer.add_tokens([AddedToken(p.piece, special=False, normalized=True)
                           for p in proto.pieces if p.type == pb.USER_DEFINED])
     names = {p.piece for p in proto.pieces}
     specials = {key: tok for key, tok in (("unk_token", UNK), ("bos_token", BOS), ("eos_token", EOS),
                                           ("pad_token", PAD)) if tok in names}
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, padding_side="right", **specials)
+
+
+def _normalizer(spec, file: Path) -> normalizers.Normalizer:
+    """SentencePiece's normalisation of ``spec``: its compiled rule, its whitespace handling, visible spaces."""
+    steps = []
+    if spec.name not in ("identity", ""):
+        if not spec.precompiled_charsmap:
+            raise TokenizerError(f"{file}: normalization rule '{spec.name}' has no compiled character map")
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:
+        # Leading spaces collapse to the one that the dummy prefix would add (Metaspace adds none before it);
+        # stripping them would move the text's start and lose the prefix.
+        steps += [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), " ")]
+    if not spec.escape_whitespaces and spec.HasField("escape_whitespaces"):
+        raise TokenizerError(f"{file}: models trained with escape_whitespaces=false are not supported")
+    steps.append(normalizers.Replace(" ", _SPACE))
+    return normalizers.Sequence(steps)
 
 
 def _bpe_merges(vocab: dict[str, int], proto, pb) -> list[tuple[str, str]]:

@@ -18,6 +18,13 @@ from jaxft.errors import cli_boundary
 _MAX_SENTENCE = 1 << 15
 
 
+def _flag(name: str, *more: str) -> tuple[str, ...]:
+    """``--top-p`` and the reference's ``--top_p``: both spellings of a flag (``quick_sample.py`` uses the
+    underscore ones)."""
+    spellings = [name, *more]
+    return tuple(dict.fromkeys(spellings + [s.replace("-", "_").replace("__", "--", 1) for s in spellings]))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxft.recipes.minigpt", description=__doc__.split("\n\n")[0])
     verbs = p.add_subparsers(dest="verb", required=True)
@@ -25,20 +32,21 @@ def _parser() -> argparse.ArgumentParser:
     t = verbs.add_parser("tokenizer", help="train a SentencePiece (or build a character) tokenizer")
     t.add_argument("--input", nargs="+", required=True, help="UTF-8 text files")
     t.add_argument("--output", required=True, help="directory for tokenizer.model and the transformers files")
-    t.add_argument("--vocab-size", type=int, default=16000)
-    t.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    t.add_argument(*_flag("--vocab-size"), type=int, default=16000)
+    t.add_argument(*_flag("--model-type"), choices=("unigram", "bpe"), default="unigram")
     t.add_argument("--char", action="store_true", help="a character vocabulary instead of SentencePiece")
 
     s = verbs.add_parser("sample", help="generate with the reference sampler; prints '### Prompt i' blocks")
     s.add_argument("--ckpt", required=True, help="an export directory of a minigpt run (or a model directory)")
     s.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    s.add_argument("--prompt-file", help="prompts: paragraphs separated by blank lines, else one per line")
+    s.add_argument(*_flag("--prompt-file", "--prompts-file"),
+                   help="prompts: paragraphs separated by blank lines, else one per line")
     s.add_argument("--temp", type=float, default=0.6, help="temperature; <= 0 is greedy")
-    s.add_argument("--top-p", type=float, default=0.92)
-    s.add_argument("--min-new", type=int, default=40, help="EOS is banned before this many new tokens")
-    s.add_argument("--max-new", type=int, default=120)
-    s.add_argument("--rep-penalty", type=float, default=1.2, help="subtract ln(p) * count from seen tokens")
-    s.add_argument("--no-repeat", type=int, default=5, help="ban the last N ids")
+    s.add_argument(*_flag("--top-p"), type=float, default=0.92)
+    s.add_argument(*_flag("--min-new"), type=int, default=40, help="EOS is banned before this many new tokens")
+    s.add_argument(*_flag("--max-new"), type=int, default=120)
+    s.add_argument(*_flag("--rep-penalty"), type=float, default=1.2, help="subtract ln(p) * count from seen tokens")
+    s.add_argument(*_flag("--no-repeat"), type=int, default=5, help="ban the last N ids")
     s.add_argument("--seed", type=int, default=0)
 
     g = verbs.add_parser("export-gguf", help="write a llama-family checkpoint as a GGUF file")

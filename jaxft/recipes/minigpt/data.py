@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from jaxft.data.records import DataError
 
 log = logging.getLogger("jaxft")
 
-RESPONSE_MARKER = "### Response:\n"
+RESPONSE_MARKER = "### Response:\n"  # the layout the demo writes
+RESPONSE_TAG = "### Response:"  # what starts a response: the newline after it is optional, as in the reference
+INSTRUCTION_TAG = "### Instruction:"
+_EXAMPLE_START = re.compile(r"^" + re.escape(INSTRUCTION_TAG), re.MULTILINE)
 SIDECAR_VERSION = 1
 
 
@@ -157,25 +161,49 @@ def unigram_loss(train: np.ndarray, valid: np.ndarray, vocab_size: int) -> float
 # ----------------------------------------------------------------------------- SFT examples
 
 
-def sft_example(text: str, tokenizer, *, max_len: int, where: str = "record") -> dict[str, np.ndarray] | None:
-    """Token ids and a loss mask for one ``### Instruction: ... ### Response:\\n ...`` example.
+def split_examples(texts: Sequence[str], origins: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """Each text cut into its examples, one per line that opens with ``### Instruction:`` (a ``.txt`` of many
+    examples, the reference's SFT file, is one record), with an origin per example (``file:line``)."""
+    out, where = [], []
+    for i, text in enumerate(texts):
+        origin = origins[i] if origins else f"record {i + 1}"
+        starts = [m.start() for m in _EXAMPLE_START.finditer(text)]
+        if len(starts) < 2:
+            out.append(text)
+            where.append(origin)
+            continue
+        if text[:starts[0]].strip():  # text before the first example is one more record, named as such
+            starts.insert(0, 0)
+        path, _, line = origin.rpartition(":")
+        for start, end in zip(starts, starts[1:] + [len(text)]):
+            out.append(text[start:end].rstrip())
+            first = text.count("\n", 0, start)
+            where.append(f"{path}:{int(line) + first}" if path and line.isdigit() else f"{origin}, line {first + 1}")
+    return out, where
 
-    Loss falls on every token that starts after the last response marker -- the first response
-    token included -- and on the EOS appended to the example. An example longer than ``max_len``
-    keeps its first ``max_len`` tokens; one whose marker would be cut returns None (the caller
-    counts and reports it). A text without the marker raises ``DataError`` naming ``where``.
+
+def sft_example(text: str, tokenizer, *, max_len: int, where: str = "record") -> dict[str, np.ndarray] | None:
+    """Token ids and a loss mask for one ``### Instruction: ... ### Response: ...`` example.
+
+    Loss falls on every token that holds text after the last response marker (and the newline
+    right after it, when there is one) -- the first response token included, also when the
+    tokenizer's normalisation joins it to that newline -- and on the EOS appended to the example.
+    An example longer than ``max_len`` keeps its first ``max_len`` tokens; one whose marker would
+    be cut returns None (the caller counts and reports it). A text without the marker raises
+    ``DataError`` naming ``where``.
     """
-    cut = text.rfind(RESPONSE_MARKER)
+    cut = text.rfind(RESPONSE_TAG)
     if cut < 0:
-        raise DataError(f"{where}: no '{RESPONSE_MARKER.strip()}' line followed by a newline; SFT examples "
-                        f"look like '### Instruction: ...\\n### Response:\\n ...'")
-    response_start = cut + len(RESPONSE_MARKER)
+        raise DataError(f"{where}: no '{RESPONSE_TAG}' marker; SFT examples look like "
+                        f"'### Instruction: ...\\n### Response:\\n ...'")
+    response_start = cut + len(RESPONSE_TAG)
+    if text.startswith("\n", response_start):
+        response_start += 1
     if not text[response_start:].strip():
-        raise DataError(f"{where}: the response after '{RESPONSE_MARKER.strip()}' is empty")
+        raise DataError(f"{where}: the response after '{RESPONSE_TAG}' is empty")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
-    starts = [s for s, _ in enc["offset_mapping"]]
-    mask = [1 if s >= response_start else 0 for s in starts]
+    mask = [1 if end > response_start else 0 for _, end in enc["offset_mapping"]]
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
         mask.append(1)
@@ -188,10 +216,10 @@ def sft_example(text: str, tokenizer, *, max_len: int, where: str = "record") ->
 
 def sft_examples(texts: Sequence[str], tokenizer, *, max_len: int, origins: Sequence[str] | None = None
                  ) -> list[dict[str, np.ndarray]]:
+    texts, origins = split_examples(texts, origins)
     examples, dropped = [], 0
     for i, text in enumerate(texts):
-        where = origins[i] if origins is not None else f"record {i + 1}"
-        example = sft_example(text, tokenizer, max_len=max_len, where=where)
+        example = sft_example(text, tokenizer, max_len=max_len, where=origins[i])
         if example is None:
             dropped += 1
         else:

@@ -31,13 +31,15 @@ MODES = ("pretrain", "sft")
 
 def _texts(config, mode: str) -> tuple[list[str], str]:
     from jaxft.data.corpus import demo_corpus
+    from jaxft.data.records import RecordList
     from jaxft.loaders import load_records
 
     records = load_records(config.data)
     if records is not None:
         column = config.data.text_column
         where = config.data.path or config.data.hf_dataset
-        return [r[column] for r in records], where
+        texts = RecordList([r[column] for r in records], origins=getattr(records, "origins", None) or None)
+        return texts, where  # with their origins, so an SFT error names the file and line
     limit = int(config.data.max_records) or None
     if mode == "sft":
         count = limit or int(config.minigpt.demo_sft_examples)

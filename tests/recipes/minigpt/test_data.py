@@ -41,6 +41,39 @@ def test_sentencepiece_tokenizer_matches_sentencepiece(spm_dir):
     assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 3)
 
 
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_a_model_trained_with_sentencepiece_defaults_normalizes_as_sentencepiece(model_type, tmp_path):
+    """SentencePiece's default rule (nmt_nfkc, extra whitespace removed), as a reference user trains it: the
+    model's own compiled rule runs, so NFKC folding, whitespace collapsing and the marker piece give its ids."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from jaxft.data.corpus import demo_corpus
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(demo_corpus()[:1500] + TEXTS + ["ﬁne ①  Ｆｕｌｌ"] * 5),
+                                   model_writer=buffer, vocab_size=600, model_type=model_type, byte_fallback=True,
+                                   user_defined_symbols=["###\u2581Response:"], hard_vocab_limit=False, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(buffer.getvalue())
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    assert sp.normalize("ﬁne ①  Ｆｕｌｌ\n") == "▁fine▁1▁Full"  # what the rule does, by sentencepiece itself
+    tok = sentencepiece_tokenizer(tmp_path / "tokenizer.model")
+    tok.save_pretrained(str(tmp_path))
+    probes = TEXTS[:20] + ["ﬁne ①  Ｆｕｌｌ width", "  leading and trailing  \n", "new\n\nlines\tand  double  spaces ",
+                           "### Instruction: add two\n### Response:\n 2 plus 2 is 4.", "x### Response:\ny",
+                           "a ### Response:b", "Ⅻ ㍿ ｶﾀｶﾅ \u00a0nbsp\u3000ideographic", "é vs e\u0301", "\ufeffBOM", ""]
+    for each in (tok, AutoTokenizer.from_pretrained(tmp_path)):
+        for text in probes:
+            ids = each.encode(text, add_special_tokens=False)
+            assert ids == sp.encode(text), text
+            assert each.decode(ids) == sp.decode(ids), text  # the normalised text: "ﬁ" comes back as "fi"
+    text = "### Instruction: add two\n### Response:\n2 plus 2 is 4."
+    ex = mdata.sft_example(text, tok, max_len=100)
+    assert tok.decode(ex["input_ids"][list(ex["loss_mask"]).index(1):], skip_special_tokens=True) == "2 plus 2 is 4."
+
+
 def test_bad_sentencepiece_file_is_named(tmp_path):
     from jaxft.tokenization import TokenizerError
 
@@ -133,6 +166,31 @@ def test_sft_mask_on_hand_made_examples(tmp_path):
                           max_len=100)
 
 
+def test_a_response_marker_without_its_newline(tmp_path):
+    tok = build_char_vocab(["### Instruction: Response:\nabcdxyz"], tmp_path)
+    text = "### Instruction: ab ### Response: xy"  # the reference finds '### Response:' with or without '\n'
+    ex = mdata.sft_example(text, tok, max_len=100)
+    assert list(ex["loss_mask"]) == [0] * text.index(" xy") + [1, 1, 1, 1]  # ' ', 'x', 'y', EOS
+
+
+def test_a_text_of_many_examples_is_many_records(tmp_path):
+    examples = mdata.demo_sft_texts(300, seed=3)
+    text = "\n\n".join(examples) + "\n"  # the reference's SFT layout: one .txt, examples one after another
+    tok = build_char_vocab([text], tmp_path)
+    texts, origins = mdata.split_examples([text], ["sft.txt:1"])
+    assert texts == examples and origins[:3] == ["sft.txt:1", "sft.txt:5", "sft.txt:9"]
+    got = mdata.sft_examples([text], tok, max_len=160, origins=["sft.txt:1"])
+    assert len(got) == 300
+    for example, want in zip(got, examples):
+        first = list(example["loss_mask"]).index(1)
+        assert tok.decode(example["input_ids"][first:-1]) == want.split("### Response:\n")[1]
+    # a text before the first example is a record of its own, and its error names its line
+    with pytest.raises(DataError, match=r"^notes.txt:1: no '### Response:' marker"):
+        mdata.sft_examples(["a preamble\n" + text], tok, max_len=96, origins=["notes.txt:1"])
+    assert mdata.split_examples(["### Instruction: one\n### Response:\nx"]) == (
+        ["### Instruction: one\n### Response:\nx"], ["record 1"])  # one example: kept as it is
+
+
 def test_sft_mask_with_sentencepiece_marker(spm_dir):
     tok = sentencepiece_tokenizer(spm_dir)
     text = "### Instruction: add two\n### Response:\n 2 plus 2 is 4."
@@ -142,7 +200,7 @@ def test_sft_mask_with_sentencepiece_marker(spm_dir):
     assert tok.decode(ex["input_ids"][:first]) == "### Instruction: add two\n### Response:\n"
     assert pieces[first].startswith("\u2581")  # the response's own leading space is its first target
     assert tok.decode(ex["input_ids"][:-1]) == text  # (decoding a fragment would drop that space)
-    assert pieces[first - 2] == "### Response:"
+    assert pieces[first - 2] == "###\u2581Response:"  # SentencePiece's own piece
 
 
 def test_demo_sft_texts_are_well_formed():

@@ -132,6 +132,37 @@ def test_lora_sft_from_init_from_masks_and_exports_peft(tmp_path, pretrained):
     assert cfg2 == cfg and tok2.get_vocab() == tok.get_vocab()
 
 
+def test_sft_reads_a_txt_of_many_examples_as_many_records(tmp_path, pretrained):
+    import re
+
+    export, cfg, params, tok = pretrained
+    path = tmp_path / "sft.txt"  # the reference's SFT data: one text file, examples one after another
+    path.write_text("\n\n".join(mdata.demo_sft_texts(300, seed=5)) + "\n")
+    c = _config("sft_demo", tmp_path, **{"init_from": str(export), "data.path": str(path), "data.seq_len": 96,
+                                         "train.batch_size": 4})
+    task = minigpt.build(c, None)
+    train, valid = (int(n) for n in re.search(r"(\d+) train / (\d+) validation examples", task.description).groups())
+    assert train + valid == 300 and valid > 0
+
+
+def test_sample_accepts_the_references_underscore_flags(tmp_path, pretrained, capsys):
+    from jaxft.recipes.minigpt.cli import main
+
+    export = pretrained[0]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What\n")
+    common = ["sample", "--ckpt", str(export), "--temp", "0"]
+    assert main(common + ["--prompts_file", str(prompts), "--max_new", "6", "--min_new", "2", "--top_p", "0.9",
+                          "--rep_penalty", "1.3", "--no_repeat", "2"]) == 0
+    underscored = capsys.readouterr().out
+    assert main(common + ["--prompt-file", str(prompts), "--max-new", "6", "--min-new", "2", "--top-p", "0.9",
+                          "--rep-penalty", "1.3", "--no-repeat", "2"]) == 0
+    assert capsys.readouterr().out == underscored and underscored.startswith("### Prompt 1\nWhat\n---\n")
+    assert main(common + ["--prompt", "What", "--max-new", "6", "--min-new", "2", "--top-p", "0.9",
+                          "--rep-penalty", "1.0", "--no-repeat", "0"]) == 0
+    assert capsys.readouterr().out != underscored  # the flags took effect
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "jaxft.recipes.minigpt", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=600)
