@@ -18,7 +18,9 @@ covers character ``b_i``: no character the encoder has not condensed is
 missing from the target, even when the two tokenizers split a word at
 different places or attach spaces differently.
 
-Every array has a static shape set by ``Layout``, so a batch compiles once.
+Every array has a static shape set by ``Layout``, so a batch compiles once. ``ExampleBuilder.tokens``
+does all the tokenizing of a record; the recipe keeps those ``Tokens`` (int32 ids, a few bytes per
+token on each side) and ``ExampleBuilder.example`` makes the arrays from them with numpy alone.
 """
 
 from __future__ import annotations
