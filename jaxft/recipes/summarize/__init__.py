@@ -2,6 +2,6 @@
 loss, ROUGE evaluation by generation, and a Chinchilla compute calculator."""
 
 from jaxft.recipes.summarize.loss import boundary_token_weights
-from jaxft.recipes.summarize.recipe import Summarizer, build, load_export
+from jaxft.recipes.summarize.recipe import build, load_export, summary_encoder
 
-__all__ = ["Summarizer", "boundary_token_weights", "build", "load_export"]
+__all__ = ["boundary_token_weights", "build", "load_export", "summary_encoder"]

@@ -111,7 +111,7 @@ def _evaluation_pairs(args, summarizer):
 
 def _evaluate(args) -> int:
     from jaxft.recipes.summarize.evaluation import evaluate_summaries, summary_line, write_results
-    from jaxft.recipes.summarize.recipe import RESULTS_FILE, decode_settings, load_export
+    from jaxft.recipes.summarize.recipe import RESULTS_FILE, decode_settings, load_export, summary_encoder
 
     summarizer = load_export(args.export)
     if args.base and summarizer.adapters is None:
@@ -121,7 +121,8 @@ def _evaluate(args) -> int:
     if args.greedy:
         decode = type(decode)(**{**decode.__dict__, "greedy": True})
     pairs = _evaluation_pairs(args, summarizer)
-    results = evaluate_summaries(summarizer.cfg, summarizer.params, summarizer.tokenizer, summarizer.encoder(),
+    encoder = summary_encoder(summarizer)
+    results = evaluate_summaries(summarizer.cfg, summarizer.params, summarizer.tokenizer, encoder,
                                  pairs, decode=decode, lora=None if args.base else summarizer.adapters,
                                  batch_size=int(config.summarize.eval_batch_size), seed=int(config.seed))
     results["model"] = "base" if args.base else "trained"
@@ -149,7 +150,7 @@ def default_output(args) -> Path:
 
 def _generate(args) -> int:
     from jaxft.recipes.summarize.evaluation import generate_summaries
-    from jaxft.recipes.summarize.recipe import decode_settings, load_export
+    from jaxft.recipes.summarize.recipe import decode_settings, load_export, summary_encoder
 
     if args.file is not None:
         path = Path(args.file)
@@ -167,7 +168,7 @@ def _generate(args) -> int:
         changes["max_new_tokens"] = args.max_new_tokens
     decode = type(decode)(**{**decode.__dict__, **changes})
     (summary,), _ = generate_summaries(summarizer.cfg, summarizer.params, summarizer.tokenizer,
-                                       summarizer.encoder(), [text], decode=decode, lora=summarizer.adapters,
+                                       summary_encoder(summarizer), [text], decode=decode, lora=summarizer.adapters,
                                        batch_size=1, seed=args.seed)
     print(summary)
     return 0

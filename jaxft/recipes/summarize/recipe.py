@@ -11,20 +11,17 @@ settings, the run's config) and ``evaluation_results.json`` for the exported par
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxft import lora as lora_lib
 from jaxft.recipes.summarize.data import SummaryEncoder, load_pairs, seeded_subset, steps_for_epochs
 from jaxft.recipes.summarize.evaluation import DecodeSettings, evaluate_summaries, summary_line, write_results
 from jaxft.recipes.summarize.loss import boundary_token_weights
+from jaxft.train.lm import Finetuned, GlobalBatches, export_finetuned, load_finetuned, tune
 from jaxft.train.task import TrainTask
 
 log = logging.getLogger("jaxft")
@@ -58,18 +55,8 @@ def count_params(tree: Any) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def shift_left(a: jax.Array) -> jax.Array:
-    """Per-token values of the predicted token, aligned with the logits that predict it."""
-    return jnp.concatenate([a[:, 1:], jnp.zeros_like(a[:, :1])], axis=1)
-
-
 def build(config, mesh) -> TrainTask:
-    from jaxft.data import make_batches
-    from jaxft.data.pipeline import Field
     from jaxft.loaders import load_model, quantize
-    from jaxft.models.decoder import forward, lm_head_weight
-    from jaxft.recipes.summarize import scaling
-    from jaxft.train.loss import causal_lm_loss, next_token_targets
 
     s = config.summarize
     model_cfg = config.model.copy_and_resolve_references()
@@ -78,20 +65,70 @@ def build(config, mesh) -> TrainTask:
     base_param_count = count_params(params)
     double_quant = str(config.model.quantize) == "nf4" and bool(config.model.double_quant)
     params = quantize(params, cfg, str(config.model.quantize), double_quant=double_quant)
-    compute_dtype = jnp.dtype(config.model.compute_dtype)
-    lcfg = config.lora
-    trainable, frozen, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(config.seed + 1), cfg, params, lcfg)
-    full_finetune, lora_config, effective_params = tuning.full, tuning.lora_config, tuning.params
-    trainable_count = count_params(trainable)
+    lm, trainable, frozen, _ = tune(config, cfg, params, tokenizer, weights_key="loss_weights")
+    data = summary_data(config, tokenizer)
+    eval_pairs = eval_subset(data.valid_records, int(s.eval_samples), int(config.seed))
+    rouge = RougeEval(lm, tokenizer, data.encoder, eval_pairs, decode_settings(s), config)
 
-    # ---- data
+    def export_fn(directory, trainable, frozen):
+        settings = {"base_model": config.model.path or None, "quantize": str(config.model.quantize),
+                    "double_quant": double_quant, "dtype": str(config.model.dtype), "full_finetune": lm.full,
+                    "decode": dataclasses.asdict(rouge.decode), "config": config.to_dict()}
+        # a random base exists nowhere else: base/ keeps it (dequantized if the base is quantized)
+        export_finetuned(directory, lm, trainable, frozen, source=config.model.path, tokenizer=tokenizer,
+                         tokenizer_in=("tokenizer",), merged=bool(config.export.merged),
+                         base=None if config.model.path or lm.full else frozen["base"], settings=settings,
+                         settings_file=SETTINGS_FILE)
+        results = rouge.run(trainable, frozen)
+        write_results(Path(directory) / RESULTS_FILE, results)
+        log.info("export evaluation: %s", summary_line(results))
+
+    if s.scaling_report and jax.process_index() == 0:
+        _print_scaling(config, data, count_params(trainable), base_param_count, lm.full)
+    where = config.model.path or "a randomly initialised model (config.model.random_init)"
+    loss_text = (f"boundary-weighted loss (window {s.boundary_smooth_window}, w {s.boundary_position_weight}, "
+                 f"lambda {s.boundary_loss_weight})" if s.use_boundary_detection else "plain cross-entropy")
+    return TrainTask(
+        trainable=trainable, frozen=frozen, loss_fn=lm.loss_fn(boundary_sums), train_batches=data.train_batches,
+        eval_batches=data.eval_batches, host_eval_fn=rouge.host_eval_fn, samples_fn=rouge.samples_fn,
+        export_fn=export_fn, no_decay=_no_decay if lm.full else _lora_no_decay,
+        description=(f"summarize: {'full fine-tuning' if lm.full else f'LoRA r={config.lora.rank}'} of {where} on "
+                     f"{data.source}; {len(data.train_examples)} train / {len(data.valid_records)} validation "
+                     f"pairs, rows of {data.seq_len} tokens; {loss_text}; ROUGE on {len(eval_pairs)} validation "
+                     f"documents"),
+    )
+
+
+def boundary_sums(out):
+    """The divisor is |V|, the number of targets, not the sum of the weights (see loss.py); ``ce_sum``
+    is the plain cross-entropy from the same pass over the head."""
+    return out.loss_sum, out.count, {"ce": out.ce_sum, "ce_count": out.count,
+                                     "accuracy": out.correct, "accuracy_count": out.count}
+
+
+@dataclasses.dataclass
+class SummaryData:
+    encoder: SummaryEncoder
+    train_records: Any
+    valid_records: Any
+    source: str
+    train_examples: list
+    seq_len: int
+    train_batches: Any
+    eval_batches: Any
+
+
+def summary_data(config, tokenizer) -> SummaryData:
+    """The pairs, encoded, and their batches (validation loss over the first ``train.eval_batches``)."""
+    from jaxft.data.pipeline import Field
+
+    s = config.summarize
     encoder = SummaryEncoder(tokenizer, int(s.max_input_length), int(s.max_target_length))
     train_records, valid_records, source = load_pairs(config)
     if len(train_records) == 0 or len(valid_records) == 0:
         raise ValueError(f"data: {len(train_records)} training and {len(valid_records)} validation pairs from "
                          f"{source}; need at least one of each")
-    batch_size = int(config.train.batch_size)
-    eval_rows = int(config.train.eval_batches) * batch_size
+    eval_rows = int(config.train.eval_batches) * int(config.train.batch_size)
     # validation loss (the best checkpoint's criterion) on a seeded subset when eval_batches caps it
     valid_for_loss = seeded_subset(valid_records, eval_rows, int(config.seed)) if eval_rows else valid_records
     train_examples, train_counts = encoder.encode([(r["document"], r["summary"]) for r in train_records],
@@ -101,116 +138,59 @@ def build(config, mesh) -> TrainTask:
     log.info("data: train: %s", train_counts)
     log.info("data: validation: %s", valid_counts)
     if float(s.epochs) > 0:  # the steps of the data actually read, not of a fixed data set
-        config.train.steps = steps_for_epochs(float(s.epochs), len(train_examples), batch_size)
+        config.train.steps = steps_for_epochs(float(s.epochs), len(train_examples), int(config.train.batch_size))
         log.info("summarize.epochs=%s over %d pairs at batch %d: train.steps=%d", s.epochs, len(train_examples),
-                 batch_size, int(config.train.steps))
+                 int(config.train.batch_size), int(config.train.steps))
     longest = max(len(e["input_ids"]) for e in train_examples + valid_examples)
     seq_len = int(s.seq_len) or -(-longest // 8) * 8
     if seq_len < longest:
         raise ValueError(f"config key 'summarize.seq_len'={seq_len} is shorter than the longest example "
                          f"({longest} tokens); raise it or set it to 0")
-    eval_pairs = eval_subset(valid_records, int(s.eval_samples), int(config.seed))
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    fields = {"input_ids": Field(pad=pad_id), "loss_mask": Field(), "loss_weights": Field(dtype="float32")}
+    batches = GlobalBatches.of(config, seq_len=seq_len, fields=fields, pad_id=pad_id, example_fn=lambda example: {
+        **example, "loss_weights": token_weights(example["loss_mask"], s)})
+    return SummaryData(encoder, train_records, valid_records, source, train_examples, seq_len,
+                       batches.train(train_examples), batches.eval(valid_examples))
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    fields = {"input_ids": Field(pad=int(pad_id)), "loss_mask": Field(), "loss_weights": Field(dtype="float32")}
 
-    def example_fn(example):
-        return {**example, "loss_weights": token_weights(example["loss_mask"], s)}
+class RougeEval:
+    """ROUGE of generated summaries at each eval (and at export); the last results feed the samples."""
 
-    procs = jax.process_count()
-    batches = functools.partial(make_batches, example_fn=example_fn, batch_size=batch_size // procs,
-                                seq_len=seq_len, fields=fields, pad_id=int(pad_id),
-                                shard_index=jax.process_index(), shard_count=procs)
-    train_batches = batches(train_examples, seed=int(config.seed), shuffle=True, num_epochs=None)
+    def __init__(self, lm, tokenizer, encoder, pairs, decode: DecodeSettings, config):
+        self.lm, self.tokenizer, self.encoder, self.pairs, self.decode = lm, tokenizer, encoder, pairs, decode
+        self.batch_size, self.seed = int(config.summarize.eval_batch_size), int(config.seed)
+        self.results_path = config.summarize.results_path
+        self.latest: dict[str, Any] = {}
 
-    # ---- loss
-    use_boundary = bool(s.use_boundary_detection)
+    def run(self, trainable, frozen) -> dict[str, Any]:
+        lm = self.lm
+        params, lora = (trainable["model"], None) if lm.full else (frozen["base"], lm.adapters(trainable))
+        return evaluate_summaries(lm.cfg, params, self.tokenizer, self.encoder, self.pairs, decode=self.decode,
+                                  lora=lora, batch_size=self.batch_size, seed=self.seed)
 
-    def loss_fn(trainable, frozen, batch, rng):
-        p = effective_params(trainable, frozen, rng)
-        hidden, _ = forward(cfg, p, batch["input_ids"], batch["attention_mask"], remat=config.model.remat,
-                            output="hidden", dtype=compute_dtype)
-        targets, mask = next_token_targets(batch["input_ids"], batch["loss_mask"])
-        head = lm_head_weight(cfg, p, compute_dtype)
-        chunk = int(config.loss.chunk_size) or None
-        out = causal_lm_loss(hidden, head, targets, mask, shift_left(batch["loss_weights"]), chunk_size=chunk)
-        # divisor |V| = number of targets, not the sum of the weights (see loss.py); ``ce_sum`` is the plain
-        # cross-entropy from the same pass over the head
-        return out.loss_sum, out.count, {"ce": out.ce_sum, "ce_count": out.count,
-                                         "accuracy": out.correct, "accuracy_count": out.count}
-
-    # ---- generation-based eval
-    decode = decode_settings(s)
-    latest: dict[str, Any] = {}
-
-    def run_rouge(trainable, frozen) -> dict[str, Any]:
-        if full_finetune:
-            return evaluate_summaries(cfg, trainable["model"], tokenizer, encoder, eval_pairs, decode=decode,
-                                      batch_size=int(s.eval_batch_size), seed=int(config.seed))
-        return evaluate_summaries(cfg, frozen["base"], tokenizer, encoder, eval_pairs, decode=decode,
-                                  lora=lora_lib.LoRA(trainable["lora"], lora_config),
-                                  batch_size=int(s.eval_batch_size), seed=int(config.seed))
-
-    def host_eval_fn(trainable, frozen) -> dict[str, float]:
-        results = run_rouge(trainable, frozen)
-        latest.clear()
-        latest.update(results)
-        if s.results_path:
-            write_results(s.results_path, results)
+    def host_eval_fn(self, trainable, frozen) -> dict[str, float]:
+        results = self.run(trainable, frozen)
+        self.latest = results
+        if self.results_path:
+            write_results(self.results_path, results)
         return {k: float(results[k]) for k in HOST_METRICS}
 
-    def samples_fn(trainable, frozen) -> dict[str, str]:
+    def samples_fn(self, trainable, frozen) -> dict[str, str]:
         # the eval that just ran generated these; nothing is generated twice
         return {f"summary_{i}": f"{sample['generated_summary']!r} (reference: {sample['target_summary']!r})"
-                for i, sample in enumerate(latest.get("samples", [])[:2])}
+                for i, sample in enumerate(self.latest.get("samples", [])[:2])}
 
-    def export_fn(directory, trainable, frozen):
-        from jaxft.checkpoint.hf import save_pretrained
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if full_finetune:
-            save_pretrained(directory / "model", cfg, trainable["model"])
-        else:
-            adapters = lora_lib.LoRA(trainable["lora"], lora_config)
-            lora_lib.save_peft(directory / "adapter", cfg, adapters, base_model_name_or_path=config.model.path or None)
-            base = jax.device_get(frozen["base"])
-            if not config.model.path:  # a random base exists nowhere else; merging zero adapters
-                # gives it back as plain arrays (dequantized if the base is quantized)
-                save_pretrained(directory / "base", cfg, lora_lib.merge(cfg, base, lora_lib.LoRA(
-                    jax.tree.map(np.zeros_like, adapters.params), lora_config)))
-            if config.export.merged:
-                save_pretrained(directory / "merged", cfg, lora_lib.merge(cfg, base, adapters))
-        tokenizer.save_pretrained(str(directory / "tokenizer"))
-        settings = {"base_model": config.model.path or None, "quantize": str(config.model.quantize),
-                    "double_quant": double_quant, "dtype": str(config.model.dtype), "full_finetune": full_finetune,
-                    "decode": dataclasses.asdict(decode), "config": config.to_dict()}
-        (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str) + "\n")
-        results = run_rouge(trainable, frozen)
-        write_results(directory / RESULTS_FILE, results)
-        log.info("export evaluation: %s", summary_line(results))
+def _print_scaling(config, data: SummaryData, trainable_count: int, base_param_count: int, full: bool) -> None:
+    """The Chinchilla block for the planned run."""
+    from jaxft.recipes.summarize import scaling
 
-    # ---- the Chinchilla block for the planned run
-    mean_tokens = float(np.mean([len(e["input_ids"]) for e in train_examples]))
-    planned_tokens = int(config.train.steps) * batch_size * mean_tokens
-    if s.scaling_report and jax.process_index() == 0:
-        analysis = scaling.analyze(params=trainable_count, tokens=planned_tokens,
-                                   total_params=base_param_count + (0 if full_finetune else trainable_count),
-                                   lora=not full_finetune)
-        print(scaling.report(analysis), flush=True)
-
-    where = config.model.path or "a randomly initialised model (config.model.random_init)"
-    loss_text = (f"boundary-weighted loss (window {s.boundary_smooth_window}, w {s.boundary_position_weight}, "
-                 f"lambda {s.boundary_loss_weight})" if use_boundary else "plain cross-entropy")
-    return TrainTask(
-        trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=train_batches,
-        eval_batches=lambda: batches(valid_examples, seed=0, shuffle=False, num_epochs=1),
-        host_eval_fn=host_eval_fn, samples_fn=samples_fn, export_fn=export_fn,
-        no_decay=_no_decay if full_finetune else _lora_no_decay,
-        description=(f"summarize: {'full fine-tuning' if full_finetune else f'LoRA r={lcfg.rank}'} of {where} on "
-                     f"{source}; {len(train_examples)} train / {len(valid_records)} validation pairs, rows of "
-                     f"{seq_len} tokens; {loss_text}; ROUGE on {len(eval_pairs)} validation documents"),
-    )
+    mean_tokens = float(np.mean([len(e["input_ids"]) for e in data.train_examples]))
+    planned_tokens = int(config.train.steps) * int(config.train.batch_size) * mean_tokens
+    analysis = scaling.analyze(params=trainable_count, tokens=planned_tokens,
+                               total_params=base_param_count + (0 if full else trainable_count), lora=not full)
+    print(scaling.report(analysis), flush=True)
 
 
 def _no_decay(path, leaf) -> bool:
@@ -226,52 +206,13 @@ def _lora_no_decay(path, leaf) -> bool:
 # ---- the export ------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Summarizer:
-    """A loaded export: the model, its adapters (None for a fully tuned model), tokenizer and settings."""
-
-    cfg: Any
-    params: Any
-    adapters: Any
-    tokenizer: Any
-    settings: dict
-
-    def config(self):
-        from ml_collections import ConfigDict
-
-        return ConfigDict(self.settings["config"])
-
-    def encoder(self) -> SummaryEncoder:
-        s = self.settings["config"]["summarize"]
-        return SummaryEncoder(self.tokenizer, int(s["max_input_length"]), int(s["max_target_length"]))
+def summary_encoder(loaded: Finetuned) -> SummaryEncoder:
+    """The encoder of the run that wrote the export (its input and target lengths)."""
+    s = loaded.settings["config"]["summarize"]
+    return SummaryEncoder(loaded.tokenizer, int(s["max_input_length"]), int(s["max_target_length"]))
 
 
-def load_export(directory: str) -> Summarizer:
+def load_export(directory: str) -> Finetuned:
     """Read back what ``export_fn`` wrote; a missing or broken part raises naming the file."""
-    from jaxft.checkpoint.hf import load_pretrained
-    from jaxft.files import read_json
-    from jaxft.loaders import quantize
-    from jaxft.tokenization import load_tokenizer
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no such export directory")
-    settings = read_json(directory / SETTINGS_FILE, missing="not a summarize export (no summarize.json)")
-    if not isinstance(settings, dict) or "config" not in settings:
-        raise ValueError(f"{directory / SETTINGS_FILE}: no 'config' entry")
-    if not (directory / "tokenizer").is_dir():
-        raise FileNotFoundError(f"{directory / 'tokenizer'}: the export has no tokenizer")
-    tokenizer = load_tokenizer(directory / "tokenizer")
-    dtype = jnp.dtype(settings.get("dtype", "float32"))
-    if settings.get("full_finetune"):
-        cfg, params = load_pretrained(directory / "model", dtype=dtype)
-        return Summarizer(cfg, params, None, tokenizer, settings)
-    adapter = directory / "adapter"
-    if not adapter.is_dir():
-        raise FileNotFoundError(f"{adapter}: the export has no adapter")
-    base = directory / "base" if (directory / "base").is_dir() else settings.get("base_model")
-    if not base:
-        raise FileNotFoundError(f"{directory}: no base/ and no base_model in {SETTINGS_FILE}")
-    cfg, params = load_pretrained(base, dtype=dtype)
-    params = quantize(params, cfg, settings.get("quantize", "none"), double_quant=bool(settings.get("double_quant")))
-    return Summarizer(cfg, params, lora_lib.load_peft(adapter, cfg), tokenizer, settings)
+    return load_finetuned(directory, settings_file=SETTINGS_FILE, required=("config",), need_tokenizer=True,
+                          missing="not a summarize export (no summarize.json)")

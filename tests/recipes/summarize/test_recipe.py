@@ -11,7 +11,7 @@ import pytest
 from jaxft import lora as lora_lib
 from jaxft.loaders import load_model
 from jaxft.models.decoder import forward
-from jaxft.recipes.summarize import build, load_export
+from jaxft.recipes.summarize import build, load_export, summary_encoder
 from jaxft.recipes.summarize.cli import main
 from jaxft.recipes.summarize.data import load_pairs
 from jaxft.recipes.summarize.evaluation import evaluate_summaries, rouge_scores
@@ -97,7 +97,7 @@ def test_smoke_trains_evaluates_exports_and_reloads(tmp_path):
     _, valid, _ = load_pairs(config)
     from jaxft.recipes.summarize.recipe import decode_settings, eval_subset
 
-    again = evaluate_summaries(loaded.cfg, loaded.params, loaded.tokenizer, loaded.encoder(),
+    again = evaluate_summaries(loaded.cfg, loaded.params, loaded.tokenizer, summary_encoder(loaded),
                                eval_subset(valid, 3, config.seed), decode=decode_settings(config.summarize),
                                lora=loaded.adapters, batch_size=4, seed=config.seed)
     # greedy decoding of the reloaded export reproduces the summaries written at export time
