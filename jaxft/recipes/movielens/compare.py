@@ -74,7 +74,7 @@ def score_records(cfg, params, encoded: list[encoding.Encoded], yes_id: int, no_
 
 def compare(export: Path, data: Path, *, limit: int | None = None, output: Path | None = None,
             batch_size: int = 8, base_model: str | None = None) -> dict:
-    from jaxft.recipes.movielens.recipe import load_export
+    from jaxft.recipes.movielens.recipe import base_params, load_export
 
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
@@ -93,7 +93,8 @@ def compare(export: Path, data: Path, *, limit: int | None = None, output: Path 
     yes_id, no_id = int(s["yes_token_id"]), int(s["no_token_id"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = jnp.dtype(s.get("compute_dtype", "float32"))
-    p_base = score_records(loaded.cfg, loaded.base, encoded, yes_id, no_id, batch_size, pad_id, dtype)
+    base = base_params(loaded, base_model)
+    p_base = score_records(loaded.cfg, base, encoded, yes_id, no_id, batch_size, pad_id, dtype)
     p_tuned = score_records(loaded.cfg, loaded.tuned, encoded, yes_id, no_id, batch_size, pad_id, dtype)
     true = [int(r["label"] == prompts.POSITIVE) for r in rows]
     pred_base, pred_tuned = (p_base > 0.5).astype(int), (p_tuned > 0.5).astype(int)

@@ -7,21 +7,21 @@ and its end-of-turn marker; eval adds accuracy and F1 from the Yes/No logits at 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import logging
 import math
-import shutil
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxft import lora as lora_lib
 from jaxft.data.records import DataError
 from jaxft.recipes.movielens import encoding, prompts
 from jaxft.recipes.movielens.metrics import MultiMetricStop, yes_no_sums
 from jaxft.recipes.movielens.scoring import yes_no_logits
+from jaxft.train.lm import Finetuned, GlobalBatches, export_finetuned, load_finetuned, loss_only_sums, tune
 from jaxft.train.task import TrainTask
 
 log = logging.getLogger("jaxft")
@@ -97,67 +97,84 @@ def _apply_epochs(config, train_count: int) -> None:
 
 
 def build(config, mesh) -> TrainTask:
-    from jaxft.assets import cache_dir
-    from jaxft.data import make_batches
-    from jaxft.data.pipeline import Field
     from jaxft.loaders import load_model
-    from jaxft.models.decoder import forward, lm_head_weight
-    from jaxft.train.loss import causal_lm_loss, next_token_targets
 
-    ml, data_cfg = config.movielens, config.data
+    ml = config.movielens
     directory = data_dir(config)
     model_cfg = model_section(config, directory)
-    double_quant = str(model_cfg.quantize) == "nf4" and bool(model_cfg.double_quant)
-    loaded = load_model(model_cfg, config.seed)
-    cfg, params, tokenizer = loaded.cfg, loaded.params, loaded.tokenizer
+    cfg, params, tokenizer = load_model(model_cfg, config.seed)
     encoding.ensure_chat_template(tokenizer)
     yes_id, no_id = encoding.answer_token_ids(tokenizer)
-    compute_dtype = jnp.dtype(model_cfg.compute_dtype)
+    data = movielens_data(config, directory, tokenizer)
+    _apply_epochs(config, len(data.train_set))
+    # A random base has no path to reload it from: the export keeps a copy (demo and test sizes only).
+    random_base = None if model_cfg.path else jax.device_get(params)
+    lm, trainable, frozen, _ = tune(config, cfg, params, tokenizer)
 
+    def eval_fn(trainable, frozen, batch):
+        p = lm.params(trainable, frozen)
+        hidden = lm.hidden(p, batch)
+        out = lm.scores(p, hidden, batch)
+        yes, no = yes_no_logits(cfg, p, hidden, batch["answer_index"], yes_id, no_id, lm.dtype)
+        sums = yes_no_sums(yes, no, batch["is_yes"], batch["has_answer"].astype(jnp.float32))
+        return {"loss": out.loss_sum, "loss_count": out.weight_sum, **sums}
+
+    settings = {
+        "base_model": model_cfg.path or "base", "tuned": "model" if lm.full else "adapter",
+        "yes_token_id": yes_id, "no_token_id": no_id, "cutoff_len": data.cutoff,
+        "compute_dtype": str(model_cfg.compute_dtype), "dtype": str(model_cfg.dtype),
+        "quantize": str(model_cfg.quantize), "double_quant": str(model_cfg.quantize) == "nf4" and bool(
+            model_cfg.double_quant), "system_prompt": data.first["system"], "instruction": data.first["instruction"],
+        "data_dir": str(directory),
+    }
+
+    def export_fn(export_dir, trainable, frozen):
+        export_finetuned(export_dir, lm, trainable, frozen, source=model_cfg.path, tokenizer=tokenizer,
+                         tokenizer_in=("model", "base", "tokenizer"), base=random_base, settings=settings,
+                         settings_file=EXPORT_FILE)
+
+    balance = lambda s: f"{int(s.is_yes.sum())} Yes / {int(len(s) - s.is_yes.sum())} No"  # noqa: E731
+    where = model_cfg.path or f"a random {cfg.model_type} model (model.random_init)"
+    description = (f"movielens: {'full fine-tuning' if lm.full else f'LoRA r={config.lora.rank}'}"
+                   f"{' over an ' + str(model_cfg.quantize).upper() + ' base' if model_cfg.quantize != 'none' else ''}"
+                   f" of {where} on {directory}: {len(data.train_set)} train ({balance(data.train_set)}), "
+                   f"{data.eval_count} eval records; rows of {data.seq_len} tokens; "
+                   f"train.steps={int(config.train.steps)}")
+    return TrainTask(
+        trainable=trainable, frozen=frozen, loss_fn=lm.loss_fn(loss_only_sums), train_batches=data.train_batches,
+        eval_batches=data.eval_batches, eval_fn=eval_fn,
+        stop_fn=MultiMetricStop(int(ml.patience), float(ml.min_delta), float(ml.min_delta)),
+        export_fn=export_fn, description=description,
+    )
+
+
+@dataclasses.dataclass
+class MovielensData:
+    cutoff: int
+    first: dict  # the first training record (its system prompt and instruction go into the export)
+    train_set: encoding.EncodedSet
+    eval_set: encoding.EncodedSet
+    eval_count: int
+    seq_len: int
+    train_batches: Any
+    eval_batches: Any
+
+
+def movielens_data(config, directory: Path, tokenizer) -> MovielensData:
+    """The prepared records, tokenized (through the token cache), and their batches."""
+    from jaxft.assets import cache_dir
+    from jaxft.data.pipeline import Field
+
+    ml, data_cfg = config.movielens, config.data
     cutoff = int(data_cfg.cutoff_len)
     cache = Path(ml.cache_dir).expanduser() if ml.cache_dir else cache_dir() / "movielens" / "tokens"
     train_records = _read(directory / "train.json", data_cfg.on_error)
     eval_records = _read(directory / "eval.json", data_cfg.on_error)
     train_set = _encode("train", directory / "train.json", train_records, tokenizer, cutoff, cache)
     eval_set = _encode("eval", directory / "eval.json", eval_records, tokenizer, cutoff, cache)
-    limit = int(data_cfg.max_eval_samples) or len(eval_set)
-    eval_count = min(limit, len(eval_set))
-    _apply_epochs(config, len(train_set))
-
-    rank = int(config.lora.rank)
-    full = rank == 0
-    # A random base has no path to reload it from: the export keeps a copy (demo and test sizes only).
-    random_base = None if model_cfg.path else jax.device_get(params)
-    trainable, frozen, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(config.seed + 1), cfg, params, config.lora)
-    lora_config, effective = tuning.lora_config, tuning.params
-
-    def hidden_of(p, batch):
-        hidden, _ = forward(cfg, p, batch["input_ids"], batch["attention_mask"], remat=model_cfg.remat,
-                            output="hidden", dtype=compute_dtype)
-        return hidden
-
-    def lm_loss(p, hidden, batch):
-        targets, mask = next_token_targets(batch["input_ids"], batch["loss_mask"])
-        return causal_lm_loss(hidden, lm_head_weight(cfg, p, compute_dtype), targets, mask,
-                              chunk_size=int(config.loss.chunk_size) or None)
-
-    def loss_fn(trainable, frozen, batch, rng):
-        p = effective(trainable, frozen, rng)
-        out = lm_loss(p, hidden_of(p, batch), batch)
-        return out.loss_sum, out.weight_sum, {}
-
-    def eval_fn(trainable, frozen, batch):
-        p = effective(trainable, frozen, None)
-        hidden = hidden_of(p, batch)
-        out = lm_loss(p, hidden, batch)
-        yes, no = yes_no_logits(cfg, p, hidden, batch["answer_index"], yes_id, no_id, compute_dtype)
-        sums = yes_no_sums(yes, no, batch["is_yes"], batch["has_answer"].astype(jnp.float32))
-        return {"loss": out.loss_sum, "loss_count": out.weight_sum, **sums}
-
+    eval_count = min(int(data_cfg.max_eval_samples) or len(eval_set), len(eval_set))
     # Rows as long as the longest record (in steps of 32), not cutoff_len: less padding, one shape.
     seq_len = min(cutoff, int(-(-max(train_set.lengths().max(), eval_set.lengths().max()) // 32) * 32))
-    procs = jax.process_count()
-    per_process = int(config.train.batch_size) // procs
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     token_fields = {"input_ids": Field(pad=pad_id), "loss_mask": Field()}
     eval_fields = {**token_fields, "answer_index": Field(shape=()), "is_yes": Field(shape=()),
@@ -167,92 +184,35 @@ def build(config, mesh) -> TrainTask:
         ex = train_set.example(i)
         return {"input_ids": ex["input_ids"], "loss_mask": ex["loss_mask"]}
 
-    train_batches = make_batches(range(len(train_set)), example_fn=train_example, batch_size=per_process,
-                                 seq_len=seq_len, fields=token_fields, seed=int(config.seed), shuffle=True,
-                                 num_epochs=None, pad_id=pad_id)
-
-    def eval_batches():
-        return make_batches(range(eval_count), example_fn=eval_set.example, batch_size=per_process,
-                            seq_len=seq_len, fields=eval_fields, seed=0, shuffle=False, num_epochs=1, pad_id=pad_id)
-
-    settings = {
-        "base_model": model_cfg.path or "base", "tuned": "model" if full else "adapter",
-        "yes_token_id": yes_id, "no_token_id": no_id, "cutoff_len": cutoff,
-        "compute_dtype": str(model_cfg.compute_dtype), "dtype": str(model_cfg.dtype),
-        "quantize": str(model_cfg.quantize), "double_quant": double_quant, "system_prompt": train_records[0]["system"],
-        "instruction": train_records[0]["instruction"], "data_dir": str(directory),
-    }
-
-    def export_fn(export_dir, trainable, frozen):
-        from jaxft.checkpoint.hf import save_pretrained
-
-        export_dir = Path(export_dir)
-        if full:
-            save_pretrained(export_dir / "model", cfg, trainable["model"], tokenizer=tokenizer)
-        else:
-            lora_lib.save_peft(export_dir / "adapter", cfg, lora_lib.LoRA(trainable["lora"], lora_config),
-                               base_model_name_or_path=model_cfg.path or None)
-        if random_base is not None:
-            save_pretrained(export_dir / "base", cfg, random_base, tokenizer=tokenizer)
-        tok_dir = export_dir / "tokenizer"
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        tokenizer.save_pretrained(str(tok_dir))
-        (export_dir / EXPORT_FILE).write_text(json.dumps(settings, indent=2) + "\n")
-
-    balance = lambda s: f"{int(s.is_yes.sum())} Yes / {int(len(s) - s.is_yes.sum())} No"  # noqa: E731
-    where = model_cfg.path or f"a random {cfg.model_type} model (model.random_init)"
-    description = (f"movielens: {'full fine-tuning' if full else f'LoRA r={rank}'}"
-                   f"{' over an ' + str(model_cfg.quantize).upper() + ' base' if model_cfg.quantize != 'none' else ''}"
-                   f" of {where} on {directory}: {len(train_set)} train ({balance(train_set)}), {eval_count} eval "
-                   f"records; rows of {seq_len} tokens; train.steps={int(config.train.steps)}")
-    return TrainTask(
-        trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=train_batches,
-        eval_batches=eval_batches, eval_fn=eval_fn,
-        stop_fn=MultiMetricStop(int(ml.patience), float(ml.min_delta), float(ml.min_delta)),
-        export_fn=export_fn, description=description,
-    )
+    batches = GlobalBatches.of(config, seq_len=seq_len, pad_id=pad_id)
+    return MovielensData(cutoff, train_records[0], train_set, eval_set, eval_count, seq_len,
+                         batches.train(range(len(train_set)), example_fn=train_example, fields=token_fields),
+                         batches.eval(range(eval_count), example_fn=eval_set.example, fields=eval_fields))
 
 
-class LoadedExport:
-    """What ``compare`` needs from an export: the tokenizer, the base and the tuned params."""
-
-    def __init__(self, directory: Path, settings: dict, tokenizer, cfg, base, tuned):
-        self.directory, self.settings, self.tokenizer = directory, settings, tokenizer
-        self.cfg, self.base, self.tuned = cfg, base, tuned
-
-
-def load_export(directory: str, base_model: str | None = None) -> LoadedExport:
+def load_export(directory: str, base_model: str | None = None) -> Finetuned:
     """Reload an export written by ``export_fn``; ``base_model`` replaces the recorded base (a local copy)."""
-    from transformers import AutoTokenizer
+    loaded = load_finetuned(directory, base=base_model, settings_file=EXPORT_FILE,
+                            missing="not found: not a movielens export directory",
+                            required=("base_model", "tuned", "yes_token_id", "no_token_id", "cutoff_len"),
+                            need_tokenizer=True)
+    encoding.ensure_chat_template(loaded.tokenizer)
+    return loaded
 
+
+def base_params(loaded: Finetuned, base_model: str | None = None):
+    """The untuned model next to the tuned one: the adapters' base, or the base a full fine-tuning started
+    from (``base_model`` replaces the recorded one)."""
     from jaxft.checkpoint.hf import load_pretrained
-    from jaxft.files import read_json
-    from jaxft.loaders import quantize
 
-    directory = Path(directory)
-    settings = read_json(directory / EXPORT_FILE, missing="not found: not a movielens export directory")
-    for key in ("base_model", "tuned", "yes_token_id", "no_token_id", "cutoff_len"):
-        if key not in settings:
-            raise ValueError(f"{directory / EXPORT_FILE}: missing key '{key}'")
-    if not (directory / "tokenizer").is_dir():
-        raise FileNotFoundError(f"{directory / 'tokenizer'}: missing from the export")
-    tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
-    encoding.ensure_chat_template(tokenizer)
-    dtype = jnp.dtype(settings.get("dtype", "float32"))
-    base_ref = base_model or settings["base_model"]
-    base_path = directory / base_ref if (directory / base_ref).is_dir() else base_ref
-    cfg, base = load_pretrained(base_path, dtype=dtype)
-    if settings["tuned"] == "model":
-        tuned_cfg, tuned = load_pretrained(directory / "model", dtype=dtype)
-        if tuned_cfg.vocab_size != cfg.vocab_size or tuned_cfg.num_hidden_layers != cfg.num_hidden_layers:
-            raise ValueError(f"{directory / 'model'}: its shape does not match the base model {base_path}")
-    elif settings["tuned"] == "adapter":
-        # the adapter was trained over this (maybe quantized) base
-        base = quantize(base, cfg, settings.get("quantize", "none"), double_quant=bool(settings.get("double_quant")))
-        tuned = lora_lib.apply(base, lora_lib.load_peft(directory / "adapter", cfg))
-    else:
-        raise ValueError(f"{directory / EXPORT_FILE}: 'tuned' is {settings['tuned']!r}, expected model or adapter")
-    return LoadedExport(directory, settings, tokenizer, cfg, base, tuned)
+    if loaded.adapters is not None:
+        return loaded.params
+    ref = base_model or loaded.settings["base_model"]
+    path = loaded.directory / ref if (loaded.directory / ref).is_dir() else ref
+    cfg, base = load_pretrained(path, dtype=jnp.dtype(loaded.settings.get("dtype", "float32")))
+    if cfg.vocab_size != loaded.cfg.vocab_size or cfg.num_hidden_layers != loaded.cfg.num_hidden_layers:
+        raise ValueError(f"{loaded.directory / 'model'}: its shape does not match the base model {path}")
+    return base
 
 
-__all__ = ["build", "load_export", "data_dir", "load_tokenizer", "prompts"]
+__all__ = ["build", "load_export", "base_params", "data_dir", "load_tokenizer", "prompts"]
