@@ -17,10 +17,11 @@ import jax.numpy as jnp
 
 from jaxft import lora as lora_lib
 from jaxft.models.config import DecoderConfig
-from jaxft.models.decoder import embed, forward, lm_head_weight
+from jaxft.models.decoder import embed, forward
 from jaxft.recipes.embedllm.model import CondenserConfig, HistoryEncoder, init_history_encoder
 from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig
-from jaxft.train.loss import LossOutput, causal_lm_loss, next_token_targets
+from jaxft.train.lm import LM
+from jaxft.train.loss import LossOutput
 
 Params = dict[str, Any]
 
@@ -45,6 +46,11 @@ class EmbedLLM:
 
     def llm_params(self, trainable: Params, frozen: Params, rng: jax.Array | None = None) -> Params:
         return lora_lib.apply(frozen["llm"], lora_lib.LoRA(trainable["lora"], self.lora_config), rng=rng)
+
+    def lm(self, chunk_size: int | None = None) -> LM:
+        """The LoRA'd LLM as the causal-LM kit scores it."""
+        return LM(self.llm, lora_lib.Finetune(self.lora_config), dtype=self.dtype, remat=self.remat,
+                  chunk_size=chunk_size)
 
 
 def split_encoder_params(model: EmbedLLM, params: Params) -> tuple[Params, Params]:
@@ -90,9 +96,7 @@ def token_stats(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict,
     x = decoder_embeds(model, params, batch["input_ids"], prefix)
     hidden, _ = forward(model.llm, params, attention_mask=batch["attention_mask"], inputs_embeds=x,
                         remat=model.remat, output="hidden", dtype=model.dtype)
-    targets, mask = next_token_targets(batch["input_ids"], batch["loss_mask"])
-    return causal_lm_loss(hidden, lm_head_weight(model.llm, params, model.dtype), targets, mask,
-                          chunk_size=chunk_size)
+    return model.lm(chunk_size).scores(params, hidden, batch)
 
 
 def eval_sums(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict,

@@ -28,6 +28,7 @@ from jaxft.recipes.embedllm.core import EmbedLLM, init_encoder, logits_jit, pref
 from jaxft.recipes.embedllm.data import ExampleBuilder, Layout, split_turns
 from jaxft.recipes.embedllm.model import CondenserConfig
 from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig, from_hf_state, to_hf_state
+from jaxft.train.lm_export import export_finetuned
 
 CONFIG_FILE = "embedllm.json"
 WEIGHTS_FILE = "embedllm.safetensors"
@@ -105,13 +106,12 @@ def export_embedllm(directory: str | Path, chat: EmbedChat, *, llm_source: str =
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = chat.model
-    lora_lib.save_peft(directory / "adapter", model.llm, lora_lib.LoRA(chat.trainable["lora"], model.lora_config),
-                       base_model_name_or_path=llm_source or None)
+    export_finetuned(directory, model.lm(), chat.trainable, chat.frozen, source=llm_source, tokenizer=chat.tokenizer,
+                     tokenizer_in=("tokenizer",))  # adapter/ and tokenizer/
     encoder = model.encoder_params(chat.trainable, chat.frozen)
     tensors = to_hf_state(model.perceiver, encoder["perceiver"], prefix="perceiver.")
     tensors.update(flatten_tree({k: v for k, v in encoder.items() if k != "perceiver"}))
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-    chat.tokenizer.save_pretrained(str(directory / "tokenizer"))
     if not llm_source:
         save_pretrained(directory / "llm", model.llm, jax.tree.map(jnp.asarray, chat.frozen["llm"]))
     meta = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from jaxft.recipes.embedllm.data import (ExampleBuilder, Layout, history_fields,
 from jaxft.recipes.embedllm.export import EmbedChat, export_embedllm, load_embedllm
 from jaxft.recipes.embedllm.model import CondenserConfig
 from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig, load_perceiver
+from jaxft.train.lm import GlobalBatches
 from jaxft.train.task import TrainTask
 
 log = logging.getLogger("jaxft")
@@ -62,7 +62,7 @@ def conversation_texts(config, tokenizer) -> tuple[list[str], str]:
 
 
 def build(config, mesh) -> TrainTask:
-    from jaxft.data import make_batches, split_records
+    from jaxft.data import split_records
 
     e = config.embedllm
     llm_cfg, llm_params, tokenizer = load_model(config.model, config.seed)
@@ -71,19 +71,20 @@ def build(config, mesh) -> TrainTask:
                     append_eos=bool(e.append_eos))
     pcfg, perceiver_params = load_perceiver_params(e.perceiver)
     lcfg = config.lora
-    adapters = lora_lib.init(jax.random.PRNGKey(config.seed + 1), llm_cfg, llm_params, rank=int(lcfg.rank),
-                             alpha=float(lcfg.alpha), targets=tuple(lcfg.targets), dropout=float(lcfg.dropout),
-                             use_rslora=bool(lcfg.rslora))
+    if int(lcfg.rank) == 0:
+        raise ValueError("config key 'lora.rank'=0: embedllm trains LoRA adapters on the LLM (rank >= 1)")
+    adapters, frozen_llm, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(config.seed + 1), llm_cfg, llm_params,
+                                                          lcfg)
     model = EmbedLLM(llm=llm_cfg, perceiver=pcfg,
                      condenser=CondenserConfig(num_heads=int(e.condenser_heads), dropout=float(e.condenser_dropout)),
-                     lora_config=adapters.config, train_perceiver=bool(e.perceiver.train),
+                     lora_config=tuning.lora_config, train_perceiver=bool(e.perceiver.train),
                      dtype=jnp.dtype(config.model.compute_dtype), remat=str(config.model.remat))
     encoder = init_encoder(jax.random.PRNGKey(config.seed + 2), model)
     if perceiver_params is not None:
         encoder["perceiver"] = perceiver_params
     trainable, frozen = split_encoder_params(model, encoder)
-    trainable["lora"] = adapters.params
-    frozen["llm"] = llm_params
+    trainable["lora"] = adapters["lora"]
+    frozen["llm"] = frozen_llm["base"]
 
     texts, origin = conversation_texts(config, tokenizer)
     conversations, stats = parse_conversations(texts, layout.separator)
@@ -93,11 +94,8 @@ def build(config, mesh) -> TrainTask:
     if len(examples) < 2:
         raise ValueError(f"data: only {len(examples)} usable conversations in {origin} ({stats})")
     train, valid = split_records(examples, float(config.data.validation_fraction), int(config.seed))
-    procs = jax.process_count()
-    batches = functools.partial(make_batches, example_fn=builder.arrays,
-                                batch_size=int(config.train.batch_size) // procs, seq_len=layout.seq_len,
-                                fields=history_fields(layout, builder.pad_id),
-                                shard_index=jax.process_index(), shard_count=procs)
+    batches = GlobalBatches.of(config, example_fn=builder.arrays, seq_len=layout.seq_len,
+                               fields=history_fields(layout, builder.pad_id))
     chunk = int(config.loss.chunk_size) or None
 
     def loss_fn(trainable, frozen, batch, rng):
@@ -125,9 +123,8 @@ def build(config, mesh) -> TrainTask:
     where = config.model.path or "a randomly initialised LLM (config.model.random_init)"
     perceiver = e.perceiver.path or "a random Perceiver"
     return TrainTask(
-        trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=batches(
-            train, seed=int(config.seed), shuffle=True, num_epochs=None),
-        eval_batches=(lambda: batches(valid, seed=0, shuffle=False, num_epochs=1)) if valid else None,
+        trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=batches.train(train),
+        eval_batches=batches.eval(valid),
         eval_fn=eval_fn, samples_fn=samples_fn if sample_texts else None, export_fn=export_fn,
         no_decay=lambda path, leaf: False,  # AdamW decays every parameter, as torch's AdamW did in the reference
         description=(f"embedllm: LoRA r={lcfg.rank} on {where}; {perceiver} ({pcfg.num_latents}x{pcfg.d_latents}, "
