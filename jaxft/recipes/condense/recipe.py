@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxft import lora as lora_lib
 from jaxft.checkpoint.hf_names import is_norm_bias_or_embedding
 from jaxft.loaders import load_model, load_records
+from jaxft.train.lm import GlobalBatches
 from jaxft.train.task import TrainTask
 from jaxft.recipes.condense import model as model_lib
 from jaxft.recipes.condense.data import ExampleBuilder, Layout, Tokens, example_fields
@@ -166,7 +167,7 @@ def pick_sample(pairs: list[tuple[Any, Tokens]], max_segments: int, candidates: 
 
 
 def build(config, mesh) -> TrainTask:
-    from jaxft.data import make_batches, split_records
+    from jaxft.data import split_records
     from jaxft.recipes.condense.export import export_condenser
     from jaxft.recipes.condense.inference import Condenser
 
@@ -190,15 +191,8 @@ def build(config, mesh) -> TrainTask:
     train_pairs, valid_pairs = split_records(list(zip(items, tokens)), float(config.data.validation_fraction),
                                              int(config.seed))
     train, valid = [t for _, t in train_pairs], [t for _, t in valid_pairs]
-    procs = jax.process_count()
-    per_process = int(config.train.batch_size) // procs
-    if per_process < 1:
-        raise ValueError(f"config key 'train.batch_size'={config.train.batch_size} is smaller than the "
-                         f"{procs} processes")
-    batches = dict(example_fn=builder, fields=example_fields(layout), batch_size=per_process, num_threads=2,
-                   shard_index=jax.process_index(), shard_count=procs)
-    train_batches = make_batches(train, seed=int(config.seed), shuffle=True, num_epochs=None, **batches)
-    eval_batches = (lambda: make_batches(valid, shuffle=False, num_epochs=1, **batches)) if valid else None
+    batches = GlobalBatches.of(config, example_fn=builder, fields=example_fields(layout), num_threads=2)
+    train_batches, eval_batches = batches.train(train), batches.eval(valid)
 
     def condenser_of(trainable, frozen) -> Condenser:
         return Condenser(model=model, layout=layout, trainable=trainable, frozen=frozen, encoder_tokenizer=enc_tok,
