@@ -6,9 +6,11 @@ The model describes *which* keys a query may see with an ``AttentionMask``
 
 * CPU (and the fallback everywhere): plain XLA einsums, softmax in float32; from
   ``blockwise.DEFAULT_MIN_LENGTH`` tokens the blockwise online softmax (jaxft/models/blockwise.py).
-* GPU: ``jax.nn.dot_product_attention`` (cuDNN fused attention for bf16/fp16).
-* TPU: the Pallas flash-attention kernel when the mask is causal + padding
-  (training and prefill without a cache), XLA otherwise.
+* GPU: cuDNN fused attention through ``jax.nn.dot_product_attention`` (bf16/fp16).
+* TPU: the Pallas flash-attention kernel (causal, padding and packed rows).
+
+Which masks each kernel takes, and the logged fallback for the others, are in
+``attention_kernels``; with a KV cache (decoding) the XLA path always runs, on the cache's layout.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from jaxft.models import attention_kernels as kernels
 from jaxft.models import layers
 from jaxft.models.blockwise import DEFAULT_MIN_LENGTH, blockwise_attention
 
@@ -76,18 +79,22 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: AttentionMas
     which never holds the [t, s] scores.
     """
     impl = impl or _backend_impl()
+    long = _blockwise_from(blockwise_from)
     if cache_layout:
         b, s = q.shape[0], k.shape[1]
-        if impl not in ("flash", "cudnn", "blockwise") and min(q.shape[1], s) < _blockwise_from(blockwise_from):
+        if impl != "blockwise" and min(q.shape[1], s) < long:
             return _xla_cache_attention(q, k, v, mask.dense())
         kv_h = k.shape[0] // b  # the other paths take [b, s, kv_h, d]
         k = k.reshape(b, kv_h, s, -1).transpose(0, 2, 1, 3)
         v = v.reshape(b, kv_h, -1, s).transpose(0, 3, 1, 2)
-    if impl == "flash" and not mask.has_cache and mask.sliding_window is None and mask.segment_ids is None:
-        return _tpu_flash(q, k, v, mask)
-    if impl == "cudnn" and q.dtype in (jnp.bfloat16, jnp.float16):
-        return jax.nn.dot_product_attention(q, k, v, mask=mask.dense()[:, None], implementation=None)
-    if impl == "blockwise" or min(q.shape[1], k.shape[1]) >= _blockwise_from(blockwise_from):
+    elif impl in ("flash", "cudnn"):
+        chosen = kernels.route(impl, q, k, mask)
+        if chosen.impl == "flash":
+            return kernels.tpu_flash(q, k, v, mask)
+        if chosen.impl == "cudnn":
+            return kernels.cudnn_attention(q, k, v, mask)
+        kernels.fall_back(impl, chosen.reason, q.shape[1])
+    if impl == "blockwise" or min(q.shape[1], k.shape[1]) >= long:
         return blockwise_attention(q, k, v, mask)
     return dense_attention(q, k, v, mask.dense())
 
@@ -121,17 +128,3 @@ def _xla_cache_attention(q, k, v, allowed):
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(n, g * t, s)
     out = layers.einsum("nqs,nds->nqd", probs, v).reshape(b, kv_h, g, t, d)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
-
-
-def _tpu_flash(q, k, v, mask):
-    from jax.experimental.pallas.ops.tpu import flash_attention as fa
-
-    groups = q.shape[2] // k.shape[2]
-    k = jnp.repeat(k, groups, axis=2)
-    v = jnp.repeat(v, groups, axis=2)
-    seg = mask.kv_valid.astype(jnp.int32)
-    out = fa.flash_attention(
-        q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-        segment_ids=fa.SegmentIds(q=seg, kv=seg), causal=True, sm_scale=q.shape[-1] ** -0.5,
-    )
-    return out.transpose(0, 2, 1, 3)
