@@ -1,4 +1,5 @@
-"""``python -m jaxft.bench train|generate|plan [options] [--vs peft] [--json]``; see jaxft/bench/__init__.py."""
+"""``python -m jaxft.bench train|generate|plan [options] [--vs peft] [--json]`` or ``device-check``; see
+jaxft/bench/__init__.py."""
 
 from __future__ import annotations
 
@@ -257,6 +258,11 @@ def ensure_cpu_devices(n: int, argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["device-check"]:  # its own flags (jaxft/bench/device_check.py)
+        from jaxft.bench import device_check
+
+        device_check.main(argv[1:])
+        return
     args = parse_args(argv)
     if args.what == "plan":
         ensure_cpu_devices(args.devices, argv)

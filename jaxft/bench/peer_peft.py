@@ -41,13 +41,33 @@ def _load_system():
 system = _load_system()
 
 
+def _device() -> str:
+    """The GPU when torch sees one (so a GPU bench compares on the same card), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _device_peak_mib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / system.MiB if torch.cuda.is_available() else None
+
+
 def _model(hf: dict, dtype: str):
     import torch
     import transformers
 
     config = transformers.AutoConfig.for_model(**hf)
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)).to(_device())
     return model, config
 
 
@@ -76,7 +96,7 @@ def run_train(args, hf: dict) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=gen)
+    ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=gen).to(_device())
     mask = torch.ones_like(ids)
 
     times, losses = [], []
@@ -93,7 +113,7 @@ def run_train(args, hf: dict) -> dict:
     flops = system.train_flops(_dims(config), args.batch, args.seq, args.lora_rank, tuple(args.targets.split(",")))
     return {"tokens_per_s": args.batch * args.seq / step_s, "step_s_median": step_s, "step_s": times,
             "loss_first": losses[0], "loss_last": losses[-1], "model_flops_per_step": flops["total"],
-            "n_trainable": sum(p.numel() for p in params)}
+            "n_trainable": sum(p.numel() for p in params), "device_peak_mib": _device_peak_mib()}
 
 
 def _time_generate(model, ids, new_tokens: int, repeats: int) -> list[float]:
@@ -108,6 +128,7 @@ def _time_generate(model, ids, new_tokens: int, repeats: int) -> list[float]:
         for _ in range(repeats):
             t = time.perf_counter()
             out = model.generate(ids, **kw)
+            _sync()
             times.append(time.perf_counter() - t)
     assert out.shape[1] == ids.shape[1] + new_tokens, out.shape
     return times
@@ -122,7 +143,7 @@ def run_generate(args, hf: dict) -> dict:
     gen = torch.Generator().manual_seed(0)
     results = {}
     for batch in sorted({1, args.batch}):
-        ids = torch.randint(0, config.vocab_size, (batch, args.prompt_len), generator=gen)
+        ids = torch.randint(0, config.vocab_size, (batch, args.prompt_len), generator=gen).to(_device())
         prefill = min(_time_generate(model, ids, 1, args.repeats))  # best of, as jaxft.bench.generate
         full = min(_time_generate(model, ids, args.new_tokens, args.repeats))
         decode_step = (full - prefill) / (args.new_tokens - 1)
@@ -130,7 +151,8 @@ def run_generate(args, hf: dict) -> dict:
                                "decode_tokens_per_s": batch / decode_step, "decode_step_s": decode_step,
                                "total_s": full, "tokens_per_s": batch * args.new_tokens / full}
     one = results["1"]
-    return {"tokens_per_s": one["decode_tokens_per_s"], "step_s_median": one["decode_step_s"], "batches": results}
+    return {"tokens_per_s": one["decode_tokens_per_s"], "step_s_median": one["decode_step_s"], "batches": results,
+            "device_peak_mib": _device_peak_mib()}
 
 
 def main(argv: list[str] | None = None) -> None:
