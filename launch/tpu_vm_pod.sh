@@ -9,13 +9,21 @@
 #   setup   [--git URL [--ref REF]]
 #           puts the code in ~/jaxft on every worker (default: this checkout's tracked files,
 #           with their uncommitted edits; --git: a clone at REF) and installs .[tpu] and gcsfs
-#   run     --config FILE[:PRESET] --checkpoint-dir gs://BUCKET/PATH [--workdir DIR] [--run-id ID] [-- ARGS]
+#   run     --config FILE[:PRESET] --checkpoint-dir gs://BUCKET/PATH [--workdir DIR] [--run-id ID]
+#           [--mesh AXIS=N,...] [-- ARGS]
 #           starts `python -m jaxft.main --distributed` detached on all workers (it survives a
 #           dropped ssh), then streams worker 0's log until the run ends. ARGS go to jaxft.main.
+#           --mesh sets config.mesh.shape (axes data, fsdp, tensor; one may be -1); without it the
+#           config's mesh holds (default data=-1: every chip a data replica).
 #   logs    --run-id ID      streams worker 0's log again
 #   status  [--queued] [--run-id ID]   the slice's state; with --run-id whether each worker still runs it
 #   stop    --run-id ID      SIGTERM on every worker: jaxft saves a checkpoint and exits
 #   delete  [--queued]       deletes the slice (with --queued, the queued resource and its slice)
+#
+# The condense seed on a v5litepod-16 (4 hosts x 4 chips of 16 GiB):
+#   launch/tpu_vm_pod.sh run --name pod1 --zone Z --config configs/condense.py:seed --checkpoint-dir gs://B/c1 --mesh data=1,fsdp=8,tensor=2
+# XLA plans 9.7 GiB a chip for it; data=-1 (the default) and fsdp=16 cannot split its batch of 8 over 16
+# chips (fsdp=16 plans 26.5 GiB). tests/test_slice_plan.py compiles this mesh for 16 devices.
 #
 # --dry-run (or DRY_RUN=1) prints every command (gcloud and local) instead of running it.
 # --name/--zone/--project default to $TPU_NAME, $TPU_ZONE, $TPU_PROJECT.
@@ -36,7 +44,7 @@ die() { echo "error: $*" >&2; exit 2; }
 dry_run=${DRY_RUN:-0}
 name=${TPU_NAME:-}; zone=${TPU_ZONE:-}; project=${TPU_PROJECT:-}
 command=""; type=""; version=""; spot=0; preemptible=0; queued=0; git_url=""; git_ref="main"
-config=""; ckpt=""; workdir=""; run_id=""; main_args=()
+config=""; ckpt=""; workdir=""; run_id=""; mesh=""; main_args=()
 
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -56,6 +64,7 @@ while [ $# -gt 0 ]; do
     --checkpoint-dir) need_value "$@"; ckpt=$2; shift ;;
     --workdir) need_value "$@"; workdir=$2; shift ;;
     --run-id) need_value "$@"; run_id=$2; shift ;;
+    --mesh) need_value "$@"; mesh=$2; shift ;;
     --) shift; main_args=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -129,6 +138,12 @@ case $command in
     workdir=${workdir:-"~/jaxft-runs/$run_id"}
     if [[ $workdir == "~/"* ]]; then wd="~/$(q "${workdir#\~/}")"; else wd=$(q "$workdir"); fi  # ~ expands remotely
     cmd="python -m jaxft.main --distributed --config $(q "$config") --workdir $wd $(q "--config.checkpoint.dir=$ckpt")"
+    if [ -n "$mesh" ]; then
+      [[ $mesh =~ ^((data|fsdp|tensor)=-?[0-9]+,)*(data|fsdp|tensor)=-?[0-9]+$ ]] \
+        || die "--mesh '$mesh': give AXIS=N pairs joined by commas, axes data, fsdp, tensor (e.g. data=1,fsdp=8,tensor=2)"
+      IFS=, read -ra pairs <<< "$mesh"
+      for pair in "${pairs[@]}"; do cmd+=" --config.mesh.shape.$pair"; done
+    fi
     [ ${#main_args[@]} -eq 0 ] || cmd+=" $(quote_all "${main_args[@]}")"
     dir="~/jaxft-runs"
     ssh_all "set -e; mkdir -p $dir; cd ~/jaxft; . .venv/bin/activate; \
