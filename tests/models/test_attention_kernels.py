@@ -53,6 +53,12 @@ def _errors(f, q, k, v, mask, ref_inputs):
     return np.array(errs)
 
 
+def _flash_errors(q, k, v, mask, ref_inputs):
+    """``_errors`` of the TPU flash kernel, interpreted on the CPU."""
+    with compat.tpu_interpret_mode():
+        return _errors(jax.jit(lambda q, k, v: kernels.tpu_flash(q, k, v, mask)), q, k, v, mask, ref_inputs)
+
+
 def _padding_cases(b, t):
     right = np.ones((b, t), bool)
     right[0, t - 37:] = False
@@ -77,8 +83,7 @@ def test_flash_float32_values_and_gradients(padding):
     """t=200 pads to two 128-token tiles; GQA (4 query heads over 2 kv heads)."""
     q, k, v = _inputs(2, 200, 4, 2, 64)
     mask = _mask(_padding_cases(2, 200)[padding])
-    with compat.tpu_interpret_mode():
-        errs = _errors(jax.jit(lambda q, k, v: kernels.tpu_flash(q, k, v, mask)), q, k, v, mask, (q, k, v))
+    errs = _flash_errors(q, k, v, mask, (q, k, v))
     assert errs.max() <= 1e-5, errs
 
 
@@ -89,8 +94,7 @@ def test_flash_bfloat16_within_the_dense_bfloat16_error():
     bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
     ref = [x.astype(jnp.float32) for x in bf]  # the same rounded inputs, in float32
     dense_err = _errors(lambda q, k, v: attn.dense_attention(q, k, v, mask.dense()), *bf, mask, ref)
-    with compat.tpu_interpret_mode():
-        flash_err = _errors(jax.jit(lambda q, k, v: kernels.tpu_flash(q, k, v, mask)), *bf, mask, ref)
+    flash_err = _flash_errors(*bf, mask, ref)
     assert np.all(flash_err <= 1.5 * dense_err + 1e-3), (flash_err, dense_err)
 
 
@@ -103,8 +107,7 @@ def test_flash_packed_segments_with_padding():
     valid = segments > 0
     q, k, v = _inputs(2, t, 2, 2, 32)
     mask = _mask(valid, segments)
-    with compat.tpu_interpret_mode():
-        errs = _errors(jax.jit(lambda q, k, v: kernels.tpu_flash(q, k, v, mask)), q, k, v, mask, (q, k, v))
+    errs = _flash_errors(q, k, v, mask, (q, k, v))
     assert errs.max() <= 1e-5, errs
 
 
@@ -116,8 +119,7 @@ def test_flash_at_the_block_size_of_long_sequences():
     valid[0, 1000:] = False
     mask = _mask(valid)
     assert kernels.flash_block_sizes(1024).block_q == 512
-    with compat.tpu_interpret_mode():
-        errs = _errors(jax.jit(lambda q, k, v: kernels.tpu_flash(q, k, v, mask)), q, k, v, mask, (q, k, v))
+    errs = _flash_errors(q, k, v, mask, (q, k, v))
     assert errs.max() <= 1e-5, errs
 
 
