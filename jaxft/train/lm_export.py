@@ -72,6 +72,10 @@ def export_finetuned(directory: str | Path, lm: "LM", trainable: Params, frozen:
     """
     from jaxft.checkpoint.hf import save_pretrained
 
+    if settings is not None and not settings_file:
+        raise ValueError("export_finetuned: settings need a settings_file to be written to")
+    if tokenizer is None and set(tokenizer_in) & {"adapter", "tokenizer"}:
+        raise ValueError(f"export_finetuned: tokenizer_in={tuple(tokenizer_in)} but no tokenizer is given")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tok = {part: tokenizer if part in tokenizer_in else None for part in ("model", "merged", "base")}
