@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 class ConfigError(ValueError):
     """A config (a training config or a checkpoint's config.json) jaxft cannot use; the message names the key."""

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -151,7 +151,8 @@ def config_diff(preset: dict[str, Any], resolved: dict[str, Any]) -> list[tuple[
     ``"(absent)"``."""
     a, b = _flatten(_as_json(preset)), _flatten(_as_json(resolved))
     absent = "(absent)"
-    return [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)]
+    return [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b))
+            if a.get(k, absent) != b.get(k, absent)]
 
 
 # -- plots ---------------------------------------------------------------------------------
@@ -256,7 +257,8 @@ def _run_section(run: RunLog, heading: str) -> list[str]:
         lines.append("- best step: none (no eval metric to select on)")
     exported = summary.get("exported_step")
     if exported is not None:
-        lines.append(f"- exported step: {exported}" + (f" → `{summary['export_dir']}`" if summary.get("export_dir") else ""))
+        where = f" → `{summary['export_dir']}`" if summary.get("export_dir") else ""
+        lines.append(f"- exported step: {exported}{where}")
     if run.train:
         first, last = run.train[0], run.train[-1]
         if _numeric(first.get("loss")) and _numeric(last.get("loss")):

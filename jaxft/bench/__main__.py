@@ -105,7 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             f"micro-batch of {seed['batch']} (accum_steps {seed['accum']}), {seed['weight_dtype']} "
                             f"weights, {seed['dtype']} compute; the recipe's own heads/encoders are not in it")
     elif args.what == "plan" and args.recipe == "condense":
-        args.recipe_note = "configs/condense.py seed preset (layout, models, LoRA, objectives, chunk) through its loss_fn"
+        args.recipe_note = ("configs/condense.py seed preset (layout, models, LoRA, objectives, chunk) "
+                            "through its loss_fn")
     return args
 
 
@@ -183,8 +184,8 @@ def worker_cmd(args, peaks: dict[str, Any]) -> list[str]:
 
 
 def peer_cmd(args) -> list[str]:
-    cmd = [sys.executable, str(PEER), args.what, "--hf-config", json.dumps(shapes.from_args(args)), "--dtype", args.dtype,
-           "--batch", str(args.batch)]
+    cmd = [sys.executable, str(PEER), args.what, "--hf-config", json.dumps(shapes.from_args(args)),
+           "--dtype", args.dtype, "--batch", str(args.batch)]
     if args.what == "train":
         from jaxft.lora.adapters import DEFAULT_TARGETS
 
@@ -222,7 +223,8 @@ def compare(args) -> dict[str, Any]:
     out["ratio_tokens_per_s"] = out["tokens_per_s"] / out["peer_tokens_per_s"]
     out["ratio_peak_rss"] = out["peak_rss_mib"] / out["peer_peak_rss_mib"]
     if args.what == "train" and peaks.get("matmul_peak_gflops"):
-        out["peer_mfu"] = ours[0]["model_flops_per_step"] / out["peer_step_s_median"] / (peaks["matmul_peak_gflops"] * 1e9)
+        peak_flops = peaks["matmul_peak_gflops"] * 1e9
+        out["peer_mfu"] = ours[0]["model_flops_per_step"] / out["peer_step_s_median"] / peak_flops
     if args.what == "generate":
         out["batches"], out["peer_batches"] = median_batches(ours), median_batches(theirs)
         out["ratios_by_batch"] = {b: {k: out["batches"][b][k] / out["peer_batches"][b][k]

@@ -71,7 +71,7 @@ def _model(hf: dict, dtype: str):
     return model, config
 
 
-def _dims(config) -> "system.Dims":
+def _dims(config) -> system.Dims:
     return system.Dims(config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
                        config.num_attention_heads, config.num_key_value_heads,
                        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,

@@ -66,7 +66,7 @@ def lm_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     if seed:
         name = seed["name"]
     what = (f"{args.recipe} recipe, {name} ({cfg.num_params() / 1e9:.2f}B params, {args.quant} base), "
-            f"{'LoRA r=%d' % args.lora_rank if args.lora_rank else 'full fine-tuning'}, batch {b}x{t}")
+            f"{f'LoRA r={args.lora_rank}' if args.lora_rank else 'full fine-tuning'}, batch {b}x{t}")
     return trainable, frozen, loss_fn, batch, what, flops
 
 

@@ -29,7 +29,7 @@ def print_run(what: str, r: dict[str, Any]) -> None:
                                f"{c.get('kv_heads')}x{c.get('head_dim')} ffn {c.get('ffn')} vocab {c.get('vocab')}")
     if what == "train":
         title = (f"train: {shape}, {c.get('dtype')}, batch {c.get('batch')}x{c.get('seq')}, "
-                 f"{'LoRA r=%s' % c.get('lora_rank') if c.get('lora_rank') else 'full'}, remat {c.get('remat')}, "
+                 f"{'LoRA r=' + str(c.get('lora_rank')) if c.get('lora_rank') else 'full'}, remat {c.get('remat')}, "
                  f"CE chunk {c.get('chunk')}")
         rows = [("tokens/s", r["tokens_per_s"]), ("step s (median)", r["step_s_median"]),
                 ("compile s", r["compile_s"]), ("peak RSS MiB", r["peak_rss_mib"]),

@@ -21,8 +21,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MiB = 1024 * 1024
 
@@ -61,7 +62,7 @@ class PeakRss:
         while not self._stop.wait(self.interval_s):
             self.sampled = max(self.sampled, current_rss_bytes())
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 
@@ -160,7 +161,7 @@ class Dims:
     tied: bool
 
     @classmethod
-    def of(cls, cfg: Any) -> "Dims":
+    def of(cls, cfg: Any) -> Dims:
         return cls(cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers,
                    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, bool(cfg.tie_word_embeddings))
 

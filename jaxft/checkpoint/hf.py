@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -134,8 +135,8 @@ def load_pretrained(path_or_hub_id: str | Path, dtype=jnp.float32, *,
             for key in spec.path[:-1]:
                 node = node.setdefault(key, {})
             node[spec.path[-1]] = value
-        leftover = sorted(n for n in available - used
-                          if not n.endswith(_IGNORED_SUFFIXES) and not (n == "lm_head.weight" and cfg.tie_word_embeddings))
+        leftover = sorted(n for n in available - used if not n.endswith(_IGNORED_SUFFIXES)
+                          and not (n == "lm_head.weight" and cfg.tie_word_embeddings))
         if leftover:
             log.warning("%s: %d tensors not used by %s, e.g. %s", source.origin, len(leftover), cfg.model_type,
                         leftover[:3])

@@ -1,13 +1,13 @@
 """The one table that maps Hugging Face tensor names to jaxft parameter paths.
 
-    HF name                                      jaxft path                                    stored as
-    model.embed_tokens.weight                    model/embed_tokens/weight                     [vocab, hidden]
-    model.layers.{i}.input_layernorm.weight      model/layers/input_layernorm/weight[i]        [L, hidden]
-    model.layers.{i}.self_attn.q_proj.weight     model/layers/self_attn/q_proj/kernel[i]       [L, in, out] (transposed)
-    model.layers.{i}.self_attn.q_proj.bias       model/layers/self_attn/q_proj/bias[i]         [L, out]
+    HF name                                      jaxft path                                 stored as
+    model.embed_tokens.weight                    model/embed_tokens/weight                  [vocab, hidden]
+    model.layers.{i}.input_layernorm.weight      model/layers/input_layernorm/weight[i]     [L, hidden]
+    model.layers.{i}.self_attn.q_proj.weight     model/layers/self_attn/q_proj/kernel[i]    [L, in, out] (transposed)
+    model.layers.{i}.self_attn.q_proj.bias       model/layers/self_attn/q_proj/bias[i]      [L, out]
     ... k_proj, v_proj, o_proj, q_norm, k_norm, post_attention_layernorm, mlp.{gate,up,down}_proj alike
-    model.norm.weight                            model/norm/weight                             [hidden]
-    lm_head.weight                               lm_head/kernel                                [hidden, vocab] (transposed)
+    model.norm.weight                            model/norm/weight                          [hidden]
+    lm_head.weight                               lm_head/kernel                             [hidden, vocab] (transposed)
 
 Per-layer tensors are stacked on a leading layer axis (for ``lax.scan``); Linear
 weights are transposed to [in, out] kernels. Everything else is copied as is.

@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -258,7 +259,8 @@ class TrainCheckpointer:
             reason = reason[:300] + "..."
         try:
             # (Orbax lists a step from the start of its save: the failed one is not complete)
-            done = [s for s in self._manager.all_steps() if (step < 0 or s < step) and s not in self._damaged] if self._manager else []
+            steps = self._manager.all_steps() if self._manager else []
+            done = [s for s in steps if (step < 0 or s < step) and s not in self._damaged]
         except Exception:  # noqa: BLE001 - the directory may be unreadable too
             done = []
         last = f"the last complete checkpoint is step {max(done)}" if done else "no complete checkpoint was written"

@@ -16,6 +16,7 @@ from jaxft.data.pipeline import Batches, Field, make_batches, token_fields
 from jaxft.data.records import DataError, ReadSummary, RecordList, read_records, split_records
 
 __all__ = [
-    "Batches", "DataError", "Field", "token_fields", "ReadSummary", "RecordList", "demo_corpus", "lm_example", "lm_example_fn",
+    "Batches", "DataError", "Field", "token_fields", "ReadSummary", "RecordList", "demo_corpus", "lm_example",
+    "lm_example_fn",
     "load_hf_dataset", "make_batches", "read_records", "split_records", "text_chunks",
 ]

@@ -67,7 +67,7 @@ def make_batches(records: Sequence, *, example_fn: ExampleFn, batch_size: int, s
                  fields: Mapping[str, Field] | None = None, seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, shard_index: int | None = None, shard_count: int | None = None,
                  packing: bool = False, pad_id: int = 0, drop_remainder: bool = False,
-                 num_threads: int = 4) -> "Batches":
+                 num_threads: int = 4) -> Batches:
     """An iterator of fixed-shape batches (see the module docstring), resumable with ``get_state``/``set_state``.
 
     ``example_fn(record)`` returns a dict of the declared fields (``loss_mask`` may be left out and

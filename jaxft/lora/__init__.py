@@ -13,7 +13,8 @@ from jaxft.lora.peft import load_peft, save_peft
 from jaxft.quant import NF4_LEVELS, QuantizedKernel, bytes_per_param, quantize, quantize_kernel
 
 __all__ = [
-    "DEFAULT_TARGETS", "Finetune", "finetune_trees", "LoRA", "LoraConfig", "LoraKernel", "QuantizedKernel", "NF4_LEVELS",
+    "DEFAULT_TARGETS", "Finetune", "finetune_trees", "LoRA", "LoraConfig", "LoraKernel", "QuantizedKernel",
+    "NF4_LEVELS",
     "init", "apply", "merge", "unmerge", "save_peft", "load_peft",
     "quantize", "quantize_kernel", "bytes_per_param",
 ]

@@ -81,7 +81,7 @@ class DecoderConfig:
         return v * h * (1 if self.tie_word_embeddings else 2) + L * per_layer + h
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> "DecoderConfig":
+    def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> DecoderConfig:
         """Validate and translate a Hugging Face config dict."""
 
         def need(key: str):
@@ -143,7 +143,7 @@ class DecoderConfig:
         )
         return cfg.replace(**_read_minigpt(hf, source)) if model_type == "minigpt" else cfg
 
-    def replace(self, **kw) -> "DecoderConfig":
+    def replace(self, **kw) -> DecoderConfig:
         return dataclasses.replace(self, **kw)
 
 

@@ -55,7 +55,8 @@ class SamplingConfig:
         # config stays hashable (a jit static argument must be).
         if self.eos_token_ids is not None:
             object.__setattr__(self, "eos_token_ids", _int_tuple(self.eos_token_ids, "eos_token_ids"))
-        stops = tuple(_int_tuple(s, "stop_sequences entry") for s in _as_sequence(self.stop_sequences, "stop_sequences"))
+        stops = tuple(_int_tuple(s, "stop_sequences entry")
+                      for s in _as_sequence(self.stop_sequences, "stop_sequences"))
         object.__setattr__(self, "stop_sequences", stops)
         self._validate()
 
@@ -97,7 +98,7 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def replace(self, **changes) -> "SamplingConfig":
+    def replace(self, **changes) -> SamplingConfig:
         return dataclasses.replace(self, **changes)
 
 

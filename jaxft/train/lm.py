@@ -14,7 +14,8 @@ scan has no term for) reads the whole [batch, time, vocab] logits, as ``torch``'
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -181,7 +182,7 @@ class GlobalBatches:
     options: dict  # the rest of make_batches' keywords (example_fn, seq_len, fields, pad_id, packing)
 
     @classmethod
-    def of(cls, config, **options) -> "GlobalBatches":
+    def of(cls, config, **options) -> GlobalBatches:
         return cls(int(config.train.batch_size), int(config.seed), options)
 
     @property

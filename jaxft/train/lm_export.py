@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -54,14 +55,14 @@ class Finetuned:
         return ConfigDict(self.settings["config"])
 
 
-def _dequantized(lm: "LM", trainable: Params, base: Params) -> Params:
+def _dequantized(lm: LM, trainable: Params, base: Params) -> Params:
     """Plain arrays of a LoRA base: merging zero adapters dequantizes a quantized one."""
     adapters = lm.adapters(trainable)
     zeros = lora_lib.LoRA(jax.tree.map(np.zeros_like, jax.device_get(adapters.params)), adapters.config)
     return lora_lib.merge(lm.cfg, jax.device_get(base), zeros)
 
 
-def export_finetuned(directory: str | Path, lm: "LM", trainable: Params, frozen: Params, *, source: str | None,
+def export_finetuned(directory: str | Path, lm: LM, trainable: Params, frozen: Params, *, source: str | None,
                      tokenizer: Any = None, tokenizer_in: Sequence[str] = ("model", "merged"), merged: bool = False,
                      base: Params | None = None, settings: dict | None = None,
                      settings_file: str | None = None) -> Path:

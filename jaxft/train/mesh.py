@@ -7,7 +7,8 @@ The same code runs data-parallel, FSDP or tensor-parallel: only
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

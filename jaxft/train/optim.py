@@ -20,7 +20,8 @@ gradient; the optimizer state also stays free of an extra gradient buffer.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

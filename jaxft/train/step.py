@@ -9,7 +9,8 @@ A non-finite loss or gradient skips the update instead of poisoning params.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

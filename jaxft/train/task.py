@@ -11,7 +11,8 @@ and hands the built task to ``Trainer(config, workdir, task)``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import jax
 

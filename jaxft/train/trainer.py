@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +89,7 @@ class Trainer:
     that makes one on this trainer's mesh (``jaxft.main`` passes the recipe's ``build``)."""
 
     def __init__(self, config, workdir: str | Path, task: TaskOrBuilder):
-        from jaxft.train.optim import make_optimizer  # noqa: heavy import kept local
+        from jaxft.train.optim import make_optimizer  # heavy import kept local
 
         from jaxft.train.workdir import acquire_lock, check_writable
 
@@ -294,7 +295,8 @@ class Trainer:
                 if jax.process_count() == 1:  # (several processes learn of it together, at the next save)
                     self.checkpointer.raise_background_error()
                 max_skipped = int(cfg.get("max_skipped_updates", 0) or 0)
-                if step % int(cfg.log_every) == 0 or step == last or (max_skipped and len(pending_checks) >= max_skipped):
+                if (step % int(cfg.log_every) == 0 or step == last
+                        or (max_skipped and len(pending_checks) >= max_skipped)):
                     self._report_skipped(pending_checks)
                     pending_checks = []
                     if max_skipped and self._skipped_in_a_row >= max_skipped:

@@ -124,7 +124,8 @@ def test_broken_exports_are_refused_before_any_upload(lm_export, tmp_path, capsy
     assert err == (f"error: hub push of {broken} to someone/x failed: {broken}: config.json without weights "
                    "(model.safetensors or pytorch_model.bin) (the local export is intact)")
 
-    (broken / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors"}}
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(export.ExportError, match="shard files missing: model-00001-of-00002.safetensors"):
         export.check_export(broken)
     adapter = _materialize(export.upload_plan(directory / "adapter", "a/b")[:-1], tmp_path / "adapter")

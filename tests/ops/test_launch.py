@@ -24,9 +24,10 @@ def fake(tmp_path):
     bin_dir.mkdir()
     for tool in ("gcloud", "srun", "python"):
         (bin_dir / tool).write_text(f'#!/bin/sh\nexec {sys.executable} {FAKES} {tool} "$@"\n')
-    (bin_dir / "pip").write_text(f'#!/bin/sh\necho "$*" >> "$HOME/pip.log"\n')
+    (bin_dir / "pip").write_text('#!/bin/sh\necho "$*" >> "$HOME/pip.log"\n')
     # `python3 -m venv DIR` makes DIR/bin/activate, which puts the fakes first on PATH
-    (bin_dir / "python3").write_text(f'#!/bin/sh\nmkdir -p "$3/bin"\necho \'export PATH="{bin_dir}:$PATH"\' > "$3/bin/activate"\n')
+    (bin_dir / "python3").write_text(
+        f'#!/bin/sh\nmkdir -p "$3/bin"\necho \'export PATH="{bin_dir}:$PATH"\' > "$3/bin/activate"\n')
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     venv = tmp_path / "venv"
@@ -78,7 +79,8 @@ def test_tpu_create_variants_dry_run(fake):
         "git -C ~/jaxft checkout -q --detach FETCH_HEAD; cd ~/jaxft && python3 -m venv .venv && . .venv/bin/activate "
         "&& pip install -q -U pip && pip install -q -e '\\''.[tpu]'\\'' gcsfs'"]
     out = fake.run("tpu_vm_pod.sh", "--dry-run", "delete", *TPU, "--queued")
-    assert _commands(out.stdout) == ["gcloud compute tpus queued-resources delete pod1 --zone=us-central2-b --force --quiet"]
+    assert _commands(out.stdout) == [
+        "gcloud compute tpus queued-resources delete pod1 --zone=us-central2-b --force --quiet"]
     assert fake.calls() == []  # a dry run runs nothing
 
 
@@ -116,10 +118,12 @@ def test_tpu_setup_run_stop_on_fake_workers(fake):
             "--config.train.steps=10", "--config.sample.prompt=it's a test"]
     dry = fake.run("tpu_vm_pod.sh", "--dry-run", *args)
     main = ("python -m jaxft.main --distributed --config configs/lm.py:smoke --workdir ~/jaxft-runs/r1 "
-            "--config.checkpoint.dir=gs://bucket/runs/r1 --config.train.steps=10 '--config.sample.prompt=it'\\''s a test'")
+            "--config.checkpoint.dir=gs://bucket/runs/r1 --config.train.steps=10 "
+            "'--config.sample.prompt=it'\\''s a test'")
     printed = _commands(dry.stdout)
     assert printed[0].startswith("gcloud compute tpus tpu-vm ssh pod1 --zone=us-central2-b --worker=all '--command=")
-    assert f"setsid nohup {main.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))} >> ~/jaxft-runs/r1.log" in printed[0]
+    quoted = main.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))
+    assert f"setsid nohup {quoted} >> ~/jaxft-runs/r1.log" in printed[0]
     assert printed[1].startswith("gcloud compute tpus tpu-vm ssh pod1 --zone=us-central2-b --worker=0 '--command=")
     assert "run id: r1" in dry.stdout
 
@@ -152,7 +156,8 @@ def test_tpu_setup_run_stop_on_fake_workers(fake):
     assert sorted((c["tag"], c["sigterm"]) for c in fake.calls("python_exit")) == [("w0", True), ("w1", True)]
     assert "worker w0: SIGTERM, checkpoint saved" in streamed
     status = fake.run("tpu_vm_pod.sh", "status", *TPU, "--run-id", "r2")
-    assert status.stdout.count(": r2 not running\n") == 2 and f"\n{socket.gethostname()}: r2 running" not in status.stdout
+    assert status.stdout.count(": r2 not running\n") == 2
+    assert f"\n{socket.gethostname()}: r2 running" not in status.stdout
 
 
 def _free_port_for_slurm_job() -> int:
@@ -191,12 +196,13 @@ def test_slurm_tasks_join_one_jax_distributed_run(fake):
                    SLURM_SUBMIT_DIR=str(REPO), FAKE_PYTHON_MODE="distributed", JAXFT_WORKDIR="/runs/x")
     assert out.returncode == 0, out.stderr[-3000:]
     srun = fake.calls("srun")
-    assert len(srun) == 1 and srun[0]["argv"][:4] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1", "--export=ALL", "bash"]
+    assert len(srun) == 1
+    assert srun[0]["argv"][:4] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1", "--export=ALL", "bash"]
     tasks = sorted(fake.calls("python"), key=lambda c: c["tag"])
     assert [c["process"] for c in tasks] == [[0, 2], [1, 2]]  # jax.distributed.initialize() from SLURM's variables
     for i, call in enumerate(tasks):
-        assert call["argv"] == ["-m", "jaxft.main", "--distributed", "--config", "configs/lm.py", "--workdir", "/runs/x",
-                                "--config.train.steps=4"]
+        assert call["argv"] == ["-m", "jaxft.main", "--distributed", "--config", "configs/lm.py",
+                                "--workdir", "/runs/x", "--config.train.steps=4"]
         assert call["cwd"] == str(REPO)
         env = call["env"]
         assert env["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3"  # all 4 GPUs of the node, not just SLURM_LOCALID's
@@ -221,7 +227,8 @@ def test_gpu_sh_dry_run_and_run(fake):
     assert {k: call["env"][k] for k in ("JAXFT_COORDINATOR", "JAXFT_NUM_PROCESSES", "JAXFT_PROCESS_ID")} == \
         {"JAXFT_COORDINATOR": "host0:1234", "JAXFT_NUM_PROCESSES": "2", "JAXFT_PROCESS_ID": "1"}
     out = fake.run("gpu.sh", "configs/lm.py", JAXFT_COORDINATOR="host0:1234")
-    assert out.returncode == 2 and out.stderr.strip() == "error: JAXFT_COORDINATOR is set but JAXFT_NUM_PROCESSES is not"
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: JAXFT_COORDINATOR is set but JAXFT_NUM_PROCESSES is not"
 
 
 def test_tpu_setup_from_git_on_fake_workers(fake):

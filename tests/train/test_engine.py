@@ -136,7 +136,7 @@ def test_resume_with_ema_dropout_and_accumulation_equals_an_uninterrupted_run(tm
     Trainer(config(), tmp_path / "b", build).run(until_step=2)
     resumed = Trainer(config(), tmp_path / "b", build)
     b = resumed.run()
-    np.testing.assert_allclose([l for _, l in b["train_loss"]], [l for _, l in a["train_loss"]][2:], rtol=1e-6)
+    np.testing.assert_allclose([x for _, x in b["train_loss"]], [x for _, x in a["train_loss"]][2:], rtol=1e-6)
     for x, y in zip(jax.tree.leaves(resumed.state["ema"]), jax.tree.leaves(straight.state["ema"])):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
     lora = jax.tree.leaves(straight.state["params"])
@@ -168,7 +168,7 @@ def test_a_quantized_base_trains_like_its_dequantized_weights(fmt, tmp_path):
     assert not any(isinstance(x, QuantizedKernel) for x in
                    jax.tree.leaves(plain.frozen, is_leaf=lambda x: isinstance(x, QuantizedKernel)))
     q, p = quantized.run(), plain.run()
-    np.testing.assert_allclose([l for _, l in q["train_loss"]], [l for _, l in p["train_loss"]], rtol=2e-5)
+    np.testing.assert_allclose([x for _, x in q["train_loss"]], [x for _, x in p["train_loss"]], rtol=2e-5)
 
 
 def test_remat_policies_give_equal_loss_and_gradients():

@@ -30,5 +30,6 @@ def test_fsdp_and_tensor_parallel_match_single_device(tmp_path, mode):
         np.testing.assert_allclose(other["losses"], one["losses"], rtol=1e-5)
         for key in one:
             if key not in ("losses", "n_sharded"):
-                np.testing.assert_allclose(other[key], one[key], atol=1e-4, err_msg=key)  # 1% of one Adam step (lr 1e-2)
+                # atol: 1% of one Adam step (lr 1e-2)
+                np.testing.assert_allclose(other[key], one[key], atol=1e-4, err_msg=key)
     assert one["losses"][1] < one["losses"][0]

@@ -33,8 +33,8 @@ def test_resumed_run_has_the_same_losses_as_an_uninterrupted_one(tmp_path):
     assert [s for s, _ in first["train_loss"]] == [1, 2, 3, 4]
     resumed = Trainer(_smoke(tmp_path / "b"), tmp_path / "b", build).run()
     assert [s for s, _ in resumed["train_loss"]] == [5, 6, 7, 8]
-    a = np.array([l for _, l in straight["train_loss"]])
-    b = np.array([l for _, l in first["train_loss"] + resumed["train_loss"]])
+    a = np.array([x for _, x in straight["train_loss"]])
+    b = np.array([x for _, x in first["train_loss"] + resumed["train_loss"]])
     np.testing.assert_allclose(b, a, rtol=1e-6)
     assert a[-1] < a[0]
 
@@ -132,7 +132,8 @@ def test_lora_on_a_user_checkpoint_and_jsonl_exports_a_peft_adapter(tmp_path):
     # the exported adapter holds the trained LoRA and gives the same logits in peft as in jaxft
     cfg, base = jaxft.load_pretrained(model_dir)
     adapters = jaxft.lora.load_peft(export / "adapter", cfg)
-    for got, want in zip(jax.tree.leaves(adapters.params), jax.tree.leaves(jax_params(trainer.state["params"]["lora"]))):
+    trained = jax_params(trainer.state["params"]["lora"])
+    for got, want in zip(jax.tree.leaves(adapters.params), jax.tree.leaves(trained)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
     ids = np.array([[5, 17, 42, 9, 77, 3, 100, 64]])
     ours = np.asarray(jaxft.logits(cfg, base, ids, lora=adapters))

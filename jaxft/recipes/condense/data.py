@@ -72,7 +72,7 @@ class Layout:
     @classmethod
     def create(cls, *, max_tokens: int, compression_ratio: float, num_segments: int = 1, max_decoder_tokens: int,
                max_continuation_tokens: int = 0, max_characters: int = 0, max_prompt_tokens: int = 0,
-               max_completion_tokens: int = 0) -> "Layout":
+               max_completion_tokens: int = 0) -> Layout:
         """``max_tokens`` encoder tokens in ``num_segments`` equal segments, condensed into
         ``max_tokens / compression_ratio`` states in all (an equal share per segment)."""
         for key, value in (("max_tokens", max_tokens), ("num_segments", num_segments),

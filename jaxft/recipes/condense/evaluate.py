@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxft.config import load_config_file
     from jaxft.recipes.condense.inference import load_condenser
 
-    parser = argparse.ArgumentParser(prog="python -m jaxft.recipes.condense.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jaxft.recipes.condense.evaluate",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the training config (path.py:preset): its validation records")
     parser.add_argument("--condenser", default="",
                         help="export directory of a trained condenser (default: the config's untrained one, "

@@ -63,7 +63,7 @@ class CondenseModel:
                              "needs a Llama-family encoder (sequential blocks, rotary positions)")
 
     @property
-    def projector_module(self) -> "Projector":
+    def projector_module(self) -> Projector:
         return Projector(features=self.decoder.hidden_size, kind=self.projector)
 
     def decoder_params(self, trainable: Params, frozen: Params) -> Params:
@@ -114,7 +114,7 @@ class Projector(nn.Module):
         return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="norm")(linear(x))
 
 
-def projector_input_size(model: "CondenseModel") -> int:
+def projector_input_size(model: CondenseModel) -> int:
     return model.encoder.hidden_size * (2 if model.projector == "reference" else 1)
 
 

@@ -214,9 +214,10 @@ def build(config, mesh) -> TrainTask:
     where = (f"encoder {config.encoder.path or 'random (encoder.random_init)'}, "
              f"decoder {config.decoder.path or 'random (decoder.random_init)'}")
     objectives = ", ".join(f"{name} x{w:g}" for name, w in weights.items() if w)
+    ratio = layout.max_tokens / layout.total_condense_tokens
     description = (f"condense: {where}; {layout.max_tokens} encoder tokens in {layout.max_segments} segment(s) -> "
-                   f"{layout.total_condense_tokens} condensed states ({layout.max_tokens / layout.total_condense_tokens:g}"
-                   f"x); projector {model.projector}; objectives {objectives}; LoRA r={config.lora.rank}; "
+                   f"{layout.total_condense_tokens} condensed states ({ratio:g}x); projector {model.projector}; "
+                   f"objectives {objectives}; LoRA r={config.lora.rank}; "
                    f"{len(train)} train / {len(valid)} validation records; {filtered}")
     return TrainTask(
         trainable=parts["trainable"], frozen=parts["frozen"], loss_fn=loss_fn, train_batches=train_batches,

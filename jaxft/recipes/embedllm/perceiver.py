@@ -95,7 +95,7 @@ class PerceiverEncoderConfig:
         return qk, self.v_channels if self.v_channels is not None else qk
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], source: str = "config") -> "PerceiverEncoderConfig":
+    def from_hf(cls, hf: dict[str, Any], source: str = "config") -> PerceiverEncoderConfig:
         if hf.get("model_type", "perceiver") != "perceiver":
             raise ValueError(f"{source}: model_type '{hf.get('model_type')}' is not 'perceiver'")
         return cls(**{k: hf[k] for k in _HF_KEYS if k in hf})

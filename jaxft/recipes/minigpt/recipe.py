@@ -163,7 +163,8 @@ def build(config, mesh) -> TrainTask:
         eval_batches=eval_batches, samples_fn=samples_fn if m.sample.prompts else None, export_fn=export_fn,
         # The reference's AdamW decays every parameter; so does this one.
         no_decay=lambda path, leaf: False,
-        description=f"minigpt {mode}: {what} of a {shape} model ({sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M parameters, "
+        description=f"minigpt {mode}: {what} of a {shape} model "
+                    f"({sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M parameters, "
                     f"d={cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size}) on {where}; "
                     f"{sizes}",
     )

@@ -101,7 +101,7 @@ def encode_records(tokenizer, records: Sequence[Mapping[str, str]], cutoff_len: 
         return []
     tokenized = [tokenizer(list(texts), add_special_tokens=False)["input_ids"] for texts in zip(*parts)]
     out = []
-    for (prompt, answer, _), p, a, e in zip(parts, *tokenized):
+    for (_prompt, answer, _), p, a, e in zip(parts, *tokenized):
         ids = np.asarray(p + a + e, np.int32)
         mask = np.asarray([0] * len(p) + [1] * (len(a) + len(e)), np.int32)
         truncated = len(ids) > cutoff_len
@@ -135,7 +135,7 @@ class EncodedSet:
         return np.diff(self.offsets)
 
     @classmethod
-    def build(cls, encoded: Sequence[Encoded]) -> "EncodedSet":
+    def build(cls, encoded: Sequence[Encoded]) -> EncodedSet:
         lengths = [len(e.input_ids) for e in encoded]
         cat = (lambda key: np.concatenate([getattr(e, key) for e in encoded]).astype(np.int32)) if encoded else (
             lambda key: np.zeros(0, np.int32))

@@ -74,7 +74,7 @@ def read_movielens(source: Path, on_error: str = "raise") -> tuple[list[Rating],
     ratings_file, movies_file = (source / name for name in LAYOUTS[layout])
     report = ReadReport(layout, {f.name: _sha256(f) for f in (ratings_file, movies_file)})
     titles: dict[int, str] = {}
-    for where, fields in _rows(movies_file, layout, "movies", report, on_error):
+    for _where, fields in _rows(movies_file, layout, "movies", report, on_error):
         movie_id, title = _movie(fields)
         titles[movie_id] = title
     ratings = []

@@ -2,7 +2,7 @@
 
     python -m jaxft.recipes.summarize scaling --params 8.8e6 --tokens 2.3e8 [--total-params 5e8]
     python -m jaxft.recipes.summarize evaluate --export runs/summarize/export [--data val.jsonl] [--eval-samples 50]
-    python -m jaxft.recipes.summarize evaluate --export runs/summarize/export --split test  # the run's dataset's test split
+    python -m jaxft.recipes.summarize evaluate --export runs/summarize/export --split test  # the dataset's test split
     python -m jaxft.recipes.summarize evaluate --export runs/summarize/export --base     # the untuned base model
     python -m jaxft.recipes.summarize generate --export runs/summarize/export --file article.txt
 """

@@ -178,8 +178,9 @@ def report(analysis: ScalingAnalysis, fit: ParametricFit = HOFFMANN) -> str:
               f"  Predicted Loss at the Optimum: {a.fit_loss:.3f}"]
     if a.current_loss is not None:
         lines.append(f"  Predicted Loss at the Current Size: {a.current_loss:.3f} (pre-training text, not this data)")
-    lines.append(f"  The 20-tokens rule's N is {a.optimal_params / a.fit_params:.2f}x the fit's: the fit (its published "
-                 f"constants, rounded) puts the optimum at {a.fit_tokens / a.fit_params:.0f} tokens per parameter")
+    lines.append(f"  The 20-tokens rule's N is {a.optimal_params / a.fit_params:.2f}x the fit's: the fit "
+                 f"(its published constants, rounded) puts the optimum at {a.fit_tokens / a.fit_params:.0f} tokens "
+                 "per parameter")
     recommendations = a.recommendations()
     if recommendations:
         lines += ["", "RECOMMENDATIONS:"] + [f"{i}. {text}" for i, text in enumerate(recommendations, 1)]

@@ -37,8 +37,8 @@ def test_cross_tokenizer_segment_mapping_mid_word():
     # Encoder: one token per character; decoder: whole words. Segments of 5 characters cut
     # "cat" and "sat" in the middle; the word covering a segment's first character starts it.
     text = "the cat sat"
-    enc_off = np.asarray(byte_tokenizer()(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
-    dec_off = np.asarray(word_tokenizer()(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+    offsets = lambda tok: np.asarray(tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+    enc_off, dec_off = offsets(byte_tokenizer()), offsets(word_tokenizer())
     starts = segment_char_starts(enc_off, 5)
     assert starts.tolist() == [0, 5, 10]
     assert decoder_segment_starts(dec_off, starts).tolist() == [0, 1, 2]

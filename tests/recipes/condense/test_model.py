@@ -182,7 +182,8 @@ def test_decoder_remat_group_gives_the_loss_and_gradients_of_per_layer_remat():
     for group in (1, 2):
         model = dataclasses.replace(base, remat="full", decoder_remat="full", decoder_remat_group=group)
         loss_fn = objectives.make_loss_fn(model, weights=dict(ae=1.0, continuation=1.0), chunk_size=0)
-        results.append(jax.jit(jax.value_and_grad(lambda t: loss_fn(t, frozen, batch, None)[0]))(trainable))
+        value_and_grad = jax.value_and_grad(lambda t: loss_fn(t, frozen, batch, None)[0])  # noqa: B023 - used at once
+        results.append(jax.jit(value_and_grad)(trainable))
     (value, grads), (want, want_grads) = results[1], results[0]
     assert float(value) == float(want)
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):

@@ -145,7 +145,7 @@ def test_demo_preset_end_to_end(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "condense demo" in proc.stdout.splitlines()[0] and "configs/condense.py:seed" in proc.stdout
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("train loss:"))
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("train loss:"))
     first, last = float(line.split()[2]), float(line.split()[-3])
     assert last < first, line
     before, after = map(float, re.search(r"ae_loss ([\d.]+) \(step 0\) -> ([\d.]+) \(step 8\)", out).groups())

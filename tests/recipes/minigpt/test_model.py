@@ -110,7 +110,7 @@ def _model_np(cfg, params, ids):
     if cfg.position_embedding == "sinusoidal":
         x = x + _sincos(len(ids), cfg.hidden_size)
     for i in range(cfg.num_hidden_layers):
-        x = _block_np(cfg, jax.tree.map(lambda a: a[i], p["model"]["layers"]), x)
+        x = _block_np(cfg, jax.tree.map(lambda a: a[i], p["model"]["layers"]), x)  # noqa: B023 - used at once
     n = p["model"]["norm"]
     x = _ln(x, n["weight"], n["bias"]) if cfg.norm_type == "layer_norm" else _rms(x, n["weight"])
     return x @ emb.T

@@ -55,7 +55,7 @@ def _reference_probs(logits, ids, step, *, rep_penalty, temp, top_p, no_repeat, 
     return probs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _process(sampling, eos_id):
     return jax.jit(functools.partial(processors.process_logits, sampling, eos_ids=(eos_id,)))
 

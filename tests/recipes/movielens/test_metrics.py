@@ -58,7 +58,7 @@ def test_majority_baseline():
 
 
 def _evals(rows):
-    return [{"step": 10 * (i + 1), "train_loss": l, "accuracy": a, "f1": f} for i, (l, a, f) in enumerate(rows)]
+    return [{"step": 10 * (i + 1), "train_loss": loss, "accuracy": a, "f1": f} for i, (loss, a, f) in enumerate(rows)]
 
 
 def _first_stop(rule, rows):

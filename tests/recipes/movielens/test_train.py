@@ -66,7 +66,8 @@ def test_qlora_train_export_compare(tiny_checkpoint, demo_tokenizer_dir, prepare
     assert metrics["accuracy"] in (0.0, 0.5, 1.0) and metrics["f1"] == 0.0
     export = trainer.export()
     settings = json.loads((export / "movielens.json").read_text())
-    assert settings["tuned"] == "adapter" and settings["double_quant"] and settings["base_model"] == str(tiny_checkpoint)
+    assert settings["tuned"] == "adapter" and settings["double_quant"]
+    assert settings["base_model"] == str(tiny_checkpoint)
     assert (export / "adapter" / "adapter_config.json").is_file()
     loaded = load_export(str(export))
     assert (loaded.settings["yes_token_id"], loaded.settings["no_token_id"]) == encoding.answer_token_ids(
