@@ -96,7 +96,8 @@ def plan(tiny: bool, python: str = sys.executable, folder: Path = WHEELS) -> lis
              "bench generate at batch 1 and 32" if not tiny else "bench generate at batch 1 and 4"),
     ]
     if tiny:  # a CPU run: nothing to install, the parity tests run in CI anyway, and a shared CPU is slow
-        steps = [dataclasses.replace(s, timeout_s=4 * s.timeout_s) for s in steps if s.name not in ("install", "parity")]
+        steps = [dataclasses.replace(s, timeout_s=4 * s.timeout_s) for s in steps
+                 if s.name not in ("install", "parity")]
     return steps
 
 
@@ -270,13 +271,14 @@ def attention_figures(batch: int, seq: int, heads: int, kv_heads: int, head_dim:
         valid = jnp.asarray(valid)
         pos = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), -1) - 1, 0)
         mask = attn.AttentionMask(jnp.broadcast_to(jnp.arange(seq), (batch, seq)), valid, pos, pos)
-        paths = {"cudnn": lambda q, k, v: kernels.cudnn_attention(q, k, v, mask, implementation=impl),
-                 "xla": lambda q, k, v: attn.attention(q, k, v, mask, impl="xla")}
+        # The lambdas run within this iteration of the loop, so the loop variables they read are current.
+        paths = {"cudnn": lambda q, k, v: kernels.cudnn_attention(q, k, v, mask, implementation=impl),  # noqa: B023
+                 "xla": lambda q, k, v: attn.attention(q, k, v, mask, impl="xla")}  # noqa: B023
         ref = attn.dense_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask.dense())
         keep = valid[:, :, None, None]
         row = {}
         for name, f in paths.items():
-            fwd_bwd = jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) ** 2),
+            fwd_bwd = jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) ** 2),  # noqa: B023
                                                  argnums=(0, 1, 2)))
             err = jnp.max(jnp.where(keep, jnp.abs(jax.jit(f)(q, k, v).astype(jnp.float32) - ref), 0.0))
             row[name] = {"max_abs_err_vs_f32": float(err), "fwd_bwd_s": _timed(fwd_bwd, q, k, v)}
