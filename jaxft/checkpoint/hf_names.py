@@ -1,4 +1,4 @@
-"""The one table that maps Hugging Face tensor names to jaxft parameter paths.
+"""The Hugging Face name of every decoder parameter, for the tensors ``CausalLM(cfg).init`` declares.
 
     HF name                                      jaxft path                                 stored as
     model.embed_tokens.weight                    model/embed_tokens/weight                  [vocab, hidden]
@@ -9,6 +9,9 @@
     model.norm.weight                            model/norm/weight                          [hidden]
     lm_head.weight                               lm_head/kernel                             [hidden, vocab] (transposed)
 
+Which tensors a config has, their shapes and logical axes come from the module tree
+(``jaxft.models.init.param_layout``); this file only names them: ``HF_MODULES`` (module
+path -> HF module name, in the order HF checkpoints list them) and ``HF_LEAVES``.
 Per-layer tensors are stacked on a leading layer axis (for ``lax.scan``); Linear
 weights are transposed to [in, out] kernels. Everything else is copied as is.
 """
@@ -16,8 +19,31 @@ weights are transposed to [in, out] kernels. Everything else is copied as is.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from jaxft.models.config import DecoderConfig
+from jaxft.models.init import param_layout
+
+# Each decoder module's HF name; ``{i}`` numbers the layers (stacked on axis 0 here).
+HF_MODULES: dict[tuple[str, ...], str] = {
+    ("model", "embed_tokens"): "model.embed_tokens",
+    ("model", "layers", "input_layernorm"): "model.layers.{i}.input_layernorm",
+    ("model", "layers", "self_attn", "q_proj"): "model.layers.{i}.self_attn.q_proj",
+    ("model", "layers", "self_attn", "k_proj"): "model.layers.{i}.self_attn.k_proj",
+    ("model", "layers", "self_attn", "v_proj"): "model.layers.{i}.self_attn.v_proj",
+    ("model", "layers", "self_attn", "o_proj"): "model.layers.{i}.self_attn.o_proj",
+    ("model", "layers", "self_attn", "q_norm"): "model.layers.{i}.self_attn.q_norm",
+    ("model", "layers", "self_attn", "k_norm"): "model.layers.{i}.self_attn.k_norm",
+    ("model", "layers", "post_attention_layernorm"): "model.layers.{i}.post_attention_layernorm",
+    ("model", "layers", "mlp", "gate_proj"): "model.layers.{i}.mlp.gate_proj",
+    ("model", "layers", "mlp", "up_proj"): "model.layers.{i}.mlp.up_proj",
+    ("model", "layers", "mlp", "down_proj"): "model.layers.{i}.mlp.down_proj",
+    ("model", "norm"): "model.norm",
+    ("lm_head",): "lm_head",
+}
+# jaxft leaf -> (HF leaf, transposed): Linear kernels are [in, out] here, [out, in] in torch.
+HF_LEAVES: dict[str, tuple[str, bool]] = {"kernel": ("weight", True), "weight": ("weight", False),
+                                          "bias": ("bias", False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,55 +64,29 @@ class ParamSpec:
         return tuple(reversed(shape)) if self.transpose else shape
 
 
-def _linear(name: str, hf: str, d_in: int, d_out: int, ax_in: str, ax_out: str, bias: bool) -> list[ParamSpec]:
-    specs = [ParamSpec(("model", "layers") + tuple(name.split(".")) + ("kernel",),
-                       f"model.layers.{{i}}.{hf}.weight", (0, d_in, d_out), True, True,
-                       ("layers", ax_in, ax_out))]
-    if bias:
-        specs.append(ParamSpec(("model", "layers") + tuple(name.split(".")) + ("bias",),
-                               f"model.layers.{{i}}.{hf}.bias", (0, d_out), False, True, ("layers", ax_out)))
-    return specs
+def _spec(path: tuple[str, ...], shape: tuple[int, ...], axes: tuple[str | None, ...]) -> ParamSpec:
+    module, leaf = path[:-1], path[-1]
+    if module not in HF_MODULES or leaf not in HF_LEAVES:
+        raise LookupError(f"decoder parameter {'/'.join(path)} has no Hugging Face name (hf_names.HF_MODULES)")
+    hf_leaf, transpose = HF_LEAVES[leaf]
+    hf_module = HF_MODULES[module]
+    return ParamSpec(path, f"{hf_module}.{hf_leaf}", shape, transpose, "{i}" in hf_module, axes)
+
+
+@functools.lru_cache(maxsize=64)
+def _specs(cfg: DecoderConfig) -> tuple[ParamSpec, ...]:
+    modules, leaves = list(HF_MODULES), list(HF_LEAVES)
+    specs = [_spec(p.path, p.shape, p.logical_axes) for p in param_layout(cfg).values()]
+    return tuple(sorted(specs, key=lambda s: (modules.index(s.path[:-1]), leaves.index(s.path[-1]))))
 
 
 def param_specs(cfg: DecoderConfig) -> list[ParamSpec]:
-    """Every tensor a checkpoint of this config must contain, in load order."""
-    L, h, f = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
-    specs = [ParamSpec(("model", "embed_tokens", "weight"), "model.embed_tokens.weight",
-                       (cfg.vocab_size, h), False, False, ("vocab", "embed"))]
-    norm = lambda name: ParamSpec(("model", "layers", name, "weight"), f"model.layers.{{i}}.{name}.weight",
-                                  (0, h), False, True, ("layers", "norm"))
-    layer_norm = cfg.norm_type == "layer_norm"  # LayerNorm also has a bias beside its weight
-    norm_bias = lambda name: ParamSpec(("model", "layers", name, "bias"), f"model.layers.{{i}}.{name}.bias",
-                                       (0, h), False, True, ("layers", "norm"))
-    specs.append(norm("input_layernorm"))
-    if layer_norm:
-        specs.append(norm_bias("input_layernorm"))
-    specs += _linear("self_attn.q_proj", "self_attn.q_proj", h, cfg.q_size, "embed", "heads", cfg.attention_bias)
-    specs += _linear("self_attn.k_proj", "self_attn.k_proj", h, cfg.kv_size, "embed", "kv_heads", cfg.attention_bias)
-    specs += _linear("self_attn.v_proj", "self_attn.v_proj", h, cfg.kv_size, "embed", "kv_heads", cfg.attention_bias)
-    specs += _linear("self_attn.o_proj", "self_attn.o_proj", cfg.q_size, h, "heads", "embed", cfg.o_proj_bias)
-    if cfg.qk_norm:
-        for n in ("q_norm", "k_norm"):
-            specs.append(ParamSpec(("model", "layers", "self_attn", n, "weight"),
-                                   f"model.layers.{{i}}.self_attn.{n}.weight", (0, cfg.head_dim), False, True,
-                                   ("layers", "norm")))
-    specs.append(norm("post_attention_layernorm"))
-    if layer_norm:
-        specs.append(norm_bias("post_attention_layernorm"))
-    specs += _linear("mlp.gate_proj", "mlp.gate_proj", h, f, "embed", "mlp", cfg.mlp_bias)
-    specs += _linear("mlp.up_proj", "mlp.up_proj", h, f, "embed", "mlp", cfg.mlp_bias)
-    specs += _linear("mlp.down_proj", "mlp.down_proj", f, h, "mlp", "embed", cfg.mlp_bias)
-    specs.append(ParamSpec(("model", "norm", "weight"), "model.norm.weight", (h,), False, False, ("norm",)))
-    if layer_norm:
-        specs.append(ParamSpec(("model", "norm", "bias"), "model.norm.bias", (h,), False, False, ("norm",)))
-    if not cfg.tie_word_embeddings:
-        specs.append(ParamSpec(("lm_head", "kernel"), "lm_head.weight", (h, cfg.vocab_size), True, False,
-                               ("embed", "vocab")))
-    return [dataclasses.replace(s, shape=(L,) + s.shape[1:]) if s.stacked else s for s in specs]
+    """Every tensor a checkpoint of this config must contain, in load order (HF's)."""
+    return list(_specs(cfg))
 
 
 def spec_by_path(cfg: DecoderConfig) -> dict[tuple[str, ...], ParamSpec]:
-    return {s.path: s for s in param_specs(cfg)}
+    return {s.path: s for s in _specs(cfg)}
 
 
 NORM_MODULES = frozenset({"input_layernorm", "post_attention_layernorm", "norm", "q_norm", "k_norm"})

@@ -16,11 +16,8 @@ import jax.numpy as jnp
 
 from jaxft.models.attention import AttentionMask
 from jaxft.models.config import DecoderConfig
-from jaxft.models.sharding_hints import constrain_batch
-from jaxft.models.rope import inverse_frequencies  # noqa: F401  (re-exported for the block-level tests)
-from jaxft.models.modules import (Block, CausalLM, KVCache, RematPolicy, _block_norm, positions_from_mask,
-                                  remat_policy, sinusoidal_positions)
-from jaxft.models.modules import dropout as _dropout  # noqa: F401  (the block-level tests call it)
+from jaxft.models.modules import CausalLM, KVCache, RematPolicy, positions_from_mask, sinusoidal_positions
+from jaxft.models.rope import inverse_frequencies
 
 Params = dict[str, Any]
 
@@ -73,34 +70,6 @@ def _model(cfg: DecoderConfig, params: Params, remat: RematPolicy = "none", rema
     return CausalLM(cfg, remat, unroll="layers_0" in params.get("model", {}), remat_group=remat_group)
 
 
-def _remat(fn, policy: RematPolicy):
-    """``fn`` under ``jax.checkpoint`` with the named policy (for scans written outside the modules)."""
-    enabled, saveable = remat_policy(policy)
-    return jax.checkpoint(fn, policy=saveable) if enabled else fn
-
-
-def _norm(cfg: DecoderConfig, p: Params, x: jnp.ndarray) -> jnp.ndarray:
-    """The block's normalisation (RMSNorm, or LayerNorm with a bias) over its ``{"weight", "bias"}`` dict."""
-    return _block_norm(cfg).apply({"params": p}, x)
-
-
-def _attention_block(cfg, p, x, mask: AttentionMask, positions, inv_freq, cache_kv, index, keys=None,
-                     residual=True):
-    """``x + Attn(norm x)`` for one layer's parameter dict; ``residual=False`` gives the branch alone.
-
-    ``inv_freq`` is accepted for the callers that compute it; the module derives the same table from ``cfg``.
-    """
-    x = constrain_batch(x)
-    o, cache_kv = Block(cfg).apply({"params": p}, x, mask, positions, cache_kv, index, keys,
-                                   method=Block.attention_branch)
-    return (x + o if residual else o), cache_kv
-
-
-def _mlp_block(cfg, p, x, key=None, residual=True):
-    y = Block(cfg).apply({"params": p}, x, key, method=Block.mlp_branch)
-    return x + y if residual else y
-
-
 def embed(cfg: DecoderConfig, params: Params, input_ids: jnp.ndarray, dtype=None) -> jnp.ndarray:
     return _model(cfg, params).apply({"params": params}, input_ids, dtype, method=CausalLM.embed)
 
@@ -130,7 +99,8 @@ def forward(
     segment_ids: jnp.ndarray | None = None,
     dropout_rng: jax.Array | None = None,
     remat_group: int = 1,
-) -> tuple[jnp.ndarray, KVCache | None]:
+    hidden_states: tuple[int, ...] | None = None,
+) -> tuple[jnp.ndarray, KVCache | None] | tuple[jnp.ndarray, None, tuple[jnp.ndarray, ...]]:
     """Run the decoder.
 
     Returns ``(logits [b, t, vocab] float32, cache)`` or, with ``output="hidden"``,
@@ -141,7 +111,12 @@ def forward(
     ``dropout_rng`` turns on ``cfg.dropout`` (training); without it the model is deterministic.
     ``remat_group`` > 1 checkpoints the layers in groups of that many as well (two-level remat, see
     ``jaxft.models.modules.DecoderModel``; training without a cache only).
+
+    ``hidden_states`` (indices into the L + 1 hidden states, as transformers' ``output_hidden_states``
+    numbers them: 0 the embeddings, i the output of layer i - 1, -1 the final normed output) returns
+    ``(logits or hidden, None, those states)`` instead; without a cache only. Only the requested states
+    are kept: ``hidden_states=(-2, -1)`` is the input to the last layer and the final output.
     """
     return _model(cfg, params, remat, remat_group).apply(
         {"params": params}, input_ids, attention_mask, position_ids, inputs_embeds=inputs_embeds, cache=cache,
-        output=output, dtype=dtype, segment_ids=segment_ids, dropout_rng=dropout_rng)
+        output=output, dtype=dtype, segment_ids=segment_ids, dropout_rng=dropout_rng, hidden_states=hidden_states)

@@ -1,7 +1,9 @@
 """The decoder family (Llama, Mistral, Qwen2, Qwen3, minigpt) as ``flax.linen`` modules.
 
-The module tree is named after the Hugging Face modules, so ``CausalLM(cfg).init``
-produces exactly the parameter tree ``jaxft/checkpoint/hf_names.py`` describes::
+The module tree is named after the Hugging Face modules, and it is the one declaration of the
+parameter layout: ``CausalLM(cfg).init`` gives the paths, shapes and logical axes (``param_layout``)
+from which ``jaxft/checkpoint/hf_names.py`` derives the HF names and ``jaxft/models/init.py`` the
+random parameters::
 
     {"model": {"embed_tokens": {"weight"}, "layers": {...stacked on axis 0...}, "norm": {...}},
      "lm_head": {"kernel"}}
@@ -180,10 +182,11 @@ class Dense(nn.Module):
     axes: tuple[str | None, str | None]
     saved: bool = False
     bits: bool = False
+    init_std: float = _INIT_STD
 
     @nn.compact
     def __call__(self, x):
-        kernel = _read(self, "kernel", nn.initializers.normal(_INIT_STD), (self.in_features, self.features),
+        kernel = _read(self, "kernel", nn.initializers.normal(self.init_std), (self.in_features, self.features),
                        self.axes).value
         bias = None
         if self.use_bias:
@@ -223,15 +226,16 @@ class SelfAttention(nn.Module):
 
     cfg: DecoderConfig
     save_proj: bool = False
+    init_std: float = _INIT_STD
 
     def setup(self):
         c = self.cfg
         h = c.hidden_size
-        kept = dict(saved=True, bits=self.save_proj)
+        kept = dict(saved=True, bits=self.save_proj, init_std=self.init_std)
         self.q_proj = Dense(h, c.q_size, c.attention_bias, ("embed", "heads"), **kept)
         self.k_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), **kept)
         self.v_proj = Dense(h, c.kv_size, c.attention_bias, ("embed", "kv_heads"), **kept)
-        self.o_proj = Dense(c.q_size, h, c.o_proj_bias, ("heads", "embed"))
+        self.o_proj = Dense(c.q_size, h, c.o_proj_bias, ("heads", "embed"), init_std=self.init_std)
         if c.qk_norm:
             self.q_norm = Norm(c.head_dim, "rms_norm", c.rms_norm_eps)
             self.k_norm = Norm(c.head_dim, "rms_norm", c.rms_norm_eps)
@@ -274,13 +278,15 @@ class MLP(nn.Module):
 
     cfg: DecoderConfig
     save_proj: bool = False
+    init_std: float = _INIT_STD
 
     def setup(self):
         c = self.cfg
-        kept = dict(saved=True, bits=self.save_proj)
+        kept = dict(saved=True, bits=self.save_proj, init_std=self.init_std)
         self.gate_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), **kept)
         self.up_proj = Dense(c.hidden_size, c.intermediate_size, c.mlp_bias, ("embed", "mlp"), **kept)
-        self.down_proj = Dense(c.intermediate_size, c.hidden_size, c.mlp_bias, ("mlp", "embed"))
+        self.down_proj = Dense(c.intermediate_size, c.hidden_size, c.mlp_bias, ("mlp", "embed"),
+                               init_std=self.init_std)
 
     def __call__(self, h):
         return self.down_proj(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h))
@@ -298,12 +304,13 @@ class Block(nn.Module):
     cfg: DecoderConfig
     remat: bool = False
     save_proj: bool = False
+    init_std: float = _INIT_STD
 
     def setup(self):
         self.input_layernorm = _block_norm(self.cfg)
-        self.self_attn = SelfAttention(self.cfg, self.save_proj)
+        self.self_attn = SelfAttention(self.cfg, self.save_proj, self.init_std)
         self.post_attention_layernorm = _block_norm(self.cfg)
-        self.mlp = MLP(self.cfg, self.save_proj)
+        self.mlp = MLP(self.cfg, self.save_proj, self.init_std)
 
     def attention_branch(self, x, mask, positions, cache_kv=None, index=None, keys=None):
         """``Attn(norm x)`` and the layer's updated cache."""
@@ -336,9 +343,10 @@ class Embed(nn.Module):
 
     num_embeddings: int
     features: int
+    init_std: float = _INIT_STD
 
     def setup(self):
-        self.weight = self.param("weight", nn.with_logical_partitioning(nn.initializers.normal(_INIT_STD),
+        self.weight = self.param("weight", nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
                                                                         ("vocab", "embed")),
                                  (self.num_embeddings, self.features), jnp.float32)
 
@@ -355,9 +363,10 @@ class LMHead(nn.Module):
 
     in_features: int
     features: int
+    init_std: float = _INIT_STD
 
     def setup(self):
-        self.kernel = _read(self, "kernel", nn.initializers.normal(_INIT_STD), (self.in_features, self.features),
+        self.kernel = _read(self, "kernel", nn.initializers.normal(self.init_std), (self.in_features, self.features),
                             ("embed", "vocab"))
 
     def weight(self, dtype):
@@ -388,21 +397,22 @@ class DecoderModel(nn.Module):
     remat: RematPolicy = "none"
     unroll: bool = False
     remat_group: int = 1
+    init_std: float = _INIT_STD
 
     def setup(self):
         c = self.cfg
-        self.embed_tokens = Embed(c.vocab_size, c.hidden_size)
+        self.embed_tokens = Embed(c.vocab_size, c.hidden_size, self.init_std)
         use_remat, policy = remat_policy(self.remat)
         block = nn.remat(Block, policy=policy) if use_remat else Block
         save_proj = self.remat == "save_proj"
         if self.unroll:
-            self.layers = [block(c, use_remat, save_proj) for _ in range(c.num_hidden_layers)]
+            self.layers = [block(c, use_remat, save_proj, self.init_std) for _ in range(c.num_hidden_layers)]
         else:
             self.layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(c, use_remat, save_proj)
+            )(c, use_remat, save_proj, self.init_std)
         self.norm = _block_norm(c)
 
     def __call__(self, x, layer_kv, layer_keys, mask, positions, index):
@@ -420,10 +430,50 @@ class DecoderModel(nn.Module):
                 new_v.append(kv[1])
         return self.norm(x), (None if layer_kv is None else (tuple(new_k), tuple(new_v)))
 
+    def with_states(self, x, layer_keys, mask, positions, keep: frozenset[int]):
+        """(final normed output, {i: hidden state i}) for ``i`` in ``keep`` (no cache).
+
+        State ``i`` < L is the residual stream entering layer ``i`` (0: the embeddings); state L is the
+        final normed output, as in transformers' ``hidden_states``. The stacked layers run as scans
+        over the slices between kept states, so nothing else of the stack is kept.
+        """
+        c, depth = self.cfg, self.cfg.num_hidden_layers
+        if self.remat_group > 1:
+            raise ValueError(f"hidden_states cannot be combined with remat_group={self.remat_group}")
+        states = {0: x} if 0 in keep else {}
+        if self.unroll:
+            for i, block in enumerate(self.layers):
+                x, _ = block(x, None, None if layer_keys is None else layer_keys[i], mask, positions, None)
+                if i + 1 in keep:
+                    states[i + 1] = x
+        else:
+            layer = self._layer_fn(mask, positions)
+            stacked = self.variables["params"]["layers"]
+            bounds = sorted({0, depth} | {i for i in keep if 0 < i < depth})
+            for lo, hi in zip(bounds, bounds[1:]):
+                part = jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], stacked)
+                keys = None if layer_keys is None else layer_keys[lo:hi]
+                x = jax.lax.scan(lambda h, pk: (layer(h, *pk), None), x, (part, keys))[0]
+                states[hi] = x
+        x = self.norm(x)
+        states[depth] = x
+        return x, {i: states[i] for i in keep}
+
+    def _layer_fn(self, mask, positions):
+        """One layer as a function ``(h, its parameter slice, dropout key) -> h``, under the remat policy,
+        for scans written over part of (or groups of) the stacked layers."""
+        use_remat, policy = remat_policy(self.remat)
+        block = Block(self.cfg, use_remat, self.remat == "save_proj", parent=None)
+
+        def layer(h, p, key):
+            return block.apply({"params": p}, h, None, key, mask, positions, None)[0]
+
+        return jax.checkpoint(layer, policy=policy) if use_remat else layer
+
     def _grouped_layers(self, x, layer_keys, mask, positions):
         """The scanned layers in checkpointed groups of ``remat_group`` (see the class docstring)."""
         c, k = self.cfg, self.remat_group
-        use_remat, policy = remat_policy(self.remat)
+        use_remat, _ = remat_policy(self.remat)
         if not use_remat:
             raise ValueError(f"remat_group={k} needs a remat policy (full, save_dots or save_proj), not '{self.remat}'")
         if c.num_hidden_layers % k:
@@ -431,11 +481,7 @@ class DecoderModel(nn.Module):
         groups = c.num_hidden_layers // k
         stacked = jax.tree.map(lambda a: a.reshape(groups, k, *a.shape[1:]), self.variables["params"]["layers"])
         keys = None if layer_keys is None else layer_keys.reshape(groups, k, *layer_keys.shape[1:])
-        block = Block(c, True, self.remat == "save_proj", parent=None)
-
-        @functools.partial(jax.checkpoint, policy=policy)
-        def layer(h, p, key):
-            return block.apply({"params": p}, h, None, key, mask, positions, None)[0]
+        layer = self._layer_fn(mask, positions)
 
         @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.save_only_these_names(GROUP_BITS))
         def group(h, ps, ks):
@@ -445,18 +491,35 @@ class DecoderModel(nn.Module):
         return jax.lax.scan(lambda h, g: (group(h, *g), None), x, (stacked, keys))[0]
 
 
+def kept_states(cfg: DecoderConfig, hidden_states: tuple[int, ...]) -> tuple[int, ...]:
+    """``hidden_states`` indices (negative ones count from the end of the L + 1 states) as 0..L."""
+    count = cfg.num_hidden_layers + 1
+    out = []
+    for i in hidden_states:
+        if not -count <= i < count:
+            raise ValueError(f"hidden_states index {i} is out of range: the decoder has {count} hidden states "
+                             f"(the embeddings, then each of its {count - 1} layers' outputs)")
+        out.append(i % count)
+    return tuple(out)
+
+
 class CausalLM(nn.Module):
-    """The decoder with its output projection (``lm_head``, or the embedding table when tied)."""
+    """The decoder with its output projection (``lm_head``, or the embedding table when tied).
+
+    ``init_std``: the standard deviation of the random matrices ``init`` draws (HF's ``initializer_range``);
+    norm weights start at one, biases at zero.
+    """
 
     cfg: DecoderConfig
     remat: RematPolicy = "none"
     unroll: bool = False  # parameters in the decode layout (``jaxft.models.decoder.unstack_layers``)
     remat_group: int = 1  # > 1: two-level remat over groups of this many layers (see ``DecoderModel``)
+    init_std: float = _INIT_STD
 
     def setup(self):
-        self.model = DecoderModel(self.cfg, self.remat, self.unroll, self.remat_group)
+        self.model = DecoderModel(self.cfg, self.remat, self.unroll, self.remat_group, self.init_std)
         if not self.cfg.tie_word_embeddings:
-            self.lm_head = LMHead(self.cfg.hidden_size, self.cfg.vocab_size)
+            self.lm_head = LMHead(self.cfg.hidden_size, self.cfg.vocab_size, self.init_std)
 
     def embed(self, input_ids, dtype=None):
         return self.model.embed_tokens(input_ids, dtype)
@@ -475,39 +538,18 @@ class CausalLM(nn.Module):
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, *, inputs_embeds=None,
                  cache: KVCache | None = None, output: Literal["logits", "hidden"] = "logits", dtype=None,
-                 segment_ids=None, dropout_rng=None):
+                 segment_ids=None, dropout_rng=None, hidden_states: tuple[int, ...] | None = None):
         """See ``jaxft.models.decoder.forward``, which is this call over a parameter tree."""
         c = self.cfg
-        if inputs_embeds is None:
-            x = self.embed(input_ids, dtype)
-            if c.embedding_multiplier != 1.0:
-                x = x * jnp.asarray(c.embedding_multiplier, x.dtype)
-        else:
-            x = inputs_embeds.astype(dtype or inputs_embeds.dtype)
+        if hidden_states is not None and cache is not None:
+            raise ValueError("hidden_states cannot be returned with a KV cache (it is for cache-free forwards)")
+        x = self._inputs(input_ids, inputs_embeds, dtype)
         b, t, _ = x.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), bool)
         attention_mask = attention_mask.astype(bool)
-
-        if cache is None:
-            if position_ids is None:
-                position_ids = positions_from_mask(attention_mask)
-            slots = jnp.broadcast_to(jnp.arange(t), (b, t))
-            mask = AttentionMask(slots, attention_mask, position_ids, position_ids, c.sliding_window,
-                                 segment_ids=segment_ids)
-            index, layer_kv = None, None
-        else:
-            if segment_ids is not None:
-                raise ValueError("segment_ids (packed rows) cannot be used with a KV cache")
-            if position_ids is None:
-                position_ids = positions_from_mask(attention_mask, cache.lengths)
-            index = cache.index
-            kv_positions = jax.lax.dynamic_update_slice(cache.positions, position_ids.astype(jnp.int32), (0, index))
-            kv_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, index))
-            slots = jnp.broadcast_to(index + jnp.arange(t), (b, t))
-            mask = AttentionMask(slots, kv_valid, position_ids, kv_positions, c.sliding_window, has_cache=True)
-            layer_kv = (cache.k, cache.v)
-
+        mask, position_ids, index, layer_kv = _attention_inputs(c, cache, attention_mask, position_ids, segment_ids,
+                                                                b, t)
         if c.position_embedding == "sinusoidal":
             x = x + sinusoidal_positions(position_ids, c.hidden_size).astype(x.dtype)
         layer_keys = None
@@ -516,6 +558,11 @@ class CausalLM(nn.Module):
             dropout_rng, embed_key = jax.random.split(dropout_rng)
             x = dropout(x, c.dropout, embed_key)
             layer_keys = jax.random.split(dropout_rng, c.num_hidden_layers)
+        if hidden_states is not None:
+            wanted = kept_states(c, hidden_states)
+            hidden, states = self.model.with_states(x, layer_keys, mask, position_ids, frozenset(wanted))
+            out = hidden if output == "hidden" else self.logits(hidden)
+            return out, None, tuple(states[i] for i in wanted)
         hidden, new_kv = self.model(x, layer_kv, layer_keys, mask, position_ids, index)
 
         if cache is not None:
@@ -527,13 +574,33 @@ class CausalLM(nn.Module):
             return hidden, cache
         return self.logits(hidden), cache
 
+    def _inputs(self, input_ids, inputs_embeds, dtype):
+        """The first layer's input: token embeddings (times ``embedding_multiplier``) or ``inputs_embeds``."""
+        if inputs_embeds is not None:
+            return inputs_embeds.astype(dtype or inputs_embeds.dtype)
+        x = self.embed(input_ids, dtype)
+        if self.cfg.embedding_multiplier != 1.0:
+            x = x * jnp.asarray(self.cfg.embedding_multiplier, x.dtype)
+        return x
 
-def logical_axes(cfg: DecoderConfig) -> dict[str, Any]:
-    """The logical axis names of every parameter, as ``CausalLM`` declares them (a tree of tuples)."""
-    boxed = jax.eval_shape(lambda: CausalLM(cfg).init(jax.random.key(0), *_init_inputs(cfg)))["params"]
-    return jax.tree.map(lambda spec: tuple(spec), nn.get_partition_spec(boxed),
-                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
-
-def _init_inputs(cfg: DecoderConfig):
-    return (jnp.zeros((1, 1), jnp.int32),)
+def _attention_inputs(c: DecoderConfig, cache: KVCache | None, attention_mask, position_ids, segment_ids, b: int,
+                      t: int):
+    """(mask, position ids, cache index, per-layer (k, v)) for a forward with or without a cache."""
+    if cache is None:
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask)
+        slots = jnp.broadcast_to(jnp.arange(t), (b, t))
+        mask = AttentionMask(slots, attention_mask, position_ids, position_ids, c.sliding_window,
+                             segment_ids=segment_ids)
+        return mask, position_ids, None, None
+    if segment_ids is not None:
+        raise ValueError("segment_ids (packed rows) cannot be used with a KV cache")
+    if position_ids is None:
+        position_ids = positions_from_mask(attention_mask, cache.lengths)
+    index = cache.index
+    kv_positions = jax.lax.dynamic_update_slice(cache.positions, position_ids.astype(jnp.int32), (0, index))
+    kv_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, index))
+    slots = jnp.broadcast_to(index + jnp.arange(t), (b, t))
+    mask = AttentionMask(slots, kv_valid, position_ids, kv_positions, c.sliding_window, has_cache=True)
+    return mask, position_ids, index, (cache.k, cache.v)

@@ -1,12 +1,15 @@
 """Logical axis names for every leaf of the trees the engine places.
 
-Decoder weights take the names the modules declare (``nn.with_logical_partitioning``
-in ``jaxft/models/modules.py``; ``nn.scan`` adds ``"layers"``), looked up by their
-full parameter path; LoRA factors take the names of the kernel they adapt (``a``:
-its input dim, ``b``: its output dim), so an adapter is always sharded like its
-base. Leaves nobody named (projectors, learned tokens, quantized blocks) get a
-generic rule: small ones replicated, large ones split over ``fsdp`` on their
-largest dimension. ``jaxft.train.mesh.partition_spec`` maps names to mesh axes.
+Decoder weights take the names the modules declare (``nn.LogicallyPartitioned``
+boxes in ``jaxft/models/modules.py``; ``nn.scan`` adds ``"layers"``): a boxed tree
+(what ``CausalLM.init`` returns) is placed by its own boxes, a plain one by the
+boxes ``CausalLM.init`` declares at the leaf's parameter path (the decoder may sit
+under any prefix: ``encoder/``, an optimizer state). LoRA factors take the names
+of the kernel they adapt (``a``: its input dim, ``b``: its output dim), so an
+adapter is always sharded like its base. Leaves nobody named (projectors, learned
+tokens, quantized blocks) get a generic rule: small ones replicated, large ones
+split over ``fsdp`` on their largest dimension. ``jaxft.train.mesh.partition_spec``
+maps names to mesh axes.
 """
 
 from __future__ import annotations
@@ -14,32 +17,29 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding
 
 from jaxft.models.config import DecoderConfig
+from jaxft.models.init import param_layout
 from jaxft.train.mesh import partition_spec
 
 _REPLICATE_BELOW = 1 << 16  # elements; sharding tiny leaves only costs collectives
 
 
-def _flat_paths(tree: Any) -> dict[tuple[str, ...], tuple[str | None, ...]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, tuple))[0]
-    return {tuple(_key_name(k) for k in path): axes for path, axes in leaves}
+# A config with every optional tensor (biases, q/k norms, LayerNorm biases, an untied head): a tensor's
+# axes do not depend on the config, only whether it exists does, so its tree holds every decoder path.
+_EVERY_TENSOR = DecoderConfig(model_type="qwen3", vocab_size=8, hidden_size=8, intermediate_size=8,
+                              num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1, head_dim=8,
+                              attention_bias=True, o_proj_bias=True, mlp_bias=True, qk_norm=True,
+                              norm_type="layer_norm")
 
 
 @functools.cache
 def _decoder_axes() -> dict[tuple[str, ...], tuple[str | None, ...]]:
-    """Parameter path -> logical axes, as ``CausalLM`` declares them, from configs with every optional tensor."""
-    from jaxft.models.modules import logical_axes
-
-    shape = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
-                 num_key_value_heads=1, head_dim=8, attention_bias=True, o_proj_bias=True, mlp_bias=True)
-    table = {}
-    for cfg in (DecoderConfig(model_type="qwen3", qk_norm=True, **shape),
-                DecoderConfig(model_type="minigpt", norm_type="layer_norm", **shape)):
-        table.update(_flat_paths(logical_axes(cfg)))
-    return table
+    """Parameter path -> logical axes, read from ``CausalLM.init``'s boxes (``jaxft.models.init.param_layout``)."""
+    return {path: p.logical_axes for path, p in param_layout(_EVERY_TENSOR).items()}
 
 
 def _key_name(k) -> str:
@@ -80,18 +80,25 @@ def _generic_axes(shape: tuple[int, ...]) -> tuple[str | None, ...] | None:
     return tuple("embed" if i == largest else None for i in range(len(shape)))
 
 
+def _is_box(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
 def tree_shardings(tree: Any, mesh: Mesh, rules, axes_tree: Any | None = None) -> Any:
-    """A NamedSharding for every leaf of ``tree`` (arrays or ShapeDtypeStructs)."""
+    """A NamedSharding for every leaf of ``tree`` (arrays or ShapeDtypeStructs, or ``nn.LogicallyPartitioned``
+    boxes of them: those get their own axes, and the result has a sharding where the box was)."""
     flat_axes = None
     if axes_tree is not None:
         flat_axes = jax.tree.leaves(axes_tree, is_leaf=lambda x: x is None or isinstance(x, tuple))
 
-    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_box)
     out = []
     for i, (path, leaf) in enumerate(leaves_with_paths):
-        shape = tuple(leaf.shape)
         names = tuple(_key_name(k) for k in path)
         axes = flat_axes[i] if flat_axes is not None else None
+        if _is_box(leaf):
+            axes, leaf = tuple(leaf.names), leaf.value
+        shape = tuple(leaf.shape)
         if axes is None:
             axes = logical_axes_for(names, shape)
         if axes is None:

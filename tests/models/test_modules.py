@@ -1,8 +1,7 @@
-"""The linen modules declare exactly the HF-named parameter layout, and accept every kernel kind."""
+"""The linen modules declare the HF-named parameter layout transformers has, and accept every kernel kind."""
 
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +11,7 @@ from jaxft import lora
 from jaxft.checkpoint.hf_names import param_specs
 from jaxft.models.config import DecoderConfig
 from jaxft.models.decoder import forward
-from jaxft.models.init import init_params
-from jaxft.models.modules import CausalLM, logical_axes
+from jaxft.models.init import abstract_params, init_params
 from jaxft.quant.kernel import quantize
 
 SHAPE = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
@@ -31,26 +29,115 @@ def _flat(tree):
     return {tuple(k.key for k in path): leaf for path, leaf in leaves}
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_module_params_are_the_hf_table(name):
-    """``CausalLM.init`` gives the paths, shapes and logical axes of ``hf_names.param_specs``."""
-    cfg = CONFIGS[name]
-    boxed = jax.eval_shape(lambda: CausalLM(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
-    shapes = {path: tuple(leaf.shape) for path, leaf in _flat(nn.unbox(boxed)).items()}
-    specs = {spec.path: spec for spec in param_specs(cfg)}
-    assert shapes == {path: spec.shape for path, spec in specs.items()}
-    assert _flat(logical_axes(cfg)) == {path: spec.logical_axes for path, spec in specs.items()}
+def _fresh_transformers_model(name: str, **overrides):
+    import torch
+    import transformers
+
+    from tests.tiny import CONFIGS as HF_CONFIGS
+
+    cls_name, kwargs = HF_CONFIGS[name.removesuffix("_biased")]
+    if name.endswith("_biased"):
+        kwargs = dict(kwargs, attention_bias=True, mlp_bias=True)
+    torch.manual_seed(0)
+    config = getattr(transformers, cls_name)(**kwargs, **overrides)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
-def test_module_init_runs_and_matches_forward():
-    """Parameters from ``init`` are a plain tree that ``forward`` runs like ``init_params``' trees."""
+@pytest.mark.parametrize("name", ["llama", "llama_tied", "llama_biased", "mistral", "qwen2", "qwen3"])
+def test_init_params_are_a_fresh_transformers_models_tensors(name):
+    """``init_params`` (``CausalLM.init``) read through the HF names gives the tensors a fresh transformers
+    model of the family has: the same names and shapes, the same constants for norms and biases, and
+    random matrices of the same standard deviation (``initializer_range``)."""
+    std = 0.05
+    hf = _fresh_transformers_model(name, initializer_range=std)
+    cfg = DecoderConfig.from_hf(hf.config.to_dict())
+    params = init_params(cfg, jax.random.key(3), std=std)
+    theirs = {n: t.numpy() for n, t in hf.state_dict().items()
+              if not (cfg.tie_word_embeddings and n == "lm_head.weight")}
+    ours = {}
+    for spec in param_specs(cfg):
+        node = params
+        for key in spec.path:
+            node = node[key]
+        for i, hf_name in enumerate(spec.hf_names(cfg.num_hidden_layers)):
+            value = np.asarray(node[i] if spec.stacked else node)
+            ours[hf_name] = value.T if spec.transpose else value
+    assert sorted(ours) == sorted(theirs)
+    for hf_name, want in theirs.items():
+        got = ours[hf_name]
+        assert got.shape == want.shape, hf_name
+        if np.all(want == want.flat[0]):  # norms (ones) and biases (zeros)
+            np.testing.assert_array_equal(got, want, err_msg=hf_name)
+        else:
+            assert got.std() == pytest.approx(want.std(), rel=0.1), hf_name
+            assert abs(got.mean()) < 0.1 * std, hf_name
+    assert len({float(ours[n].ravel()[0]) for n in ours if n.endswith("q_proj.weight")}) > 1  # layers differ
+
+
+def test_init_params_dtype_and_the_layout_of_every_config():
+    """``init_params`` draws in the asked dtype, deterministically per key; ``abstract_params`` and
+    ``param_specs`` describe the same tree; minigpt's LayerNorms get their biases."""
+    cfg = CONFIGS["minigpt"]
+    a, b = init_params(cfg, jax.random.key(0), jnp.bfloat16), init_params(cfg, jax.random.key(0), jnp.bfloat16)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(a))
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32)),
+                 a, b)
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), abstract_params(cfg, jnp.bfloat16))
+    assert shapes == jax.tree.map(lambda x: (x.shape, x.dtype), a)
+    assert {s.path: s.shape for s in param_specs(cfg)} == {p: x.shape for p, x in _flat(a).items()}
+    assert ("model", "layers", "input_layernorm", "bias") in _flat(a)
+    np.testing.assert_array_equal(np.asarray(a["model"]["norm"]["bias"], np.float32), 0.0)
+
+
+def test_hidden_states_match_transformers(tiny_dir):
+    """``forward(hidden_states=...)`` gives transformers' ``output_hidden_states`` (the embeddings, each layer's
+    output, the final normed output) for the same inputs_embeds, padding and position ids (two slots sharing
+    a position), with the scanned and the unrolled layers and under remat; the first output is unchanged."""
+    import torch
+    import transformers
+
+    from jaxft.checkpoint.hf import load_pretrained
+    from jaxft.models.decoder import unstack_layers
+
+    path = tiny_dir("qwen3")
+    cfg, params = load_pretrained(path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    rs = np.random.RandomState(0)
+    x = rs.normal(size=(2, 7, cfg.hidden_size)).astype(np.float32) * 0.5
+    mask = np.ones((2, 7), bool)
+    mask[1, 3:5] = False
+    positions = np.array([[0, 1, 2, 3, 4, 2, 4], [0, 1, 2, 3, 4, 0, 2]], np.int32)
+    with torch.no_grad():
+        out = hf(inputs_embeds=torch.tensor(x), attention_mask=torch.tensor(mask.astype(np.int64)),
+                 position_ids=torch.tensor(positions, dtype=torch.long), output_hidden_states=True)
+    theirs = [h.numpy() for h in out.hidden_states]
+    assert len(theirs) == cfg.num_hidden_layers + 1
+    keep = mask[..., None]
+    inputs = dict(inputs_embeds=jnp.asarray(x), attention_mask=jnp.asarray(mask), position_ids=jnp.asarray(positions))
+    plain, _ = forward(cfg, params, output="hidden", **inputs)
+    for tree, remat, wanted in ((params, "none", (0, 1, 2)), (params, "full", (-2, -1)),
+                                (unstack_layers(params), "none", (1, -1, 0))):
+        final, cache, states = forward(cfg, tree, output="hidden", remat=remat, hidden_states=wanted, **inputs)
+        assert cache is None and len(states) == len(wanted)
+        np.testing.assert_allclose(np.asarray(final), np.asarray(plain), rtol=1e-6, atol=1e-6)
+        for i, ours in zip(wanted, states):
+            np.testing.assert_allclose(np.asarray(ours) * keep, theirs[i] * keep, rtol=2e-4, atol=2e-4,
+                                       err_msg=f"hidden state {i}, remat {remat}")
+    logits, _, _ = forward(cfg, params, hidden_states=(-1,), **inputs)
+    np.testing.assert_allclose(np.asarray(logits) * keep, out.logits.numpy() * keep, rtol=2e-4, atol=2e-4)
+
+
+def test_hidden_states_refusals():
     cfg = CONFIGS["llama"]
-    ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 7)), jnp.int32)
-    params = nn.unbox(CausalLM(cfg).init(jax.random.key(1), ids)["params"])
-    direct, _ = CausalLM(cfg).apply({"params": params}, ids)
-    ours, _ = forward(cfg, params, ids)
-    np.testing.assert_array_equal(np.asarray(direct), np.asarray(ours))
-    assert float(jnp.std(params["model"]["layers"]["mlp"]["up_proj"]["kernel"])) == pytest.approx(0.02, rel=0.1)
+    params = init_params(cfg, jax.random.key(0))
+    ids = jnp.zeros((1, 4), jnp.int32)
+    with pytest.raises(ValueError, match="index 4 is out of range: the decoder has 4 hidden states"):
+        forward(cfg, params, ids, hidden_states=(4,))
+    from jaxft.models.decoder import init_cache
+    with pytest.raises(ValueError, match="KV cache"):
+        forward(cfg, params, ids, cache=init_cache(cfg, 1, 8), hidden_states=(-1,))
+    with pytest.raises(ValueError, match="remat_group"):
+        forward(cfg, params, ids, remat="full", remat_group=3, hidden_states=(-1,))
 
 
 @pytest.mark.parametrize("remat", ["none", "full", "save_dots", "save_proj"])
@@ -117,6 +204,26 @@ def test_saved_as_bits_is_the_identity_in_value_and_gradient():
     assert saved_as_bits(y) is y
 
 
+def _drawn_per_tensor(cfg, key, dtype):
+    """Normal(0, 0.02) matrices from one key per tensor (in ``param_specs`` order), ones for norms, zeros for
+    biases: fixed values for the bf16 remat comparisons below, whose float32-excess-precision differences
+    depend on the draw (this draw keeps "save_proj" within their tolerances), whatever ``init_params`` draws."""
+    specs = param_specs(cfg)
+    params = {}
+    for spec, k in zip(specs, jax.random.split(key, len(specs))):
+        if spec.path[-1] == "bias":
+            value = jnp.zeros(spec.shape, dtype)
+        elif "norm" in spec.path[-2]:
+            value = jnp.ones(spec.shape, dtype)
+        else:
+            value = (0.02 * jax.random.normal(k, spec.shape, jnp.float32)).astype(dtype)
+        node = params
+        for name in spec.path[:-1]:
+            node = node.setdefault(name, {})
+        node[spec.path[-1]] = value
+    return params
+
+
 def test_bf16_remat_saves_layer_inputs_as_16_bit_stacks(monkeypatch):
     """With bfloat16 activations, remat "full" and "save_dots" give the loss and gradients of no remat (and
     those of saving the bfloat16 values themselves, up to XLA:CPU keeping a saved bfloat16 value's float32
@@ -125,7 +232,7 @@ def test_bf16_remat_saves_layer_inputs_as_16_bit_stacks(monkeypatch):
     holds for the projections "save_proj" keeps."""
     from jaxft.models import modules
     cfg = CONFIGS["llama"]
-    params = init_params(cfg, jax.random.key(0), jnp.bfloat16)
+    params = _drawn_per_tensor(cfg, jax.random.key(0), jnp.bfloat16)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 24)), jnp.int32)
     embeds = jax.random.normal(jax.random.key(1), (2, 24, cfg.hidden_size)).astype(jnp.bfloat16)
 

@@ -1,4 +1,4 @@
-"""Logical-axis rules: adapters are sharded exactly like the kernels they adapt."""
+"""Logical-axis rules: decoder leaves get their modules' axes, adapters those of the kernels they adapt."""
 
 import jax
 import pytest
@@ -52,3 +52,34 @@ def test_mesh_shape_errors_are_named():
         make_mesh({"data": 3})
     with pytest.raises(ValueError, match="unknown axes"):
         make_mesh({"model": 1})
+
+
+FAMILIES = {
+    "llama": dict(model_type="llama", attention_bias=True, mlp_bias=True),
+    "qwen2_tied": dict(model_type="qwen2", tie_word_embeddings=True),
+    "qwen3": dict(model_type="qwen3"),
+    "minigpt": dict(model_type="minigpt"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_decoder_leaf_gets_the_axes_of_its_module_box(family):
+    """For each family, a plain parameter tree (under any prefix) is sharded by the axes ``CausalLM.init``
+    boxes that very tensor with, and the boxed tree itself is placed by its boxes the same way."""
+    from jaxft.models.init import _boxed_shapes, logical_axes
+    from jaxft.train.sharding import tree_shardings
+
+    cfg = DecoderConfig.from_hf(dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                     num_attention_heads=8, num_key_value_heads=4, head_dim=32, **FAMILIES[family]))
+    mesh = AbstractMesh((1, 2, 4), ("data", "fsdp", "tensor"))
+    params, axes = abstract_params(cfg), logical_axes(cfg)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    flat_axes = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+    assert len(flat) == len(flat_axes) > 10
+    for (path, leaf), want in zip(flat, flat_axes):
+        names = tuple(k.key for k in path)
+        assert logical_axes_for(("encoder",) + names, leaf.shape) == want, names
+    by_boxes = tree_shardings(_boxed_shapes(cfg), mesh, DEFAULT_RULES)
+    by_paths = tree_shardings({"encoder": params}, mesh, DEFAULT_RULES)["encoder"]
+    assert jax.tree.map(lambda s: s.spec, by_boxes) == jax.tree.map(lambda s: s.spec, by_paths)
+    assert any(s.spec != PartitionSpec(*[None] * len(s.spec)) for s in jax.tree.leaves(by_boxes))

@@ -138,41 +138,6 @@ def init_params(rng: jax.Array, model: CondenseModel, decoder_embed_std: float =
     }
 
 
-def last_two_hidden_states(cfg: DecoderConfig, params: Params, inputs_embeds: jnp.ndarray, attention_mask,
-                           position_ids, remat: str, dtype) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``(input to the last layer, final normed output)``, as transformers' ``hidden_states[-2:]``.
-
-    ``forward`` returns only the final normed states, so this runs its layer blocks the way its
-    cache-free path does (same mask, rotary tables and remat), keeping the residual stream before
-    the last layer.
-    """
-    from jaxft.models.attention import AttentionMask
-    from jaxft.models.decoder import _attention_block, _mlp_block, _norm, _remat
-    from jaxft.models.modules import remat_policy, saved_as_bits
-    from jaxft.models.rope import inverse_frequencies
-    from jaxft.models.sharding_hints import constrain_batch
-
-    x = inputs_embeds.astype(dtype)
-    b, t, _ = x.shape
-    positions = jnp.asarray(position_ids, jnp.int32)
-    mask = AttentionMask(jnp.broadcast_to(jnp.arange(t), (b, t)), attention_mask.astype(bool), positions, positions,
-                         cfg.sliding_window)
-    inv_freq = inverse_frequencies(cfg)
-
-    saved = remat_policy(remat)[0]
-
-    def layer(x, p):
-        if saved:  # what the remat policy keeps of the layer: its input's bits (see saved_as_bits)
-            x = saved_as_bits(constrain_batch(x))
-        x, _ = _attention_block(cfg, p, x, mask, positions, inv_freq, None, None)
-        return _mlp_block(cfg, p, x), None
-
-    stack = params["model"]["layers"]
-    before_last, _ = jax.lax.scan(_remat(layer, remat), x, jax.tree.map(lambda a: a[:-1], stack))
-    last, _ = _remat(layer, remat)(before_last, jax.tree.map(lambda a: a[-1], stack))
-    return before_last, _norm(cfg, params["model"]["norm"], last)
-
-
 def encode_segments(model: CondenseModel, trainable: Params, encoder_params: Params, enc_ids: jnp.ndarray,
                     enc_mask: jnp.ndarray) -> jnp.ndarray:
     """Encoder states [B, S, n, H] at the condense slots of segments ``enc_ids`` [B, S, L]; H is
@@ -190,13 +155,12 @@ def encode_segments(model: CondenseModel, trainable: Params, encoder_params: Par
     # the objectives drop those segments' states.
     full_mask = jnp.concatenate([mask, jnp.ones((b * s, n), bool)], axis=1)
     positions = condense_position_ids(mask.sum(-1), seg_len, n)
-    if model.projector == "reference":
-        pair = last_two_hidden_states(cfg, encoder_params, x, full_mask, positions, model.remat, model.dtype)
-        hidden = jnp.concatenate([state[:, seg_len:] for state in pair], axis=-1)
-    else:
-        hidden, _ = forward(cfg, encoder_params, attention_mask=full_mask, position_ids=positions, inputs_embeds=x,
-                            remat=model.remat, output="hidden", dtype=model.dtype)
-        hidden = hidden[:, seg_len:]
+    # The reference projector reads transformers' hidden_states[-2:]: the input to the last layer and the
+    # final normed output.
+    kept = (-2, -1) if model.projector == "reference" else (-1,)
+    _, _, states = forward(cfg, encoder_params, attention_mask=full_mask, position_ids=positions, inputs_embeds=x,
+                           remat=model.remat, output="hidden", dtype=model.dtype, hidden_states=kept)
+    hidden = jnp.concatenate([state[:, seg_len:] for state in states], axis=-1)
     return hidden.reshape(b, s, n, hidden.shape[-1])
 
 

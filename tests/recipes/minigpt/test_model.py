@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxft
-from jaxft.models import decoder
+from jaxft.models import decoder, modules
 from jaxft.models.config import DecoderConfig
 from jaxft.models.init import init_params
 from jaxft.recipes.minigpt import model as mg
@@ -138,14 +138,7 @@ def test_one_block_matches_float64_numpy(options):
     positions = decoder.positions_from_mask(mask)
     slots = jnp.broadcast_to(jnp.arange(11), (1, 11))
     attn_mask = decoder.AttentionMask(slots, mask, positions, positions, None)
-    inv_freq = decoder.inverse_frequencies(cfg)
-    xj = jnp.asarray(x)
-    if cfg.parallel_residual:
-        a, _ = decoder._attention_block(cfg, layer, xj, attn_mask, positions, inv_freq, None, None, residual=False)
-        ours = xj + a + decoder._mlp_block(cfg, layer, xj, residual=False)
-    else:
-        ours, _ = decoder._attention_block(cfg, layer, xj, attn_mask, positions, inv_freq, None, None)
-        ours = decoder._mlp_block(cfg, layer, ours)
+    ours, _ = modules.Block(cfg).apply({"params": layer}, jnp.asarray(x), None, None, attn_mask, positions, None)
     ref = _block_np(cfg, jax.tree.map(lambda a: np.asarray(a, np.float64), layer), x[0].astype(np.float64))
     np.testing.assert_allclose(np.asarray(ours[0]), ref, atol=2e-5, rtol=1e-5)
 
@@ -183,7 +176,7 @@ def test_dropout_only_with_a_key_and_at_the_right_rate():
     assert np.abs(np.asarray(c) - np.asarray(a)).max() > 1e-3 and np.abs(np.asarray(c) - np.asarray(e)).max() > 1e-3
     # the dropout helper keeps about 1 - rate of the entries and rescales them by 1 / (1 - rate)
     x = jnp.ones((200, 200))
-    y = np.asarray(decoder._dropout(x, 0.1, jax.random.key(4)))
+    y = np.asarray(modules.dropout(x, 0.1, jax.random.key(4)))
     np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.9], rtol=1e-6)
     assert abs((y == 0).mean() - 0.1) < 0.01
 
