@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -437,7 +437,7 @@ class DecoderModel(nn.Module):
         final normed output, as in transformers' ``hidden_states``. The stacked layers run as scans
         over the slices between kept states, so nothing else of the stack is kept.
         """
-        c, depth = self.cfg, self.cfg.num_hidden_layers
+        depth = self.cfg.num_hidden_layers
         if self.remat_group > 1:
             raise ValueError(f"hidden_states cannot be combined with remat_group={self.remat_group}")
         states = {0: x} if 0 in keep else {}
