@@ -74,6 +74,9 @@ def test_plan(results):
     assert set(r["fits"].values()) == {True}
     # Sharded: each device holds less than the whole frozen model.
     assert r["per_device_bytes"]["arguments"] < sum(r["global_bytes"].values())
+    # The frozen base streams onto its shardings: a device's load peak is under the whole frozen model.
+    load = r["load_per_device_bytes"]
+    assert 0 < load["resident_per_device"] <= load["peak_per_device"] < r["global_bytes"]["frozen"]
 
 
 def test_decode_loop_multiplies_by_the_weights_in_place():

@@ -46,16 +46,11 @@ def _base(cfg, dtype, quant: str):
 
 
 def lm_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
-    import jax.numpy as jnp
-
     from jaxft.bench.train import lm_task
     from jaxft.lora import DEFAULT_TARGETS
 
-    from jaxft.models.config import DecoderConfig
-
     seed = getattr(args, "seed_plan", None)
-    cfg = DecoderConfig.from_hf(seed["hf"] if seed else shapes.from_args(args), source="bench shape")
-    weights = jnp.dtype(seed["weight_dtype"]) if seed else dtype
+    (cfg, weights, _, _), = lm_loads(args, dtype)
     base = _base(cfg, weights, args.quant)
     trainable, frozen, loss_fn = lm_task(cfg, base, lora_rank=args.lora_rank, compute=dtype, remat=args.remat,
                                          chunk=args.chunk)
@@ -113,6 +108,39 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     return trainable, frozen, loss_fn, batch, what, float("nan")
 
 
+def lm_loads(args, dtype) -> list[tuple[Any, Any, str, bool]]:
+    """The model ``lm_parts`` plans, as ``(cfg, weight dtype, format, double_quant)`` for its load footprint."""
+    import jax.numpy as jnp
+
+    from jaxft.models.config import DecoderConfig
+
+    seed = getattr(args, "seed_plan", None)
+    cfg = DecoderConfig.from_hf(seed["hf"] if seed else shapes.from_args(args), source="bench shape")
+    weights = jnp.dtype(seed["weight_dtype"]) if seed else dtype
+    return [(cfg, weights, args.quant, bool(seed and seed.get("double_quant")))]
+
+
+def condense_loads(dtype) -> list[tuple[Any, Any, str, bool]]:
+    """The condense seed's encoder and frozen decoder, loaded in that order (as ``condense_parts`` plans them)."""
+    config = _seed_config("condense")
+    return [(_cfg(SEED_MODELS[section.path]), dtype, str(section.quantize), bool(section.get("double_quant", False)))
+            for section in (config.encoder, config.decoder)]
+
+
+def load_plan(loads, mesh) -> dict[str, Any]:
+    """What streaming the frozen models onto ``mesh`` holds (``jaxft.loaders.load_footprint``), bytes."""
+    from jaxft.loaders import load_footprint
+    from jaxft.train.placement import Placement
+
+    placement = Placement(mesh)
+    footprint = None
+    for cfg, weights, fmt, double_quant in loads:
+        step = load_footprint(cfg, weights, placement, fmt, double_quant)
+        footprint = step if footprint is None else footprint.then(step)
+    return {"peak_per_device": footprint.peak_per_device(), "resident_per_device": max(footprint.resident.values()),
+            "host_per_process": footprint.host_bytes}
+
+
 # Checkpoints named by the recipes' seed presets -> the bench's shapes of the same models.
 SEED_MODELS = {
     "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
@@ -139,6 +167,7 @@ def seed_plan(recipe: str) -> dict[str, Any]:
     c = _seed_config(recipe)
     micro = int(c.train.batch_size) // int(c.optim.accum_steps)
     out = dict(lora_rank=int(c.lora.rank), quant=str(c.model.quantize), remat=str(c.model.remat),
+               double_quant=bool(c.model.get("double_quant", False)),
                dtype=str(c.model.compute_dtype), weight_dtype=str(c.model.dtype), batch=micro,
                chunk=int(c.loss.chunk_size), accum=int(c.optim.accum_steps))
     if recipe == "minigpt":
@@ -179,6 +208,7 @@ def run(args) -> dict[str, Any]:
     dtype = jnp.dtype(args.dtype)
     parts = condense_parts if args.recipe == "condense" else lm_parts
     trainable, frozen, loss_fn, batch, what, model_flops = parts(args, dtype)
+    load = load_plan(condense_loads(dtype) if args.recipe == "condense" else lm_loads(args, dtype), mesh)
     batch_shapes = {k: (shape, jnp.dtype(dt)) for k, (shape, dt) in batch.items()}
 
     step, s_sh, f_sh, b_sh, optimizer = place_step(trainable, frozen, loss_fn, batch_shapes, mesh)
@@ -215,7 +245,10 @@ def run(args) -> dict[str, Any]:
                          "optimizer_state": nbytes(state["opt_state"])},
         "xla_flops_per_device": float(cost.get("flops", 0.0)) if cost else None,
         "model_flops_per_step": None if math.isnan(model_flops) else model_flops,
-        "fits": {name: per_device["total"] <= cap for name, cap in TARGETS},
+        # Loading the frozen models (streamed onto their shardings), before the first step.
+        "load_per_device_bytes": load,
+        "load_peak_per_device_gib": load["peak_per_device"] / GiB,
+        "fits": {name: max(per_device["total"], load["peak_per_device"]) <= cap for name, cap in TARGETS},
         # Keys every bench mode reports; a plan runs no step.
         "tokens_per_s": None, "step_s_median": None, "mfu": None,
     }

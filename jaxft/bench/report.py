@@ -67,6 +67,11 @@ def print_plan(r: dict[str, Any]) -> None:
     rows = [("mesh", r["mesh"]), ("compile s", r["compile_s"])]
     for k, v in r["per_device_gib"].items():
         rows.append((f"per device {k} GiB", v))
+    load = r.get("load_per_device_bytes")
+    if load:
+        rows += [("load peak per device GiB (streamed)", load["peak_per_device"] / GiB),
+                 ("load resident per device GiB", load["resident_per_device"] / GiB),
+                 ("load host tensor GiB per process", load["host_per_process"] / GiB)]
     g = r["global_bytes"]
     rows += [("trainable GiB (global)", g["trainable"] / GiB), ("frozen GiB (global)", g["frozen"] / GiB),
              ("optimizer state GiB (global)", g["optimizer_state"] / GiB),

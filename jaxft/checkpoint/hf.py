@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 ShardingFn = Callable[[tuple[str, ...], tuple[int, ...]], jax.sharding.Sharding | None]
+# (spec, host tensor) -> the parameter leaf: e.g. the tensor quantized onto its shardings.
+PlaceFn = Callable[[ParamSpec, np.ndarray], Any]
 
 
 def resolve(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
@@ -104,12 +106,21 @@ def _read_param(spec: ParamSpec, cfg: DecoderConfig, source: TensorSource, avail
     return out
 
 
-def load_pretrained(path_or_hub_id: str | Path, dtype=jnp.float32, *,
-                    sharding: ShardingFn | None = None) -> tuple[DecoderConfig, dict[str, Any]]:
+def onto(host: np.ndarray, target: jax.sharding.Sharding | None) -> jax.Array:
+    """A host tensor on the default device, or straight onto ``target``, each device getting only its shard."""
+    if target is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, target, lambda idx: host[idx])
+
+
+def load_pretrained(path_or_hub_id: str | Path, dtype=jnp.float32, *, sharding: ShardingFn | None = None,
+                    place: PlaceFn | None = None) -> tuple[DecoderConfig, dict[str, Any]]:
     """Load a checkpoint into ``(cfg, params)``.
 
     ``sharding(path, shape)`` may return a ``jax.sharding.Sharding`` for each
-    parameter; it is placed there directly, shard by shard.
+    parameter; it is placed there directly, shard by shard. ``place(spec, host)``
+    instead makes each parameter's leaf from its host tensor (``jaxft.loaders``
+    quantizes kernels onto their shardings this way).
     """
     cfg, source = open_checkpoint(path_or_hub_id)
     np_dtype = _np_dtype(dtype)
@@ -125,11 +136,10 @@ def load_pretrained(path_or_hub_id: str | Path, dtype=jnp.float32, *,
                     raise _unreadable(Path(source.origin), err) from None
                 raise
             used.update(spec.hf_names(cfg.num_hidden_layers))
-            target = sharding(spec.path, spec.shape) if sharding else None
-            if target is None:
-                value = jnp.asarray(host)
+            if place is not None:
+                value = place(spec, host)
             else:
-                value = jax.make_array_from_callback(spec.shape, target, lambda idx, h=host: h[idx])
+                value = onto(host, sharding(spec.path, spec.shape) if sharding else None)
             del host
             node = params
             for key in spec.path[:-1]:

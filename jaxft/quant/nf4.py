@@ -34,7 +34,41 @@ def _nearest_nf4(normalized: jax.Array) -> jax.Array:
     return jnp.sum(normalized[..., None] > mids, axis=-1, dtype=jnp.uint8)
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "double_quant"))
+def _blocks(flat: jax.Array, block_size: int) -> tuple[jax.Array, jax.Array]:
+    blocks = -(-flat.shape[-1] // block_size)
+    x = dynamic._pad_last(flat.astype(jnp.float32), blocks * block_size)
+    x = x.reshape(flat.shape[:-1] + (blocks, block_size))
+    absmax = jnp.max(jnp.abs(x), axis=-1)
+    idx = _nearest_nf4(x / jnp.where(absmax == 0, 1.0, absmax)[..., None])
+    return (idx[..., 0::2] << 4) | idx[..., 1::2], absmax
+
+
+# Every value depends on its own block only, so any run of whole blocks quantizes alone: a loader
+# quantizes each device's blocks of a kernel there, bit for bit as the whole kernel.
+nf4_blocks = jax.jit(_blocks, static_argnames=("block_size",))
+nf4_blocks.__doc__ = """Values [..., n] in the PyTorch [out, in] row-major order -> (codes uint8 [..., blocks,
+block_size // 2], float32 maxima [..., blocks]); the last block is zero-padded."""
+
+
+@functools.partial(jax.jit, static_argnames=("block_size",))
+def _kernel_blocks(w: jax.Array, block_size: int) -> tuple[jax.Array, jax.Array]:
+    d_in, d_out = w.shape[-2:]
+    return _blocks(jnp.swapaxes(w, -1, -2).reshape(w.shape[:-2] + (d_in * d_out,)), block_size)
+
+
+@jax.jit
+def double_quantize(absmax: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """float32 maxima [..., blocks] -> (uint8 dynamic codes [..., blocks], nested absmax, offset [...]).
+
+    A program of its own (not fused into the NF4 pass): the mean is the one order-dependent sum, and a
+    loader that quantizes shard by shard runs this same program on the gathered maxima.
+    """
+    # bitsandbytes' float32 mean; torch sums in another order, so the last bit can differ.
+    offset = jnp.mean(absmax, axis=-1)
+    absmax_codes, nested = dynamic.quantize_blockwise(absmax - offset[..., None])
+    return absmax_codes, nested, offset
+
+
 def quantize_nf4(w: jax.Array, block_size: int, double_quant: bool):
     """[..., in, out] -> (codes uint8 [..., blocks, block_size // 2], absmax, nested absmax, offset).
 
@@ -42,19 +76,10 @@ def quantize_nf4(w: jax.Array, block_size: int, double_quant: bool):
     with it ``absmax`` is uint8 dynamic codes, the nested absmax float32 [..., ceil(blocks / 256)]
     and the offset float32 [...].
     """
-    d_in, d_out = w.shape[-2:]
-    blocks = -(-d_in * d_out // block_size)
-    flat = jnp.swapaxes(w.astype(jnp.float32), -1, -2).reshape(w.shape[:-2] + (d_in * d_out,))
-    x = dynamic._pad_last(flat, blocks * block_size).reshape(w.shape[:-2] + (blocks, block_size))
-    absmax = jnp.max(jnp.abs(x), axis=-1)
-    idx = _nearest_nf4(x / jnp.where(absmax == 0, 1.0, absmax)[..., None])
-    codes = (idx[..., 0::2] << 4) | idx[..., 1::2]
+    codes, absmax = _kernel_blocks(w, block_size)
     if not double_quant:
         return codes, absmax, None, None
-    # bitsandbytes' float32 mean; torch sums in another order, so the last bit can differ.
-    offset = jnp.mean(absmax, axis=-1)
-    absmax_codes, nested = dynamic.quantize_blockwise(absmax - offset[..., None])
-    return codes, absmax_codes, nested, offset
+    return (codes, *double_quantize(absmax))
 
 
 def block_absmax(absmax: jax.Array, nested: jax.Array | None, offset: jax.Array | None) -> jax.Array:

@@ -1,7 +1,8 @@
-"""Recipes: one package per job, each with ``build(config, mesh) -> TrainTask``.
+"""Recipes: one package per job, each with ``build(config, placement) -> TrainTask``.
 
 ``config.recipe`` is a short name from ``RECIPES`` or a dotted module path of the
-user's own recipe (any importable module with a ``build(config, mesh)``).
+user's own recipe (any importable module with a ``build(config, placement)``; ``placement``
+(``jaxft.train.placement.Placement``) carries the mesh as ``placement.mesh``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def resolve(name: str) -> ModuleType:
     module_name = RECIPES.get(name, name if "." in name else None)
     if module_name is None:
         raise ValueError(f"config key 'recipe': unknown recipe '{name}' (known: {', '.join(sorted(RECIPES))}; "
-                         "or a dotted module path with build(config, mesh))")
+                         "or a dotted module path with build(config, placement))")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -34,7 +35,7 @@ def resolve(name: str) -> ModuleType:
             raise ValueError(f"config key 'recipe': cannot import module '{module_name}'") from None
         raise
     if not callable(getattr(module, "build", None)):
-        raise ValueError(f"config key 'recipe': module '{module_name}' has no build(config, mesh)")
+        raise ValueError(f"config key 'recipe': module '{module_name}' has no build(config, placement)")
     return module
 
 

@@ -34,11 +34,11 @@ def no_decay(path: tuple[str, ...], leaf) -> bool:
     return path[0] == "model" and is_norm_bias_or_embedding(path)
 
 
-def build(config, mesh) -> TrainTask:
+def build(config, placement) -> TrainTask:
     from jaxft.data import split_records
     from jaxft.data.lm import text_chunks
 
-    lm, trainable, frozen, tokenizer = load_lm(config)
+    lm, trainable, frozen, tokenizer = load_lm(config, placement=placement)
     texts = load_texts(config.data)
     seq_len = int(config.data.seq_len)
     examples = [{"input_ids": ids} for ids in text_chunks(tokenizer, texts, seq_len)]

@@ -155,11 +155,12 @@ def tune(config, cfg: DecoderConfig, params: Params, tokenizer: Any = None, **op
     return TunedLM(lm, trainable, frozen, tokenizer)
 
 
-def load_lm(config, model_cfg=None, **options) -> TunedLM:
-    """``load_model(config.model)`` (or ``model_cfg``, a changed copy of it) and ``tune`` over it."""
+def load_lm(config, model_cfg=None, placement=None, **options) -> TunedLM:
+    """``load_model(config.model)`` (or ``model_cfg``, a changed copy of it) onto ``placement`` and ``tune`` over it."""
     from jaxft.loaders import load_model
 
-    cfg, params, tokenizer = load_model(config.model if model_cfg is None else model_cfg, config.seed)
+    cfg, params, tokenizer = load_model(config.model if model_cfg is None else model_cfg, config.seed,
+                                        placement=placement)
     return tune(config, cfg, params, tokenizer, **options)
 
 

@@ -84,6 +84,16 @@ def _is_box(x) -> bool:
     return isinstance(x, nn.LogicallyPartitioned)
 
 
+def leaf_sharding(path: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh, rules,
+                  axes: tuple[str | None, ...] | None = None) -> NamedSharding:
+    """The NamedSharding of one leaf: ``axes`` if given, else the declared names of ``path``, else the generic rule."""
+    if axes is None:
+        axes = logical_axes_for(path, shape)
+    if axes is None:
+        axes = _generic_axes(shape)
+    return NamedSharding(mesh, partition_spec(axes, shape, mesh, rules))
+
+
 def tree_shardings(tree: Any, mesh: Mesh, rules, axes_tree: Any | None = None) -> Any:
     """A NamedSharding for every leaf of ``tree`` (arrays or ShapeDtypeStructs, or ``nn.LogicallyPartitioned``
     boxes of them: those get their own axes, and the result has a sharding where the box was)."""
@@ -98,10 +108,5 @@ def tree_shardings(tree: Any, mesh: Mesh, rules, axes_tree: Any | None = None) -
         axes = flat_axes[i] if flat_axes is not None else None
         if _is_box(leaf):
             axes, leaf = tuple(leaf.names), leaf.value
-        shape = tuple(leaf.shape)
-        if axes is None:
-            axes = logical_axes_for(names, shape)
-        if axes is None:
-            axes = _generic_axes(shape)
-        out.append(NamedSharding(mesh, partition_spec(axes, shape, mesh, rules)))
+        out.append(leaf_sharding(names, tuple(leaf.shape), mesh, rules, axes))
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from jaxft.train import mesh as mesh_lib
 from jaxft.train.metrics import MetricWriter, summarize
+from jaxft.train.placement import Placement
 from jaxft.train.sharding import tree_shardings
 from jaxft.train.step import init_state, jit_step, make_step_fn
 from jaxft.train.task import TrainTask
@@ -53,14 +54,14 @@ class Diverged(Exception):
     """Every one of the last ``train.max_skipped_updates`` updates was non-finite: nothing is exported."""
 
 
-def _rules(config) -> dict:
-    rules = dict(mesh_lib.DEFAULT_RULES)
-    rules.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(config.mesh.get("rules", {})).items()})
-    return rules
-
-
 def place(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+    """``tree`` on ``shardings``; leaves already there (a loader streamed them onto their placement) stay as they are."""
+    def put(x, s):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim):
+            return x
+        return jax.device_put(x, s)
+
+    return jax.tree.map(put, tree, shardings)
 
 
 def global_batch(batch: dict, mesh, rules) -> dict:
@@ -85,8 +86,8 @@ TaskOrBuilder = TrainTask | Callable[[Any, Any], TrainTask]
 
 
 class Trainer:
-    """``Trainer(config, workdir, task)``: ``task`` is a ``TrainTask`` or a ``build(config, mesh)``
-    that makes one on this trainer's mesh (``jaxft.main`` passes the recipe's ``build``)."""
+    """``Trainer(config, workdir, task)``: ``task`` is a ``TrainTask`` or a ``build(config, placement)``
+    that makes one on this trainer's ``Placement`` (``jaxft.main`` passes the recipe's ``build``)."""
 
     def __init__(self, config, workdir: str | Path, task: TaskOrBuilder):
         from jaxft.train.optim import make_optimizer  # heavy import kept local
@@ -102,11 +103,11 @@ class Trainer:
             check_writable(ck_dir, "checkpoint directory")
         if self.is_main:
             acquire_lock(self.workdir)
-        self.rules = _rules(config)
-        self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
+        self.placement = Placement.from_config(config)
+        self.rules, self.mesh = self.placement.rules, self.placement.mesh
         if not isinstance(task, TrainTask):
             with jax.set_mesh(self.mesh):
-                task = task(config, self.mesh)
+                task = task(config, self.placement)
         self.task: TrainTask = task
         self.trainable_sh = tree_shardings(task.trainable, self.mesh, self.rules, task.trainable_axes)
         self.frozen_sh = tree_shardings(task.frozen, self.mesh, self.rules, task.frozen_axes)

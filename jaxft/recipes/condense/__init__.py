@@ -10,7 +10,7 @@ with a prompt and a completion, the instruction objective.
 * ``model``: encoder + condense tokens + projector (a flax module), decoder input assembly
 * ``objectives``: the AE, continuation and instruction losses (``TrainTask`` sums)
 * ``data``: text -> both tokenizations and fixed-shape segments and targets
-* ``recipe``: ``build(config, mesh) -> TrainTask`` (``configs/condense.py``)
+* ``recipe``: ``build(config, placement) -> TrainTask`` (``configs/condense.py``)
 * ``reference``: import the reference trainer's ``modules.pt`` and PEFT LoRA
 * ``export`` / ``inference``: a trained condenser on disk; ``compress`` and ``generate``
 * ``evaluate``: condensed vs no-context losses on a config's validation records

@@ -1,4 +1,4 @@
-"""``build(config, mesh) -> TrainTask`` for the condense recipe (see ``configs/condense.py``).
+"""``build(config, placement) -> TrainTask`` for the condense recipe (see ``configs/condense.py``).
 
 The encoder and decoder are ``config.encoder`` / ``config.decoder`` (``jaxft.config.model_section``),
 the encoder's adapters ``config.lora``, the records ``config.data``; everything else is ``config.condense``.
@@ -66,12 +66,13 @@ def make_no_decay(decay_all: bool):
     return no_decay
 
 
-def build_parts(config) -> dict[str, Any]:
-    """Models, tokenizers and the initial trees (no data), shared by ``build`` and tests."""
+def build_parts(config, placement=None) -> dict[str, Any]:
+    """Models, tokenizers and the initial trees (no data), shared by ``build`` and tests; the frozen
+    models are loaded onto ``placement`` (see ``jaxft.loaders.load_model``)."""
     k = config.condense
     seed = int(config.seed)
-    encoder = load_model(config.encoder, seed, section="encoder")
-    decoder = load_model(config.decoder, seed + 1, section="decoder")
+    encoder = load_model(config.encoder, seed, section="encoder", placement=placement)
+    decoder = load_model(config.decoder, seed + 1, section="decoder", placement=placement)
     enc_cfg, enc_params = encoder.cfg, encoder.params
     if config.encoder.path and not enc_cfg.tie_word_embeddings:
         enc_params = {key: value for key, value in enc_params.items() if key != "lm_head"}  # never read
@@ -166,7 +167,7 @@ def pick_sample(pairs: list[tuple[Any, Tokens]], max_segments: int, candidates: 
     return best
 
 
-def build(config, mesh) -> TrainTask:
+def build(config, placement) -> TrainTask:
     from jaxft.data import split_records
     from jaxft.recipes.condense.export import export_condenser
     from jaxft.recipes.condense.inference import Condenser
@@ -176,7 +177,7 @@ def build(config, mesh) -> TrainTask:
     demo = not config.encoder.path and not config.decoder.path
     if demo and jax.process_index() == 0:
         print(demo_banner(bool(k.train_decoder)), flush=True)
-    parts = build_parts(config)
+    parts = build_parts(config, placement)
     model, layout = parts["model"], parts["layout"]
     enc_tok, dec_tok = parts["encoder_tokenizer"], parts["decoder_tokenizer"]
     ins = k.instruction

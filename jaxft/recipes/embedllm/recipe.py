@@ -1,4 +1,4 @@
-"""``build(config, mesh)``: the embedllm TrainTask (LoRA on the LLM + history encoder, loss on the last turn)."""
+"""``build(config, placement)``: the embedllm TrainTask (LoRA on the LLM + history encoder, loss on the last turn)."""
 
 from __future__ import annotations
 
@@ -61,11 +61,11 @@ def conversation_texts(config, tokenizer) -> tuple[list[str], str]:
     return texts, f"{len(texts)} generated conversations (recall a word stated in an earlier turn)"
 
 
-def build(config, mesh) -> TrainTask:
+def build(config, placement) -> TrainTask:
     from jaxft.data import split_records
 
     e = config.embedllm
-    llm_cfg, llm_params, tokenizer = load_model(config.model, config.seed)
+    llm_cfg, llm_params, tokenizer = load_model(config.model, config.seed, placement=placement)
     layout = Layout(max_turns=int(e.max_turns), max_turn_tokens=int(e.max_turn_tokens),
                     max_last_turn_tokens=int(e.max_last_turn_tokens), separator=e.separator,
                     append_eos=bool(e.append_eos))

@@ -89,7 +89,7 @@ def _tokenizer(config, texts: list[str]):
     return train_sentencepiece(texts, directory, vocab_size=size, model_type=kind), spm
 
 
-def _model(config, tokenizer):
+def _model(config, tokenizer, placement=None):
     m = config.minigpt
     dtype = jnp.dtype(config.model.dtype)
     if config.init_from:
@@ -99,7 +99,7 @@ def _model(config, tokenizer):
     if config.model.path:
         from jaxft.loaders import load_model
 
-        loaded = load_model(config.model, int(config.seed))
+        loaded = load_model(config.model, int(config.seed), placement=placement)
         return loaded.cfg, loaded.params
     hf = hf_config(vocab_size=len(tokenizer), hidden_size=int(m.d_model), num_layers=int(m.n_layer),
                    num_heads=int(m.n_head), num_kv_heads=int(m.n_kv_head) or None, context=int(m.context),
@@ -114,14 +114,14 @@ def _model(config, tokenizer):
     return cfg, init_params(cfg, jax.random.PRNGKey(int(config.seed)), dtype, std=float(m.init_std))
 
 
-def build(config, mesh) -> TrainTask:
+def build(config, placement) -> TrainTask:
     m = config.minigpt
     mode = str(m.mode)
     if mode not in MODES:
         raise ValueError(f"config key 'minigpt.mode'={mode!r}: expected pretrain or sft")
     texts, where = _texts(config, mode)
     tokenizer, spm_model = _tokenizer(config, texts)
-    cfg, params = _model(config, tokenizer)
+    cfg, params = _model(config, tokenizer, placement)
     seq_len = int(config.data.seq_len)
     if seq_len > cfg.max_position_embeddings:
         raise ValueError(f"config key 'data.seq_len'={seq_len} exceeds the model's context "

@@ -5,12 +5,12 @@ configs/movielens.py`` trains, ``python -m jaxft.recipes.movielens compare`` sco
 """
 
 
-def build(config, mesh):
+def build(config, placement):
     """The ``TrainTask`` (see :mod:`jaxft.recipes.movielens.recipe`); imported lazily so the data
     commands start without loading JAX."""
     from jaxft.recipes.movielens.recipe import build as build_task
 
-    return build_task(config, mesh)
+    return build_task(config, placement)
 
 
 def load_export(directory: str, base_model: str | None = None):

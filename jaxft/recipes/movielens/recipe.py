@@ -96,13 +96,13 @@ def _apply_epochs(config, train_count: int) -> None:
         config.optim.schedule.warmup_steps = math.ceil(float(ml.warmup_ratio) * int(config.train.steps))
 
 
-def build(config, mesh) -> TrainTask:
+def build(config, placement) -> TrainTask:
     from jaxft.loaders import load_model
 
     ml = config.movielens
     directory = data_dir(config)
     model_cfg = model_section(config, directory)
-    cfg, params, tokenizer = load_model(model_cfg, config.seed)
+    cfg, params, tokenizer = load_model(model_cfg, config.seed, placement=placement)
     encoding.ensure_chat_template(tokenizer)
     yes_id, no_id = encoding.answer_token_ids(tokenizer)
     data = movielens_data(config, directory, tokenizer)

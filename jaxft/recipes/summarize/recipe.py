@@ -1,4 +1,4 @@
-"""``build(config, mesh)``: LoRA (or full) SFT on document/summary pairs with the boundary-weighted loss.
+"""``build(config, placement)``: LoRA (or full) SFT on document/summary pairs with the boundary-weighted loss.
 
 The per-token loss weights (``boundary_token_weights``) travel in the batch as the per-token field
 ``loss_weights``; the step's loss is ``sum(weights * CE) / sum(loss_mask)`` and the plain
@@ -52,19 +52,20 @@ def eval_subset(records, count: int, seed: int) -> list[tuple[str, str]]:
 
 
 def count_params(tree: Any) -> int:
-    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+    """Parameters as the model has them: a quantized kernel counts its logical shape."""
+    from jaxft.quant import QuantizedKernel
+
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, QuantizedKernel))
+    return int(sum(np.prod(x.shape, dtype=np.int64) for x in leaves))
 
 
-def build(config, mesh) -> TrainTask:
-    from jaxft.loaders import load_model, quantize
+def build(config, placement) -> TrainTask:
+    from jaxft.loaders import load_model
 
     s = config.summarize
-    model_cfg = config.model.copy_and_resolve_references()
-    model_cfg.quantize = "none"  # counted at full size first, then quantized
-    cfg, params, tokenizer = load_model(model_cfg, config.seed)
+    cfg, params, tokenizer = load_model(config.model, config.seed, placement=placement)
     base_param_count = count_params(params)
     double_quant = str(config.model.quantize) == "nf4" and bool(config.model.double_quant)
-    params = quantize(params, cfg, str(config.model.quantize), double_quant=double_quant)
     lm, trainable, frozen, _ = tune(config, cfg, params, tokenizer, weights_key="loss_weights")
     data = summary_data(config, tokenizer)
     eval_pairs = eval_subset(data.valid_records, int(s.eval_samples), int(config.seed))
