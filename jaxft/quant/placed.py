@@ -69,6 +69,7 @@ def _assemble(shape, sharding, piece_of: Callable[[jax.Device], jax.Array]) -> j
 
 
 def _from_host(value: np.ndarray, sharding) -> jax.Array:
+    """A host array onto ``sharding`` (a copy, not a view of a device buffer: on CPU a view would keep it alive)."""
     return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
@@ -109,11 +110,11 @@ def _nf4_onto(host: np.ndarray, like: QuantizedKernel, sharding_of: LeafSharding
                                lambda d: _piece(blocks(spans[d], d)[1], _within(scales[d], spans[d]), d))
         return QuantizedKernel(codes_arr, scales_arr, **_meta(like))
     absmax = _gathered_absmax(host, like, spans, blocks)
-    dq_codes, nested, offset = nf4.double_quantize(jax.device_put(absmax, next(iter(codes))))
+    dq_codes, nested, offset = (np.array(x) for x in nf4.double_quantize(jax.device_put(absmax, next(iter(codes)))))
     del absmax
-    return QuantizedKernel(codes_arr, jax.device_put(dq_codes, scales_sh),
-                           jax.device_put(nested, sharding_of("scale_scales", nested.shape)),
-                           jax.device_put(offset, sharding_of("scale_offset", offset.shape)), **_meta(like))
+    return QuantizedKernel(codes_arr, _from_host(dq_codes, scales_sh),
+                           _from_host(nested, sharding_of("scale_scales", nested.shape)),
+                           _from_host(offset, sharding_of("scale_offset", offset.shape)), **_meta(like))
 
 
 def _gathered_absmax(host, like: QuantizedKernel, spans: dict, blocks) -> np.ndarray:
@@ -169,7 +170,7 @@ def quantize_onto(host: np.ndarray, sharding_of: LeafSharding, fmt: str = "nf4",
     device = next(iter(sharding_of("codes", like.codes.shape).addressable_devices))
     whole = quantize_kernel(jax.device_put(host, device), fmt, block_size, double_quant)
     leaves = {name: getattr(whole, name) for name in ARRAYS}
-    return QuantizedKernel(**{name: None if x is None else jax.device_put(x, sharding_of(name, x.shape))
+    return QuantizedKernel(**{name: None if x is None else _from_host(np.array(x), sharding_of(name, x.shape))
                               for name, x in leaves.items()}, **_meta(like))
 
 

@@ -64,3 +64,12 @@ def test_load_holds_about_one_shard_per_device(measured, fmt):
 
 def test_gguf_streams_onto_the_placement(measured):
     assert measured["gguf_split_leaves"] > 0  # and equal to the unsharded load: checked in the script
+
+
+def test_quantizing_shard_by_shard_equals_quantizing_whole():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, str(SCRIPT.parent / "placed_quant.py")], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "ok" and any("'fsdp'" in line.split("P(")[-1] for line in lines), out.stdout
