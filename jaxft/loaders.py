@@ -129,8 +129,9 @@ def load_model(model_cfg, seed: int = 0, *, section: str = "model", placement: "
 
     With ``model.path`` a checkpoint dir, a ``.gguf`` file or a hub id is loaded; without, a model
     of ``model.random_init``'s HF config keys gets random weights and the tokenizer's vocabulary.
-    With a ``placement`` every tensor is streamed straight onto ``placement.sharding_for`` (and
-    quantized there shard by shard), so no device ever holds the whole model.
+    Every checkpoint tensor is streamed straight onto ``placement.sharding_for`` (the default device
+    without a placement) and quantized there shard by shard, so no device ever holds the whole model,
+    quantized or not; ``Trainer`` then finds the frozen trees already placed.
     """
     from jaxft.checkpoint.hf import load_pretrained
 
