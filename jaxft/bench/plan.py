@@ -7,6 +7,10 @@ partitioner and buffer assignment for one device's program. The numbers are
 XLA:CPU's buffer assignment -- a close proxy for a TPU or GPU, not a promise:
 those backends fuse differently, pad layouts (TPU tiles) and add runtime
 overheads.
+
+Beside the step it reports what loading the frozen models holds per device
+(``jaxft.loaders.load_footprint``): each tensor is streamed onto its sharding, so the
+peak is a device's shards plus, while one kernel is quantized, that device's share of it.
 """
 
 from __future__ import annotations
