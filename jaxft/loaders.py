@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +16,13 @@ import numpy as np
 
 from jaxft.models.config import DecoderConfig
 
-if TYPE_CHECKING:
-    from jaxft.train.placement import Placement
+
+class Placement(Protocol):
+    """Where each leaf goes (``jaxft.train.placement.Placement`` is one): only what loading asks of it."""
+
+    def sharding_for(self, path: tuple[str, ...], shape: tuple[int, ...]) -> jax.sharding.Sharding: ...
+
+    def shardings(self, tree: Any) -> Any: ...
 
 log = logging.getLogger("jaxft")
 
@@ -85,7 +90,7 @@ def is_quantized_target(path: tuple[str, ...]) -> bool:
     return path[:2] == ("model", "layers") and path[-1] == "kernel"
 
 
-def leaf_placer(placement: "Placement | None", fmt: str = "none", double_quant: bool = False):
+def leaf_placer(placement: Placement | None, fmt: str = "none", double_quant: bool = False):
     """``(spec, host tensor) -> leaf`` for ``load_pretrained(place=)``: each tensor straight onto its sharding
     (the default device without a placement); with ``fmt`` nf4/int8 the decoder layers' kernels are
     quantized there, each device quantizing its own share (``jaxft.quant.placed``)."""
@@ -123,7 +128,7 @@ def _random_params(cfg: DecoderConfig, seed: int, dtype, std: float, placement, 
     return params
 
 
-def load_model(model_cfg, seed: int = 0, *, section: str = "model", placement: "Placement | None" = None
+def load_model(model_cfg, seed: int = 0, *, section: str = "model", placement: Placement | None = None
                ) -> LoadedModel:
     """``config.model`` -> the decoder config, its params (quantized per ``model.quantize``) and tokenizer.
 
@@ -180,7 +185,7 @@ class LoadFootprint(NamedTuple):
                              max(self.host_bytes, other.host_bytes))
 
 
-def load_footprint(cfg: DecoderConfig, dtype, placement: "Placement", fmt: str = "none",
+def load_footprint(cfg: DecoderConfig, dtype, placement: Placement, fmt: str = "none",
                    double_quant: bool = False) -> LoadFootprint:
     """``LoadFootprint`` of ``load_model`` for a checkpoint of ``cfg`` loaded in ``dtype`` onto ``placement``."""
     from jaxft.checkpoint.hf_names import param_specs
