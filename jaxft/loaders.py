@@ -115,7 +115,7 @@ def _random_params(cfg: DecoderConfig, seed: int, dtype, std: float, placement, 
     """Random weights (eager, so the values stay those of ``init_params``) moved onto the placement,
     then quantized kernel by kernel. Unlike a checkpoint they are made whole on one device first."""
     from jaxft.checkpoint.hf_names import param_specs
-    from jaxft.lora import paths
+    from jaxft.models import paths
     from jaxft.models.init import init_params
 
     params = init_params(cfg, jax.random.PRNGKey(seed), dtype, std=std)
