@@ -177,7 +177,7 @@ class LoadFootprint(NamedTuple):
     def peak_per_device(self) -> int:
         return max(self.resident.get(d, 0) + self.working.get(d, 0) for d in set(self.resident) | set(self.working))
 
-    def then(self, other: "LoadFootprint") -> "LoadFootprint":
+    def then(self, other: LoadFootprint) -> LoadFootprint:
         """Loading ``other`` after this one: both stay resident; the tensors' working bytes never overlap."""
         devices = set(self.resident) | set(other.resident)
         return LoadFootprint({d: self.resident.get(d, 0) + other.resident.get(d, 0) for d in devices},

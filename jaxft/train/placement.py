@@ -9,7 +9,8 @@ placing it again is then a no-op.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from jax.sharding import Mesh, NamedSharding
 
@@ -32,7 +33,7 @@ class Placement:
     rules: Rules = dataclasses.field(default_factory=lambda: dict(mesh_lib.DEFAULT_RULES))
 
     @classmethod
-    def from_config(cls, config) -> "Placement":
+    def from_config(cls, config) -> Placement:
         return cls(mesh_lib.make_mesh(dict(config.mesh.shape)), rules_from_config(config))
 
     def sharding_for(self, path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:

@@ -55,7 +55,7 @@ class Diverged(Exception):
 
 
 def place(tree, shardings):
-    """``tree`` on ``shardings``; leaves already there (a loader streamed them onto their placement) stay as they are."""
+    """``tree`` on ``shardings``; leaves already there (a loader streamed them onto their placement) stay put."""
     def put(x, s):
         if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim):
             return x

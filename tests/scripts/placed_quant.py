@@ -22,7 +22,7 @@ for mesh_shape in ({"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}):
     for shape in SHAPES:
         host = rng.standard_normal(shape).astype(ml_dtypes.bfloat16)
         for fmt, double_quant in (("nf4", False), ("nf4", True), ("int8", False)):
-            placed = quantize_onto(host, lambda name, s: placement.sharding_for(PATH + (name,), s), fmt, 64,
+            placed = quantize_onto(host, lambda name, s, p=placement: p.sharding_for(PATH + (name,), s), fmt, 64,
                                    double_quant)
             whole = quantize_kernel(jnp.asarray(host), fmt, 64, double_quant)
             for name in ARRAYS:
