@@ -1,6 +1,7 @@
 """``python -m jaxft.recipes.movielens prepare | check-seq-len | compare``.
 
-    python -m jaxft.recipes.movielens prepare --source ml-latest-small --output-dir data/movielens
+    python -m jaxft.recipes.movielens prepare --source DIR --output-dir data/movielens
+    python -m jaxft.recipes.movielens prepare --download ml-latest-small --output-dir data/movielens   # or ml-100k
     python -m jaxft.recipes.movielens check-seq-len --config configs/movielens.py:seed
     python -m jaxft.recipes.movielens compare --export runs/movielens/export --data data/movielens/test_raw.jsonl
 """
@@ -11,16 +12,21 @@ import argparse
 import json
 from pathlib import Path
 
+from jaxft.recipes.movielens import prompts
+from jaxft.recipes.movielens.download import ARCHIVES, DEFAULT
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jaxft.recipes.movielens", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     prep = sub.add_parser("prepare", help="MovieLens files -> train.json, eval.json, test_raw.jsonl, meta.json")
-    where = prep.add_mutually_exclusive_group(required=True)
+    where = prep.add_mutually_exclusive_group()
     where.add_argument("--source", type=Path, help="folder with ratings.csv+movies.csv, ratings.dat+movies.dat "
-                                                   "or u.data+u.item")
-    where.add_argument("--download", choices=("ml-latest-small",), help="fetch this GroupLens archive (online)")
+                                                   "or u.data+u.item (neither flag: --download ml-latest-small, "
+                                                   "as the reference)")
+    where.add_argument("--download", nargs="?", const=DEFAULT, choices=tuple(ARCHIVES),
+                       help=f"fetch this GroupLens archive once into the cache (online; default {DEFAULT})")
     prep.add_argument("--output-dir", type=Path, required=True)
     prep.add_argument("--history-len", type=int, default=15)
     prep.add_argument("--rating-threshold", type=float, default=4.0)
@@ -29,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--max-eval", type=int, default=None, help="keep at most N validation records")
     prep.add_argument("--max-per-user", type=int, default=None, help="keep each user's first N candidates")
     prep.add_argument("--seed", type=int, default=13)
+    prep.add_argument("--system-prompt", default=prompts.SYSTEM_PROMPT, help="the system prompt of every record")
+    prep.add_argument("--instruction", default=prompts.INSTRUCTION, help="the instruction of every record")
     prep.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                       help="bad rows: stop at the first (default) or skip and count them")
 
@@ -54,13 +62,16 @@ def _prepare(args) -> int:
     from jaxft.recipes.movielens.prepare import PrepareOptions, prepare, write_prepared
 
     source = args.source
-    if args.download:
+    if source is not None and not source.is_dir() and str(source) in ARCHIVES:
+        raise ValueError(f"--source {source}: not a directory; to fetch that archive, use --download {source}")
+    if source is None:
         from jaxft.recipes.movielens.download import download
 
-        source = download(args.download)
+        source = download(args.download or DEFAULT)
     opts = PrepareOptions(history_len=args.history_len, rating_threshold=args.rating_threshold,
                           val_ratio=args.val_ratio, test_ratio=args.test_ratio, max_eval=args.max_eval,
-                          max_per_user=args.max_per_user, seed=args.seed, on_error=args.on_error)
+                          max_per_user=args.max_per_user, seed=args.seed, on_error=args.on_error,
+                          system_prompt=args.system_prompt, instruction=args.instruction)
     prepared = prepare(source, opts)
     write_prepared(prepared, args.output_dir)
     meta = prepared.meta

@@ -6,6 +6,11 @@ instruction), and p(Yes) = p(Yes) / (p(Yes) + p(No)) of the two answer tokens at
 position; the prediction is Yes when p(Yes) > 0.5. The base model is the export's base without any
 adapter (the reference loaded its adapter into the base model before scoring "base", so its two
 columns were the same model); the tuned model is base + adapter, or the fully tuned weights.
+
+With ``--output preds.jsonl`` the records where the two disagree are also written, as the reference's
+``compare_base_vs_lora.py`` writes them: ``preds.disagreements.jsonl`` (all),
+``preds.improvements.jsonl`` (the tuned model right, the base wrong) and ``preds.regressions.jsonl``
+(the reverse), each row with its history.
 """
 
 from __future__ import annotations
@@ -103,30 +108,63 @@ def compare(export: Path, data: Path, *, limit: int | None = None, output: Path 
               "pred_base": prompts.POSITIVE if b else prompts.NEGATIVE,
               "pred_tuned": prompts.POSITIVE if t else prompts.NEGATIVE}
              for r, pb, pt, b, t in zip(rows, p_base, p_tuned, pred_base, pred_tuned)]
+    split = disagreements(lines, rows)
     if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        _write_jsonl(Path(output), lines)
+        for name, part in split.items():
+            _write_jsonl(analysis_path(Path(output), name), part)
     return {"base": scores(pred_base, true), "tuned": scores(pred_tuned, true), "rows": lines,
+            "counts": {name: len(part) for name, part in split.items()},
             "export": str(export), "data": str(data), "output": str(output) if output else None}
+
+
+def disagreements(lines: list[dict], rows: list[dict]) -> dict[str, list[dict]]:
+    """The records the two models answer differently: all of them, those the tuning fixed
+    (``improvements``) and those it broke (``regressions``); each with its index and history."""
+    out: dict[str, list[dict]] = {"disagreements": [], "improvements": [], "regressions": []}
+    for index, (line, row) in enumerate(zip(lines, rows)):
+        if line["pred_base"] == line["pred_tuned"]:
+            continue
+        entry = {"index": index, **line, "history_titles": row["history_titles"],
+                 "base_correct": line["pred_base"] == line["label"], "tuned_correct": line["pred_tuned"] == line["label"]}
+        out["disagreements"].append(entry)
+        out["improvements" if entry["tuned_correct"] else "regressions"].append(entry)
+    return out
+
+
+def analysis_path(output: Path, name: str) -> Path:
+    return output.with_name(f"{output.stem}.{name}.jsonl")
+
+
+def _write_jsonl(path: Path, lines: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 def format_report(result: dict, examples: int = 5) -> str:
     base, tuned = result["base"], result["tuned"]
     out = [f"{result['data']}: {base['n']} records; export {result['export']}", "",
            f"{'':28}{'base':>10}{'tuned':>10}"]
-    for name, key in (("accuracy", "accuracy"), ("F1 (Yes positive)", "f1")):
+    for name, key in (("accuracy", "accuracy"), ("precision (Yes positive)", "precision"),
+                      ("recall (Yes positive)", "recall"), ("F1 (Yes positive)", "f1")):
         out.append(f"{name:28}{base[key]:>10.4f}{tuned[key]:>10.4f}")
     out.append(f"{'majority-class accuracy':28}{base['majority_accuracy']:>10.4f}{tuned['majority_accuracy']:>10.4f}"
                f"   (always {base['majority_label']})")
     for name in ("tp", "fp", "fn", "tn"):
         out.append(f"{'confusion ' + name.upper():28}{base['confusion'][name]:>10}{tuned['confusion'][name]:>10}")
+    counts = result.get("counts")
+    if counts:
+        out += ["", f"disagreements {counts['disagreements']}: the tuning fixed {counts['improvements']}, "
+                    f"broke {counts['regressions']}"]
     if examples > 0:
         out += ["", "examples (label: base p(Yes) -> tuned p(Yes)):"]
         for row in result["rows"][:examples]:
             out.append(f"  user {row['user_id']}, {row['candidate_title']!r}, {row['label']}: "
                        f"{row['p_yes_base']:.3f} -> {row['p_yes_tuned']:.3f}")
     if result.get("output"):
-        out += ["", f"per-record predictions: {result['output']}"]
+        output = Path(result["output"])
+        out += ["", f"per-record predictions: {output}; disagreements, improvements and regressions: "
+                    f"{analysis_path(output, '{disagreements,improvements,regressions}')}"]
     return "\n".join(out)

@@ -35,12 +35,16 @@ def confusion(pred: Sequence[int], true: Sequence[int]) -> dict[str, int]:
 
 
 def scores(pred: Sequence[int], true: Sequence[int]) -> dict:
-    """accuracy, F1 (Yes positive), confusion matrix and the majority-class baseline's accuracy."""
+    """accuracy, precision, recall and F1 (Yes positive; 0 where undefined, as the reference's
+    ``compare_base_vs_lora.py``), confusion matrix and the majority-class baseline's accuracy."""
     c = confusion(pred, true)
     n = sum(c.values())
     positives = c["tp"] + c["fn"]
     denom = 2 * c["tp"] + c["fp"] + c["fn"]
+    predicted = c["tp"] + c["fp"]
     return {"n": n, "accuracy": (c["tp"] + c["tn"]) / n if n else 0.0,
+            "precision": c["tp"] / predicted if predicted else 0.0,
+            "recall": c["tp"] / positives if positives else 0.0,
             "f1": 2 * c["tp"] / denom if denom else 0.0, "confusion": c,
             "majority_label": "Yes" if positives * 2 >= n else "No",
             "majority_accuracy": max(positives, n - positives) / n if n else 0.0}

@@ -83,7 +83,13 @@ def test_compare_matches_transformers_and_peft(export_dir, prepared_dir, tmp_pat
     for line in lines:
         assert line["pred_base"] == ("Yes" if line["p_yes_base"] > 0.5 else "No")
         assert line["pred_tuned"] == ("Yes" if line["p_yes_tuned"] > 0.5 else "No")
-    assert "majority-class accuracy" in report and "confusion TP" in report
+    assert "majority-class accuracy" in report and "confusion TP" in report and "precision (Yes positive)" in report
+    # the disagreement files, as the reference writes them (here beside --output)
+    written = {name: [json.loads(x) for x in (tmp_path / f"preds.{name}.jsonl").read_text().splitlines()]
+               for name in ("disagreements", "improvements", "regressions")}
+    differ = [i for i, line in enumerate(lines) if line["pred_base"] != line["pred_tuned"]]
+    assert [d["index"] for d in written["disagreements"]] == differ
+    assert len(written["improvements"]) + len(written["regressions"]) == len(differ)
 
 
 def test_compare_limit_and_bad_inputs(export_dir, prepared_dir, tmp_path, capsys):
@@ -99,3 +105,18 @@ def test_compare_limit_and_bad_inputs(export_dir, prepared_dir, tmp_path, capsys
     assert capsys.readouterr().err.strip() == f"error: {bad}:2: key 'history_titles' is missing"
     assert main(["compare", "--export", str(tmp_path), "--data", str(data)]) == 2
     assert "movielens.json" in capsys.readouterr().err
+
+
+def test_disagreements_split_into_improvements_and_regressions():
+    from jaxft.recipes.movielens.compare import disagreements
+
+    labels = ["Yes", "No", "Yes", "No", "Yes"]
+    base = ["Yes", "Yes", "No", "No", "No"]
+    tuned = ["No", "No", "Yes", "No", "No"]
+    lines = [{"label": l, "pred_base": b, "pred_tuned": t} for l, b, t in zip(labels, base, tuned)]
+    rows = [{"history_titles": [f"h{i}"]} for i in range(5)]
+    split = disagreements(lines, rows)
+    assert [d["index"] for d in split["disagreements"]] == [0, 1, 2]
+    assert [d["index"] for d in split["improvements"]] == [1, 2]  # base wrong, tuned right
+    assert [d["index"] for d in split["regressions"]] == [0]
+    assert split["regressions"][0]["history_titles"] == ["h0"] and split["regressions"][0]["base_correct"]

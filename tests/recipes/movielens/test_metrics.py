@@ -99,3 +99,16 @@ def test_missing_train_loss_is_ignored_and_patience_zero_never_stops():
     assert _first_stop(rule, rows) == 3  # the train loss only starts counting at the second eval
     assert _first_stop(MultiMetricStop(patience=0), [(1.0, 0.5, 0.5)] * 5) is None
     assert MultiMetricStop(patience=3)([]) is None
+
+
+def test_precision_and_recall_like_sklearn():
+    from sklearn.metrics import precision_score, recall_score
+
+    from jaxft.recipes.movielens.metrics import scores
+
+    rng = np.random.default_rng(4)
+    pred, true = rng.integers(0, 2, 50), rng.integers(0, 2, 50)
+    got = scores(pred, true)
+    assert got["precision"] == pytest.approx(precision_score(true, pred))
+    assert got["recall"] == pytest.approx(recall_score(true, pred))
+    assert scores([0, 0], [1, 0])["precision"] == 0.0 and scores([0, 0], [0, 0])["recall"] == 0.0

@@ -194,3 +194,51 @@ def test_download_offline_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: --download ml-latest-small: cannot fetch") and proc.stderr.count("\n") == 1
+
+
+def _zipped(tmp_path, name, layout):
+    import zipfile
+
+    folder = write_layout(tmp_path / "zipsrc" / name, layout)
+    archive = tmp_path / f"{name}.zip"
+    with zipfile.ZipFile(archive, "w") as zf:  # as GroupLens packs it: one folder named after the archive
+        for file in folder.iterdir():
+            zf.write(file, f"{name}/{file.name}")
+    return archive.as_uri()
+
+
+def test_download_fetches_the_named_archives_offline_from_file_urls(tmp_path, monkeypatch):
+    from jaxft.recipes.movielens import download
+
+    assert download.ARCHIVES["ml-100k"][0] == "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+    assert download.ARCHIVES["ml-latest-small"][0] == \
+        "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+    monkeypatch.setenv("JAXFT_CACHE_DIR", str(tmp_path / "cache"))
+    for name, layout in (("ml-100k", "100k"), ("ml-latest-small", "csv")):
+        monkeypatch.setitem(download.ARCHIVES, name, (_zipped(tmp_path, name, layout), download.ARCHIVES[name][1]))
+    args = ["--history-len", "2", "--val-ratio", "0.25", "--test-ratio", "0.25"]
+    assert main(["prepare", "--download", "ml-100k", "--output-dir", str(tmp_path / "a")] + args) == 0
+    assert (tmp_path / "cache" / "movielens" / "ml-100k" / "u.data").is_file()
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["source"]["layout"] == "100k" and meta["counts"] == {"train": 4, "eval": 2, "test": 2}
+    # neither --source nor a named archive: ml-latest-small, as the reference fetches when given no --source
+    assert main(["prepare", "--output-dir", str(tmp_path / "b")] + args) == 0
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["source"]["directory"].endswith("ml-latest-small")
+    assert main(["prepare", "--download", "--output-dir", str(tmp_path / "c")] + args) == 0  # a bare --download too
+    (tmp_path / "notzip").write_text("<html>moved</html>")
+    monkeypatch.setitem(download.ARCHIVES, "ml-100k", ((tmp_path / "notzip").as_uri(), "u.data"))
+    with pytest.raises(download.DownloadError, match="is not a zip archive"):
+        download.download("ml-100k", root=tmp_path / "other")
+
+
+def test_a_named_source_points_at_download_and_prompts_are_flags(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "--source", "ml-latest-small", "--output-dir", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --source ml-latest-small: not a directory; to fetch that "
+                                               "archive, use --download ml-latest-small")
+    source = write_layout(tmp_path / "src", "csv")
+    assert main(["prepare", "--source", str(source), "--output-dir", str(tmp_path / "p"), "--history-len", "2",
+                 "--val-ratio", "0.25", "--test-ratio", "0.25", "--system-prompt", "Be brief.",
+                 "--instruction", "Yes or No?"]) == 0
+    records = json.loads((tmp_path / "p" / "train.json").read_text())
+    assert {r["system"] for r in records} == {"Be brief."} and {r["instruction"] for r in records} == {"Yes or No?"}
