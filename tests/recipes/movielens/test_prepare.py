@@ -103,7 +103,9 @@ def _reference_samples(ratings, titles, history_len, threshold, val_ratio, test_
 
     df = pd.DataFrame([r.__dict__ for r in ratings]).rename(columns={"user_id": "userId", "movie_id": "movieId"})
     out = []
-    for user_id, g in df.sort_values(["userId", "timestamp"], kind="stable").groupby("userId", sort=False):
+    # the reference's own call (no kind=): on two keys pandas sorts lexicographically, which keeps the file
+    # order of equal timestamps
+    for user_id, g in df.sort_values(["userId", "timestamp"]).groupby("userId", sort=False):
         events = [(int(r.movieId), float(r.rating), int(r.timestamp)) for r in g.itertuples(index=False)]
         if len(events) <= history_len:
             continue
@@ -129,6 +131,23 @@ def test_matches_a_transcription_of_the_reference_on_random_ratings():
             for s in build_samples(ratings, titles, opts)]
     assert ours == _reference_samples(ratings, titles, 5, 4.0, 0.05, 0.1)
     assert len(ours) > 600 and {s[0] for s in ours} == {"train", "val", "test"}
+
+
+def test_equal_timestamps_within_a_user_keep_their_file_order_as_the_reference():
+    rng = np.random.default_rng(1)
+    titles = {m: f"Movie {m} ({1950 + m})" for m in range(1, 61)}
+    # timestamps from a handful of values: most of a user's ratings share one with another
+    ratings = [Rating(int(u), int(m), float(rng.integers(1, 11)) / 2, int(rng.integers(0, 4)))
+               for u, m in zip(rng.integers(1, 12, size=500), rng.integers(1, 61, size=500))]
+    opts = PrepareOptions(history_len=4, val_ratio=0.1, test_ratio=0.1)
+    ours = [(s.split, s.user_id, s.history_titles, s.candidate_title, s.label)
+            for s in build_samples(ratings, titles, opts)]
+    assert ours == _reference_samples(ratings, titles, 4, 4.0, 0.1, 0.1)
+    # and by hand: user 7's two ratings at t=5 stay in file order, whatever their movie ids
+    tied = [Rating(7, 9, 4.0, 5), Rating(7, 2, 1.0, 5), Rating(7, 5, 3.0, 1)]
+    (sample,) = build_samples(tied, {2: "B (2000)", 5: "E (2000)", 9: "I (2000)"},
+                              PrepareOptions(history_len=2, val_ratio=0.0, test_ratio=0.0))
+    assert sample.history_titles[1].startswith("2. I (2000)") and sample.candidate_title == "B (2000)"
 
 
 def _bad_csv(tmp_path, ratings_lines):

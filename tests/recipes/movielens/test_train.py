@@ -53,7 +53,15 @@ def test_qlora_train_export_compare(tiny_checkpoint, demo_tokenizer_dir, prepare
 
     from jaxft.recipes.movielens import build
 
-    c = _seed_config(tiny_checkpoint, demo_tokenizer_dir, prepared_dir, tmp_path)
+    import shutil
+
+    data = tmp_path / "data"  # the prepared records, one eval answer made Yes so that F1 can be anything
+    shutil.copytree(prepared_dir, data)
+    eval_records = json.loads((data / "eval.json").read_text())
+    eval_records[0]["output"] = "Yes"
+    (data / "eval.json").write_text(json.dumps(eval_records))
+    c = _seed_config(tiny_checkpoint, demo_tokenizer_dir, data, tmp_path)
+    c.export.source = "last"  # the parameters of the last eval, whose metrics are checked below
     c.movielens.epochs = 2.0  # 4 train records, batch 4: 2 steps; warmup ceil(0.03 * 2) = 1
     trainer = Trainer(c, tmp_path / "run", build)
     assert int(c.train.steps) == 2 and int(c.optim.schedule.warmup_steps) == 1
@@ -62,8 +70,6 @@ def test_qlora_train_export_compare(tiny_checkpoint, demo_tokenizer_dir, prepare
     history = trainer.run()
     step, metrics = history["eval"][-1]
     assert step == 2 and {"accuracy", "f1", "loss"} <= set(metrics)
-    # two eval records, both "No": accuracy is 0, 0.5 or 1 and F1 is 0 (no positive at all)
-    assert metrics["accuracy"] in (0.0, 0.5, 1.0) and metrics["f1"] == 0.0
     export = trainer.export()
     settings = json.loads((export / "movielens.json").read_text())
     assert settings["tuned"] == "adapter" and settings["double_quant"]
@@ -72,12 +78,24 @@ def test_qlora_train_export_compare(tiny_checkpoint, demo_tokenizer_dir, prepare
     loaded = load_export(str(export))
     assert (loaded.settings["yes_token_id"], loaded.settings["no_token_id"]) == encoding.answer_token_ids(
         loaded.tokenizer)
+    # the logged accuracy and F1 are those of p(Yes) scored independently on the exported model
+    import numpy as np
+
+    from jaxft.recipes.movielens.compare import score_records
+    from jaxft.recipes.movielens.metrics import scores
+
+    encoded = encoding.encode_records(loaded.tokenizer, eval_records, int(loaded.settings["cutoff_len"]))
+    yes, no = encoding.answer_token_ids(loaded.tokenizer)
+    p_yes = score_records(loaded.cfg, loaded.tuned, encoded, yes, no, 4, loaded.tokenizer.pad_token_id or 0,
+                          np.float32)
+    want = scores((p_yes > 0.5).astype(int), [int(r["output"] == "Yes") for r in eval_records])
+    assert metrics["accuracy"] == pytest.approx(want["accuracy"]) and metrics["f1"] == pytest.approx(want["f1"])
     result = compare(export, prepared_dir / "test_raw.jsonl", output=tmp_path / "preds.jsonl")
     assert result["tuned"]["n"] == 2 and len((tmp_path / "preds.jsonl").read_text().splitlines()) == 2
 
     # a second build reuses the token cache and says so
     caplog.set_level(logging.INFO, logger="jaxft")
-    Trainer(_seed_config(tiny_checkpoint, demo_tokenizer_dir, prepared_dir, tmp_path), tmp_path / "run2", build)
+    Trainer(_seed_config(tiny_checkpoint, demo_tokenizer_dir, data, tmp_path), tmp_path / "run2", build)
     assert sum("reused the token cache" in r.getMessage() for r in caplog.records) == 2
 
 
