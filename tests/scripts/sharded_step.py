@@ -55,7 +55,9 @@ def loss_fn(t, f, b, key):
 devices = jax.devices()[: data * fsdp * tensor]
 mesh = mesh_lib.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor}, devices)
 rules = mesh_lib.DEFAULT_RULES
-optimizer = optax.adamw(1e-2)
+# eps bounds Adam's gain on near-zero gradients, where a sum's order (sharded vs not) would otherwise
+# decide a whole step's sign
+optimizer = optax.adamw(1e-2, eps=1e-3)
 t_sh = tree_shardings(trainable, mesh, rules)
 f_sh = tree_shardings(frozen, mesh, rules)
 state = init_state(trainable, optimizer, 0, ema=False)

@@ -107,8 +107,8 @@ def test_build_tokenizes_each_text_once(tmp_path, monkeypatch):
     enc_calls, dec_calls = collections.Counter(), collections.Counter()
     build_parts = recipe.build_parts
 
-    def counted_parts(config):
-        parts = build_parts(config)
+    def counted_parts(config, placement=None):
+        parts = build_parts(config, placement)
         parts["encoder_tokenizer"] = CountingTokenizer(parts["encoder_tokenizer"], enc_calls)
         parts["decoder_tokenizer"] = CountingTokenizer(parts["decoder_tokenizer"], dec_calls)
         return parts

@@ -145,9 +145,14 @@ def test_sft_reads_a_txt_of_many_examples_as_many_records(tmp_path, pretrained):
     assert train + valid == 300 and valid > 0
 
 
-def test_sample_accepts_the_references_underscore_flags(tmp_path, pretrained, capsys):
+def test_sample_accepts_the_references_underscore_flags(tmp_path, pretrained, capsys, monkeypatch):
+    from jaxft.recipes.minigpt import sampling as msampling
     from jaxft.recipes.minigpt.cli import main
 
+    settings = []
+    reference_sampling = msampling.reference_sampling
+    monkeypatch.setattr(msampling, "reference_sampling",
+                        lambda cfg, tok, **kw: settings.append(kw) or reference_sampling(cfg, tok, **kw))
     export = pretrained[0]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("What\n")
@@ -158,9 +163,9 @@ def test_sample_accepts_the_references_underscore_flags(tmp_path, pretrained, ca
     assert main(common + ["--prompt-file", str(prompts), "--max-new", "6", "--min-new", "2", "--top-p", "0.9",
                           "--rep-penalty", "1.3", "--no-repeat", "2"]) == 0
     assert capsys.readouterr().out == underscored and underscored.startswith("### Prompt 1\nWhat\n---\n")
-    assert main(common + ["--prompt", "What", "--max-new", "6", "--min-new", "2", "--top-p", "0.9",
-                          "--rep-penalty", "1.0", "--no-repeat", "0"]) == 0
-    assert capsys.readouterr().out != underscored  # the flags took effect
+    # the flags took effect: both spellings reach the sampler as the values given, not the defaults
+    assert settings[0] == settings[1] == dict(temp=0.0, top_p=0.9, min_new=2, max_new=6, rep_penalty=1.3,
+                                              no_repeat=2)
 
 
 def _cli(*args):
