@@ -126,7 +126,8 @@ def disagreements(lines: list[dict], rows: list[dict]) -> dict[str, list[dict]]:
         if line["pred_base"] == line["pred_tuned"]:
             continue
         entry = {"index": index, **line, "history_titles": row["history_titles"],
-                 "base_correct": line["pred_base"] == line["label"], "tuned_correct": line["pred_tuned"] == line["label"]}
+                 "base_correct": line["pred_base"] == line["label"],
+                 "tuned_correct": line["pred_tuned"] == line["label"]}
         out["disagreements"].append(entry)
         out["improvements" if entry["tuned_correct"] else "regressions"].append(entry)
     return out

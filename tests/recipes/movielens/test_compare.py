@@ -113,7 +113,7 @@ def test_disagreements_split_into_improvements_and_regressions():
     labels = ["Yes", "No", "Yes", "No", "Yes"]
     base = ["Yes", "Yes", "No", "No", "No"]
     tuned = ["No", "No", "Yes", "No", "No"]
-    lines = [{"label": l, "pred_base": b, "pred_tuned": t} for l, b, t in zip(labels, base, tuned)]
+    lines = [{"label": y, "pred_base": b, "pred_tuned": t} for y, b, t in zip(labels, base, tuned)]
     rows = [{"history_titles": [f"h{i}"]} for i in range(5)]
     split = disagreements(lines, rows)
     assert [d["index"] for d in split["disagreements"]] == [0, 1, 2]
