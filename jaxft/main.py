@@ -18,6 +18,25 @@ from jaxft.errors import cli_boundary, fail
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file, optionally with ':preset'.",
                                           lock_config=True)
+
+
+class _ConfigLoadedOnce(flags.ArgumentParser):
+    """The ``--config`` parser: hands over the config ``_precheck_config`` loaded, so the file runs once."""
+
+    loaded: dict[str, object] = {}  # --config value -> its get_config() result
+
+    def parse(self, argument):
+        from jaxft.config import load_config_file
+
+        config = self.loaded.pop(argument) if argument in self.loaded else load_config_file(argument)
+        config.lock()
+        return config
+
+    def flag_type(self) -> str:
+        return "config object"
+
+
+flags.FLAGS["config"].parser = _ConfigLoadedOnce()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and exports go.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() first (multi-host TPU pods / GPU clusters).")
@@ -100,8 +119,8 @@ def _train(config) -> int:
     from jaxft.train.trainer import Diverged, Preempted, Trainer
     from jaxft.train.validate import validate
 
-    validate(config)
-    trainer = Trainer(config, workdir, resolve(config.recipe).build)
+    settings = validate(config)
+    trainer = Trainer(config, workdir, resolve(config.recipe).build, settings=settings)
     try:
         if trainer.task.description and trainer.is_main:
             print(trainer.task.description, flush=True)
@@ -119,10 +138,10 @@ def _train(config) -> int:
             from jaxft.report import write_report
 
             write_report(trainer.workdir)
-            if exported and config.export.get("hub_repo"):
+            if exported and settings.export.hub_repo:
                 from jaxft.export import push
 
-                if not push(exported, config.export.hub_repo):
+                if not push(exported, settings.export.hub_repo):
                     return 2  # the local export is written; the upload failed (said in one line)
         return 0
     finally:
@@ -136,8 +155,8 @@ def _write_summary(trainer, history: dict, workdir: Path, exported: Path | None)
     spec = _config_spec(sys.argv) or ""
     path, _, preset = spec.partition(":")
     summary = {"config_file": str(Path(path).resolve()) if path else None, "preset": preset or None,
-               "recipe": trainer.config.recipe, "final_step": history["final_step"],
-               "best_step": history.get("best_step"), "best_metric": trainer.config.train.early_stopping.metric,
+               "recipe": trainer.settings.recipe, "final_step": history["final_step"],
+               "best_step": history.get("best_step"), "best_metric": trainer.settings.train.early_stopping.metric,
                "exported_step": trainer.exported_step, "export_dir": str(exported) if exported else None,
                "skipped_updates": history["skipped_updates"], "stopped": history.get("stopped")}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -186,6 +205,7 @@ def _precheck_config(argv: list[str]) -> None:
         config = load_config_file(spec)
     except Exception as e:  # noqa: BLE001 - the user's config file: report its own message
         _fail(str(e))
+    _ConfigLoadedOnce.loaded[spec] = config
     for arg in argv:
         if arg.startswith("--config."):
             key = arg[len("--config."):].split("=", 1)[0]

@@ -14,7 +14,7 @@ import numpy as np
 from jaxft.checkpoint.hf_names import is_norm_bias_or_embedding
 from jaxft.loaders import load_records
 from jaxft.train.lm import Finetuned, GlobalBatches, export_finetuned, load_finetuned, load_lm
-from jaxft.train.task import TrainTask
+from jaxft.train.task import TrainTask, data_fingerprint
 
 log = logging.getLogger("jaxft")
 
@@ -69,7 +69,7 @@ def build(config, placement) -> TrainTask:
     return TrainTask(
         trainable=trainable, frozen=frozen, loss_fn=lm.loss_fn(), train_batches=batches.train(train),
         no_decay=no_decay, eval_batches=batches.eval(valid), export_fn=export_fn,
-        samples_fn=samples_fn if config.sample.prompt else None,
+        samples_fn=samples_fn if config.sample.prompt else None, data_fingerprint=data_fingerprint(config.data),
         description=f"lm: {'full fine-tuning' if lm.full else f'LoRA r={config.lora.rank}'} of {where} on {text}; "
                     f"{len(train)} train / {len(valid)} validation sequences of {seq_len} tokens",
     )

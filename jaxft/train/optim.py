@@ -20,6 +20,7 @@ gradient; the optimizer state also stays free of an extra gradient buffer.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
+from jaxft.settings import OptimSettings, ScheduleSettings, defaults_dict, parse_optim, parse_schedule
 from jaxft.train.task import no_decay_rank1
 
 PyTree = Any
@@ -39,37 +41,14 @@ GROUP_OVERRIDES = ("lr", "peak_lr", "weight_decay")
 
 
 def default_config() -> ConfigDict:
-    """The optimizer section of a training config, with every field ``make_optimizer`` reads."""
-    return ConfigDict(dict(
-        schedule=dict(
-            name="warmup_cosine",  # one of SCHEDULES
-            peak_lr=2e-4,
-            warmup_steps=0,
-            total_steps=1000,
-            end_lr_ratio=0.0,  # final lr = end_lr_ratio * peak_lr
-            restart_period=0,  # cosine_restarts: steps per cycle, or
-            num_cycles=0,  # cosine_restarts: cycles in total_steps - warmup_steps
-            restart_mult=1,  # cosine_restarts: each cycle this many times longer than the one before (T_mult)
-        ),
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        weight_decay=0.0,
-        max_grad_norm=1.0,  # 0 disables clipping
-        groups={},  # group name -> overrides among GROUP_OVERRIDES
-    ))
+    """The optimizer section of a training config, with its defaults (``jaxft.settings.OptimSettings``)."""
+    return ConfigDict(defaults_dict(OptimSettings))
 
 
 # ----------------------------------------------------------------------------- schedules
 
 
-def _require(cfg: ConfigDict, key: str, where: str):
-    if key not in cfg or cfg[key] is None:
-        raise ValueError(f"{where}.{key} is required for schedule {cfg.get('name')!r}")
-    return cfg[key]
-
-
-def make_schedule(cfg: ConfigDict, where: str = "optim.schedule") -> optax.Schedule:
+def make_schedule(cfg: ScheduleSettings | ConfigDict, where: str = "optim.schedule") -> optax.Schedule:
     """A step -> learning-rate function.
 
     Every schedule warms up linearly from 0 at step 0 to ``peak_lr`` at
@@ -84,37 +63,36 @@ def make_schedule(cfg: ConfigDict, where: str = "optim.schedule") -> optax.Sched
 
     Past ``total_steps`` the final value is held.
     """
-    name = cfg.get("name")
-    if name not in SCHEDULES:
-        raise ValueError(f"{where}.name={name!r} is not a known schedule; choose one of {', '.join(SCHEDULES)}")
-    peak = float(_require(cfg, "peak_lr", where))
-    warmup = int(cfg.get("warmup_steps", 0) or 0)
+    if not isinstance(cfg, ScheduleSettings):
+        cfg = parse_schedule(cfg, where)
+    if cfg.name not in SCHEDULES:
+        raise ValueError(f"{where}.name={cfg.name!r} is not a known schedule; choose one of {', '.join(SCHEDULES)}")
+    peak, warmup = cfg.peak_lr, cfg.warmup_steps
     if peak < 0 or warmup < 0:
         raise ValueError(f"{where}: peak_lr and warmup_steps must be >= 0, got {peak} and {warmup}")
-    if name == "constant":
+    if cfg.name == "constant":
         return _with_warmup(optax.constant_schedule(peak), peak, warmup)
 
-    total = int(_require(cfg, "total_steps", where))
+    total = cfg.total_steps
     if total <= warmup:
         raise ValueError(f"{where}.total_steps={total} must exceed warmup_steps={warmup}")
-    ratio = float(cfg.get("end_lr_ratio", 0.0) or 0.0)
+    ratio = cfg.end_lr_ratio
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"{where}.end_lr_ratio={ratio} must be within [0, 1]")
     end, decay_steps = peak * ratio, total - warmup
 
-    if name == "linear":
+    if cfg.name == "linear":
         return _with_warmup(optax.linear_schedule(peak, end, decay_steps), peak, warmup)
-    if name == "warmup_cosine":
+    if cfg.name == "warmup_cosine":
         return _with_warmup(optax.cosine_decay_schedule(peak, decay_steps, alpha=ratio), peak, warmup)
     return _with_warmup(_cosine_cycles(cfg, peak, ratio, decay_steps, where), peak, warmup)
 
 
-def _cosine_cycles(cfg: ConfigDict, peak: float, ratio: float, span: int, where: str) -> optax.Schedule:
-    period, cycles = int(cfg.get("restart_period", 0) or 0), int(cfg.get("num_cycles", 0) or 0)
+def _cosine_cycles(cfg: ScheduleSettings, peak: float, ratio: float, span: int, where: str) -> optax.Schedule:
+    period, cycles, mult = cfg.restart_period, cfg.num_cycles, cfg.restart_mult
     if (period > 0) == (cycles > 0):
         raise ValueError(f"{where}: cosine_restarts needs exactly one of restart_period or num_cycles (> 0); "
                          f"got restart_period={period}, num_cycles={cycles}")
-    mult = int(cfg.get("restart_mult", 1) or 1)
     if mult < 1 or (mult > 1 and cycles):
         raise ValueError(f"{where}.restart_mult={mult} must be >= 1, and > 1 only with restart_period")
     if cycles:
@@ -166,8 +144,8 @@ def decay_mask(tree: PyTree, no_decay: NoDecayFn) -> PyTree:
 # ----------------------------------------------------------------------------- the optimizer
 
 
-def _group_overrides(opt_cfg: ConfigDict, real_groups: list[str]) -> dict[str, Mapping[str, Any]]:
-    configured = dict(opt_cfg.get("groups") or {})
+def _group_overrides(opt_cfg: OptimSettings, real_groups: list[str]) -> dict[str, Mapping[str, Any]]:
+    configured = opt_cfg.groups
     unknown = sorted(set(configured) - set(real_groups))
     if unknown:
         raise ValueError(f"optim.groups names {unknown}, but the trainable parameters form the groups "
@@ -181,7 +159,7 @@ def _group_overrides(opt_cfg: ConfigDict, real_groups: list[str]) -> dict[str, M
     return configured
 
 
-def make_optimizer(opt_cfg: ConfigDict, trainable: PyTree, group_fn: GroupFn = single_group,
+def make_optimizer(opt_cfg: OptimSettings | ConfigDict, trainable: PyTree, group_fn: GroupFn = single_group,
                    no_decay: NoDecayFn = no_decay_rank1) -> optax.GradientTransformation:
     """Clip by global norm, then AdamW per parameter group.
 
@@ -191,6 +169,8 @@ def make_optimizer(opt_cfg: ConfigDict, trainable: PyTree, group_fn: GroupFn = s
     ``jax.ShapeDtypeStruct``; only paths and shapes are read. ``no_decay(path, leaf)`` names the
     leaves without weight decay (the recipe knows its trees; the default spares scalars and vectors).
     """
+    if not isinstance(opt_cfg, OptimSettings):
+        opt_cfg = parse_optim(opt_cfg)
     labels = param_groups(trainable, group_fn)
     real_groups = sorted(set(jax.tree.leaves(labels)))
     if not real_groups:
@@ -203,27 +183,23 @@ def make_optimizer(opt_cfg: ConfigDict, trainable: PyTree, group_fn: GroupFn = s
     transforms = {}
     for group in real_groups:
         override = overrides.get(group, {})
-        schedule_cfg = ConfigDict(opt_cfg.schedule.to_dict())
         lr = override.get("lr", override.get("peak_lr"))
-        if lr is not None:
-            schedule_cfg.peak_lr = float(lr)
+        schedule_cfg = opt_cfg.schedule if lr is None else dataclasses.replace(opt_cfg.schedule, peak_lr=float(lr))
         where = "optim.schedule" if lr is None else f"optim.groups.{group} (with optim.schedule)"
         # inject_hyperparams keeps each group's current lr in the state, for logging;
         # float32 so a bf16 model does not round its learning rate.
         transforms[group] = optax.inject_hyperparams(optax.adamw, static_args=("mask",),
                                                      hyperparam_dtype=jnp.float32)(
             learning_rate=make_schedule(schedule_cfg, where),
-            b1=float(opt_cfg.get("b1", 0.9)), b2=float(opt_cfg.get("b2", 0.999)),
-            eps=float(opt_cfg.get("eps", 1e-8)),
-            weight_decay=float(override.get("weight_decay", opt_cfg.get("weight_decay", 0.0))),
+            b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+            weight_decay=float(override.get("weight_decay", opt_cfg.weight_decay)),
             mask=mask_fn)
 
     # Labels are recomputed from each tree optax passes, so params and grads need
     # not share object identity with `trainable`.
     grouped = optax.partition(transforms, lambda tree: param_groups(tree, group_fn))
-    max_norm = float(opt_cfg.get("max_grad_norm", 0.0) or 0.0)
-    if max_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(max_norm), grouped)
+    if opt_cfg.max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(opt_cfg.max_grad_norm), grouped)
     return grouped
 
 

@@ -20,11 +20,16 @@ from jaxft.train.sharding import leaf_sharding, tree_shardings
 Rules = Mapping[str, tuple[str, ...] | str | None]
 
 
-def rules_from_config(config) -> dict:
-    """``mesh_lib.DEFAULT_RULES`` with ``config.mesh.rules`` on top (lists read as tuples)."""
+def rules_with(overrides: Mapping) -> dict:
+    """``mesh_lib.DEFAULT_RULES`` with ``overrides`` on top (lists read as tuples)."""
     rules = dict(mesh_lib.DEFAULT_RULES)
-    rules.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(config.mesh.get("rules", {})).items()})
+    rules.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(overrides).items()})
     return rules
+
+
+def rules_from_config(config) -> dict:
+    """``rules_with(config.mesh.rules)``."""
+    return rules_with(config.mesh.get("rules", {}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +38,13 @@ class Placement:
     rules: Rules = dataclasses.field(default_factory=lambda: dict(mesh_lib.DEFAULT_RULES))
 
     @classmethod
+    def of(cls, shape: Mapping[str, int], rule_overrides: Mapping) -> Placement:
+        """The mesh of ``shape`` (a mesh section's) and the default rules with ``rule_overrides`` on top."""
+        return cls(mesh_lib.make_mesh(dict(shape)), rules_with(rule_overrides))
+
+    @classmethod
     def from_config(cls, config) -> Placement:
-        return cls(mesh_lib.make_mesh(dict(config.mesh.shape)), rules_from_config(config))
+        return cls.of(config.mesh.shape, config.mesh.get("rules", {}))
 
     def sharding_for(self, path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:
         """The sharding of the leaf at ``path`` (any prefix before the decoder's own path) of ``shape``."""

@@ -75,3 +75,18 @@ class TrainTask:
     export_fn: Callable[[str, PyTree, PyTree], None] | None = None
     tokens_key: str = "loss_mask"  # batch entry whose sum counts tokens for tokens/s
     description: str = ""
+    # Where the training records come from (``data_fingerprint(config.data)``): saved with each checkpoint,
+    # so a resume on other data is refused; None: not checked.
+    data_fingerprint: dict[str, str] | None = None
+    # How many training records there are, for ``train.epochs``; None: the recipe does not count them.
+    train_records: int | None = None
+
+
+DATA_SOURCE_KEYS = ("path", "hf_dataset", "hf_config", "hf_split")
+
+
+def data_fingerprint(data: Any) -> dict[str, str] | None:
+    """The keys of a data section (``jaxft.config.data_section``) that name where its records come from."""
+    if data is None or not hasattr(data, "keys"):
+        return None
+    return {k: str(data[k]) for k in DATA_SOURCE_KEYS if k in data}

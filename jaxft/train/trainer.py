@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxft.settings import Settings, parse_settings, resolve_epochs
 from jaxft.train import mesh as mesh_lib
 from jaxft.train.metrics import MetricWriter, summarize
 from jaxft.train.placement import Placement
@@ -89,47 +90,48 @@ class Trainer:
     """``Trainer(config, workdir, task)``: ``task`` is a ``TrainTask`` or a ``build(config, placement)``
     that makes one on this trainer's ``Placement`` (``jaxft.main`` passes the recipe's ``build``)."""
 
-    def __init__(self, config, workdir: str | Path, task: TaskOrBuilder):
+    def __init__(self, config, workdir: str | Path, task: TaskOrBuilder, settings: Settings | None = None):
         from jaxft.train.optim import make_optimizer  # heavy import kept local
 
         from jaxft.train.workdir import acquire_lock, check_writable
 
         self.config = config
+        s = self.settings = settings if settings is not None else parse_settings(config)
         self.is_main = jax.process_index() == 0
         # Checked before the model loads: a bad workdir should cost seconds, not a model load.
         self.workdir = check_writable(workdir).resolve()
-        ck_dir = str(config.checkpoint.get("dir") or self.workdir / "checkpoints")
+        ck_dir = s.checkpoint.dir or str(self.workdir / "checkpoints")
         if "://" not in ck_dir:
             check_writable(ck_dir, "checkpoint directory")
         if self.is_main:
             acquire_lock(self.workdir)
-        self.placement = Placement.from_config(config)
+        self.placement = Placement.of(s.mesh.shape, s.mesh.rules)
         self.rules, self.mesh = self.placement.rules, self.placement.mesh
         if not isinstance(task, TrainTask):
             with jax.set_mesh(self.mesh):
                 task = task(config, self.placement)
         self.task: TrainTask = task
+        s = self.settings = resolve_epochs(config, s, task.train_records)
         self.trainable_sh = tree_shardings(task.trainable, self.mesh, self.rules, task.trainable_axes)
         self.frozen_sh = tree_shardings(task.frozen, self.mesh, self.rules, task.frozen_axes)
         self.frozen = place(task.frozen, self.frozen_sh)
         trainable = place(task.trainable, self.trainable_sh)
-        self.optimizer = make_optimizer(config.optim, trainable, task.group_fn, task.no_decay)
-        use_ema = bool(config.optim.get("ema_decay", 0.0))
-        state_shapes = jax.eval_shape(lambda p: init_state(p, self.optimizer, config.seed, use_ema), trainable)
+        self.optimizer = make_optimizer(s.optim, trainable, task.group_fn, task.no_decay)
+        use_ema = s.optim.ema_decay > 0
+        state_shapes = jax.eval_shape(lambda p: init_state(p, self.optimizer, s.seed, use_ema), trainable)
         self.state_sh = tree_shardings(state_shapes, self.mesh, self.rules)
         self.state_sh["params"] = self.trainable_sh
         if use_ema:
             self.state_sh["ema"] = self.trainable_sh
-        self.state = jax.jit(lambda p: init_state(p, self.optimizer, config.seed, use_ema),
+        self.state = jax.jit(lambda p: init_state(p, self.optimizer, s.seed, use_ema),
                              out_shardings=self.state_sh)(trainable)
-        self.step_fn = make_step_fn(task.loss_fn, self.optimizer, accum_steps=int(config.optim.get("accum_steps", 1)),
-                                    ema_decay=float(config.optim.get("ema_decay", 0.0)) or 0.999)
+        self.step_fn = make_step_fn(task.loss_fn, self.optimizer, accum_steps=s.optim.accum_steps,
+                                    ema_decay=s.optim.ema_decay or 0.999)
         self._compiled = None
         self._eval = None
         self.checkpointer = self._make_checkpointer()
-        logging_cfg = config.get("logging", {})
         self.writer = MetricWriter(self.workdir / "tb", enabled=self.is_main,
-                                   wandb_project=logging_cfg.get("wandb_project") if logging_cfg.get("wandb") else None,
+                                   wandb_project=s.logging.wandb_project if s.logging.wandb else None,
                                    run_config=config.to_dict(), jsonl=self.workdir / "metrics.jsonl")
         if self.is_main:
             (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
@@ -141,11 +143,11 @@ class Trainer:
     def _make_checkpointer(self):
         from jaxft.checkpoint.train_state import TrainCheckpointer
 
-        ck = self.config.checkpoint
-        directory = ck.get("dir") or str(self.workdir / "checkpoints")
-        es = self.config.train.early_stopping
-        return TrainCheckpointer(directory, max_to_keep=int(ck.keep), best_metric=es.metric if es.metric else None,
-                                 best_mode=es.mode, async_save=bool(ck.get("async_save", True)))
+        ck = self.settings.checkpoint
+        directory = ck.dir or str(self.workdir / "checkpoints")
+        es = self.settings.train.early_stopping
+        return TrainCheckpointer(directory, max_to_keep=ck.keep, best_metric=es.metric or None,
+                                 best_mode=es.mode, async_save=ck.async_save)
 
     def _abstract_state(self):
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.state_sh)
@@ -172,18 +174,9 @@ class Trainer:
         log.info("resumed from step %d (%s)", step, self.checkpointer.directory)
         return int(step)
 
-    def _data_source(self) -> dict | None:
-        """Where the training records come from, as the config names them (None for recipes without a
-        data section); saved with each checkpoint so a resume on other data is refused."""
-        data = self.config.get("data")
-        if data is None or not hasattr(data, "get"):
-            return None
-        return {k: str(data.get(k, "")) for k in ("path", "hf_dataset", "hf_config", "hf_split")
-                if k in data}
-
     def _check_same_data(self, metadata: dict | None, data_state: dict | None) -> None:
         saved = (metadata or {}).get("data")
-        current = self._data_source()
+        current = self.task.data_fingerprint
         if saved is None or current is None or saved == current:
             return
         changed = ", ".join(f"data.{k}: {saved.get(k, '')!r} -> {current.get(k, '')!r}"
@@ -196,9 +189,9 @@ class Trainer:
 
     def save(self, metrics: dict | None = None, force: bool = False):
         step = int(jax.device_get(self.state["step"]))
-        metadata = {"recipe": self.config.recipe}
-        if self._data_source() is not None:
-            metadata["data"] = self._data_source()
+        metadata = {"recipe": self.settings.recipe}
+        if self.task.data_fingerprint is not None:
+            metadata["data"] = self.task.data_fingerprint
         self.checkpointer.save(step, self.state, data_state=self.task.train_batches.get_state(),
                                metadata=metadata, metrics=metrics, force=force)
 
@@ -215,7 +208,7 @@ class Trainer:
     def current_params(self, state: dict | None = None):
         """The params eval, samples and export use: the EMA when ``optim.eval_with_ema``, else the params."""
         state = self.state if state is None else state
-        use_ema = "ema" in state and self.config.optim.get("eval_with_ema")
+        use_ema = "ema" in state and self.settings.optim.eval_with_ema
         return state["ema"] if use_ema else state["params"]
 
     def evaluate(self) -> dict[str, float]:
@@ -237,7 +230,7 @@ class Trainer:
 
             self._eval = jax.jit(eval_sums)
         totals: dict[str, float] = {}
-        limit = int(self.config.train.get("eval_batches", 0)) or None
+        limit = self.settings.train.eval_batches or None
         for i, host_batch in enumerate(task.eval_batches()):
             if limit is not None and i >= limit:
                 break
@@ -267,11 +260,11 @@ class Trainer:
         there as a preemption would: the schedule still spans the full run)."""
         from jaxft.train.workdir import acquire_lock
 
-        cfg = self.config.train
+        cfg = self.settings.train
         if self.is_main:
             acquire_lock(self.workdir)  # (taken in __init__; again here for a second run() after close())
         start = self.maybe_restore()
-        total = int(cfg.steps)
+        total = cfg.steps
         last = min(total, until_step) if until_step else total
         # With several processes a per-process SIGTERM flag could make one process save while another steps on:
         # there JAX's preemption notifier takes SIGTERM and every process asks it at every step instead.
@@ -286,7 +279,7 @@ class Trainer:
         pending_checks: list = []  # (step, finite flag) not yet read back, to avoid a sync every step
         failed = True  # until the loop ends normally: then cleanup errors must not hide the first error
         try:
-            if start == 0 and cfg.get("eval_at_start"):
+            if start == 0 and cfg.eval_at_start:
                 self._eval_and_log(0, history)
             for step in range(start + 1, last + 1):
                 host_batch = next(self.task.train_batches)
@@ -295,8 +288,8 @@ class Trainer:
                 pending_checks.append((step, metrics["finite"]))
                 if jax.process_count() == 1:  # (several processes learn of it together, at the next save)
                     self.checkpointer.raise_background_error()
-                max_skipped = int(cfg.get("max_skipped_updates", 0) or 0)
-                if (step % int(cfg.log_every) == 0 or step == last
+                max_skipped = cfg.max_skipped_updates
+                if (step % cfg.log_every == 0 or step == last
                         or (max_skipped and len(pending_checks) >= max_skipped)):
                     self._report_skipped(pending_checks)
                     pending_checks = []
@@ -305,7 +298,7 @@ class Trainer:
                                        f"for non-finite loss or gradients ({self.skipped_updates} skipped updates "
                                        "in this run); stopping without an export (lower optim.schedule.peak_lr "
                                        "or check the data)")
-                if step % int(cfg.log_every) == 0 or step == last:
+                if step % cfg.log_every == 0 or step == last:
                     m = jax.device_get(metrics)
                     now = time.perf_counter()
                     scalars = summarize({k: float(v) for k, v in m.items() if k not in ("finite",)})
@@ -317,7 +310,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars.get('lr', 0):.2e}",
                                     tok_s=f"{scalars['tokens_per_s']:.0f}")
                 bar.update(1)
-                eval_now = int(cfg.eval_every) and (step % int(cfg.eval_every) == 0 or step == total)
+                eval_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == total)
                 eval_metrics = None
                 if eval_now:
                     eval_metrics = self._eval_and_log(step, history)
@@ -328,10 +321,10 @@ class Trainer:
                             best, bad_evals = (value, 0) if improved else (best, bad_evals + 1)
                 if eval_metrics:  # every eval is a candidate for the best checkpoint
                     self.save(metrics=eval_metrics)
-                elif step % int(self.config.checkpoint.every) == 0 or step == last:
+                elif step % self.settings.checkpoint.every == 0 or step == last:
                     self.save()
                 reason = None
-                if eval_metrics and es.patience and bad_evals >= int(es.patience):
+                if eval_metrics and es.patience and bad_evals >= es.patience:
                     reason = f"{es.metric} did not improve for {bad_evals} evals"
                 if eval_metrics and self.task.stop_fn is not None:
                     reason = self.task.stop_fn(self._eval_records(history)) or reason
@@ -396,7 +389,7 @@ class Trainer:
         return records
 
     def _eval_and_log(self, step: int, history: dict) -> dict[str, float]:
-        es = self.config.train.early_stopping
+        es = self.settings.train.early_stopping
         eval_metrics = self.evaluate()
         if eval_metrics and es.metric and es.metric not in eval_metrics:
             raise ValueError(f"config key 'train.early_stopping.metric': '{es.metric}' is not an eval "
@@ -412,7 +405,7 @@ class Trainer:
     _skipped_in_a_row = 0
 
     def _report_skipped(self, checks):
-        per_process = int(self.config.train.batch_size) // jax.process_count()
+        per_process = self.settings.train.batch_size // jax.process_count()
         for step, finite in checks:
             if bool(jax.device_get(finite)):
                 self._skipped_in_a_row = 0
@@ -443,7 +436,7 @@ class Trainer:
     def export_params(self) -> tuple[int, Any]:
         """``(step, params)`` to export: the best checkpoint's when ``export.source`` is ``best`` and one
         exists (as ``load_best_model_at_end`` users expect), else the current (last) state's."""
-        source = str(self.config.get("export", {}).get("source", "best"))
+        source = self.settings.export.source
         if source not in ("best", "last"):
             raise ValueError(f"config key 'export.source'={source!r}: expected best or last")
         step = int(jax.device_get(self.state["step"]))

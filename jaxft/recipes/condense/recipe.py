@@ -16,7 +16,7 @@ from jaxft import lora as lora_lib
 from jaxft.checkpoint.hf_names import is_norm_bias_or_embedding
 from jaxft.loaders import load_model, load_records
 from jaxft.train.lm import GlobalBatches
-from jaxft.train.task import TrainTask
+from jaxft.train.task import TrainTask, data_fingerprint
 from jaxft.recipes.condense import model as model_lib
 from jaxft.recipes.condense.data import ExampleBuilder, Layout, Tokens, example_fields
 from jaxft.recipes.condense.objectives import check_weights, make_loss_fn
@@ -224,4 +224,5 @@ def build(config, placement) -> TrainTask:
         trainable=parts["trainable"], frozen=parts["frozen"], loss_fn=loss_fn, train_batches=train_batches,
         group_fn=group_fn, no_decay=make_no_decay(bool(k.decay_all)), eval_batches=eval_batches,
         samples_fn=samples_fn, export_fn=export_fn, tokens_key="enc_mask", description=description,
+        data_fingerprint=data_fingerprint(config.data),
     )

@@ -17,7 +17,7 @@ from jaxft.recipes.embedllm.export import EmbedChat, export_embedllm, load_embed
 from jaxft.recipes.embedllm.model import CondenserConfig
 from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig, load_perceiver
 from jaxft.train.lm import GlobalBatches
-from jaxft.train.task import TrainTask
+from jaxft.train.task import TrainTask, data_fingerprint
 
 log = logging.getLogger("jaxft")
 
@@ -126,6 +126,7 @@ def build(config, placement) -> TrainTask:
         trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=batches.train(train),
         eval_batches=batches.eval(valid),
         eval_fn=eval_fn, samples_fn=samples_fn if sample_texts else None, export_fn=export_fn,
+        data_fingerprint=data_fingerprint(config.data),
         no_decay=lambda path, leaf: False,  # AdamW decays every parameter, as torch's AdamW did in the reference
         description=(f"embedllm: LoRA r={lcfg.rank} on {where}; {perceiver} ({pcfg.num_latents}x{pcfg.d_latents}, "
                      f"{'trained' if model.train_perceiver else 'frozen'}) over up to {layout.max_turns} earlier "

@@ -22,7 +22,7 @@ from jaxft.recipes.minigpt import data as mdata
 from jaxft.recipes.minigpt.export import copy_spm_model, load_for_inference, spm_model_of
 from jaxft.recipes.minigpt.model import hf_config
 from jaxft.train.lm import GlobalBatches, export_finetuned, per_process_batch_size, tune
-from jaxft.train.task import TrainTask
+from jaxft.train.task import TrainTask, data_fingerprint
 
 log = logging.getLogger("jaxft")
 
@@ -163,6 +163,7 @@ def build(config, placement) -> TrainTask:
         eval_batches=eval_batches, samples_fn=samples_fn if m.sample.prompts else None, export_fn=export_fn,
         # The reference's AdamW decays every parameter; so does this one.
         no_decay=lambda path, leaf: False,
+        data_fingerprint=data_fingerprint(config.data),
         description=f"minigpt {mode}: {what} of a {shape} model "
                     f"({sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M parameters, "
                     f"d={cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size}) on {where}; "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from jaxft.recipes.movielens import encoding, prompts
 from jaxft.recipes.movielens.metrics import MultiMetricStop, yes_no_sums
 from jaxft.recipes.movielens.scoring import yes_no_logits
 from jaxft.train.lm import Finetuned, GlobalBatches, export_finetuned, load_finetuned, loss_only_sums, tune
-from jaxft.train.task import TrainTask
+from jaxft.train.task import TrainTask, data_fingerprint
 
 log = logging.getLogger("jaxft")
 
@@ -83,19 +82,6 @@ def _encode(name: str, path: Path, records, tokenizer, cutoff_len: int, cache: P
     return encoded
 
 
-def _apply_epochs(config, train_count: int) -> None:
-    """``movielens.epochs`` > 0 sets ``train.steps`` from the data, and the warmup from its ratio
-    (the engine counts steps; the reference counted epochs)."""
-    ml = config.movielens
-    if float(ml.epochs) > 0:
-        steps = max(1, math.ceil(float(ml.epochs) * train_count / int(config.train.batch_size)))
-        config.train.steps = steps
-        log.info("movielens.epochs=%s over %d records at batch %d: train.steps=%d", ml.epochs, train_count,
-                 int(config.train.batch_size), steps)
-    if float(ml.warmup_ratio) > 0:
-        config.optim.schedule.warmup_steps = math.ceil(float(ml.warmup_ratio) * int(config.train.steps))
-
-
 def build(config, placement) -> TrainTask:
     from jaxft.loaders import load_model
 
@@ -106,7 +92,6 @@ def build(config, placement) -> TrainTask:
     encoding.ensure_chat_template(tokenizer)
     yes_id, no_id = encoding.answer_token_ids(tokenizer)
     data = movielens_data(config, directory, tokenizer)
-    _apply_epochs(config, len(data.train_set))
     # A random base has no path to reload it from: the export keeps a copy (demo and test sizes only).
     random_base = None if model_cfg.path else jax.device_get(params)
     lm, trainable, frozen, _ = tune(config, cfg, params, tokenizer)
@@ -138,13 +123,13 @@ def build(config, placement) -> TrainTask:
     description = (f"movielens: {'full fine-tuning' if lm.full else f'LoRA r={config.lora.rank}'}"
                    f"{' over an ' + str(model_cfg.quantize).upper() + ' base' if model_cfg.quantize != 'none' else ''}"
                    f" of {where} on {directory}: {len(data.train_set)} train ({balance(data.train_set)}), "
-                   f"{data.eval_count} eval records; rows of {data.seq_len} tokens; "
-                   f"train.steps={int(config.train.steps)}")
+                   f"{data.eval_count} eval records; rows of {data.seq_len} tokens")
     return TrainTask(
         trainable=trainable, frozen=frozen, loss_fn=lm.loss_fn(loss_only_sums), train_batches=data.train_batches,
         eval_batches=data.eval_batches, eval_fn=eval_fn,
         stop_fn=MultiMetricStop(int(ml.patience), float(ml.min_delta), float(ml.min_delta)),
         export_fn=export_fn, description=description,
+        data_fingerprint=data_fingerprint(config.data), train_records=len(data.train_set),
     )
 
 

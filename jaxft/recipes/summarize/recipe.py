@@ -22,7 +22,7 @@ from jaxft.recipes.summarize.data import SummaryEncoder, load_pairs, seeded_subs
 from jaxft.recipes.summarize.evaluation import DecodeSettings, evaluate_summaries, summary_line, write_results
 from jaxft.recipes.summarize.loss import boundary_token_weights
 from jaxft.train.lm import Finetuned, GlobalBatches, export_finetuned, load_finetuned, tune
-from jaxft.train.task import TrainTask
+from jaxft.train.task import TrainTask, data_fingerprint
 
 log = logging.getLogger("jaxft")
 
@@ -93,6 +93,7 @@ def build(config, placement) -> TrainTask:
         trainable=trainable, frozen=frozen, loss_fn=lm.loss_fn(boundary_sums), train_batches=data.train_batches,
         eval_batches=data.eval_batches, host_eval_fn=rouge.host_eval_fn, samples_fn=rouge.samples_fn,
         export_fn=export_fn, no_decay=_no_decay if lm.full else _lora_no_decay,
+        data_fingerprint=data_fingerprint(config.data),
         description=(f"summarize: {'full fine-tuning' if lm.full else f'LoRA r={config.lora.rank}'} of {where} on "
                      f"{data.source}; {len(data.train_examples)} train / {len(data.valid_records)} validation "
                      f"pairs, rows of {data.seq_len} tokens; {loss_text}; ROUGE on {len(eval_pairs)} validation "
