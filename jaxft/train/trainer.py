@@ -1,4 +1,5 @@
-"""The training loop shared by every recipe.
+"""The trainer shared by every recipe (its setup is in ``setup``, its loop in ``loop``, the loop's
+decisions in ``policies``).
 
 Builds the mesh and the recipe's task, places trainable and frozen trees on
 their shardings, restores the latest checkpoint if there is one, then runs the
@@ -16,117 +17,52 @@ refuses (one line) a workdir written with another model shape or other data.
 from __future__ import annotations
 
 import logging
-import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
 from jaxft.settings import Settings, parse_settings, resolve_epochs
-from jaxft.train import mesh as mesh_lib
+from jaxft.train.loop import train_loop
 from jaxft.train.metrics import MetricWriter, summarize
+from jaxft.train.policies import Diverged, EarlyStopping, Preempted, SkipMonitor
+from jaxft.train.resume import WorkdirMismatch, check_same_data, layout_message
 from jaxft.train.placement import Placement
-from jaxft.train.sharding import tree_shardings
-from jaxft.train.step import init_state, jit_step, make_step_fn
+from jaxft.train.setup import global_batch, place, place_task, prepare_workdir
+from jaxft.train.step import jit_step
 from jaxft.train.task import TrainTask
 
+__all__ = ["Diverged", "Preempted", "Trainer", "WorkdirMismatch", "global_batch", "place"]
+
 log = logging.getLogger("jaxft")
-
-
-class Preempted(Exception):
-    """SIGTERM or SIGINT: a checkpoint was saved; ``exit_code`` is 0 for SIGTERM (a job queue's
-    preemption: the same command resumes) and 130 for Ctrl-C, as shells expect."""
-
-    def __init__(self, message: str, exit_code: int = 0):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class WorkdirMismatch(ValueError):
-    """The workdir's checkpoints were written by a run this config cannot continue."""
-
-
-class Diverged(Exception):
-    """Every one of the last ``train.max_skipped_updates`` updates was non-finite: nothing is exported."""
-
-
-def place(tree, shardings):
-    """``tree`` on ``shardings``; leaves already there (a loader streamed them onto their placement) stay put."""
-    def put(x, s):
-        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim):
-            return x
-        return jax.device_put(x, s)
-
-    return jax.tree.map(put, tree, shardings)
-
-
-def global_batch(batch: dict, mesh, rules) -> dict:
-    """Host batch (this process's rows) -> global arrays sharded over the batch axes."""
-    def put(x):
-        x = np.asarray(x)
-        global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-        sharding = mesh_lib.batch_sharding(mesh, rules, global_shape)
-        return jax.make_array_from_process_local_data(sharding, x, global_shape)
-
-    return {k: put(v) for k, v in batch.items()}
-
-
-def _reached_preemption_sync_point(step: int) -> bool:
-    """True on every process at the same step once any of them got SIGTERM (jax.distributed runs)."""
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.reached_preemption_sync_point(step))
-
 
 TaskOrBuilder = TrainTask | Callable[[Any, Any], TrainTask]
 
 
 class Trainer:
     """``Trainer(config, workdir, task)``: ``task`` is a ``TrainTask`` or a ``build(config, placement)``
-    that makes one on this trainer's ``Placement`` (``jaxft.main`` passes the recipe's ``build``)."""
+    that makes one on this trainer's ``Placement`` (``jaxft.main`` passes the recipe's ``build``). ``settings``:
+    the config's engine sections, when already parsed (``jaxft.settings.validate``)."""
 
     def __init__(self, config, workdir: str | Path, task: TaskOrBuilder, settings: Settings | None = None):
-        from jaxft.train.optim import make_optimizer  # heavy import kept local
-
-        from jaxft.train.workdir import acquire_lock, check_writable
-
         self.config = config
         s = self.settings = settings if settings is not None else parse_settings(config)
         self.is_main = jax.process_index() == 0
-        # Checked before the model loads: a bad workdir should cost seconds, not a model load.
-        self.workdir = check_writable(workdir).resolve()
-        ck_dir = s.checkpoint.dir or str(self.workdir / "checkpoints")
-        if "://" not in ck_dir:
-            check_writable(ck_dir, "checkpoint directory")
-        if self.is_main:
-            acquire_lock(self.workdir)
+        self.workdir = prepare_workdir(workdir, s.checkpoint, self.is_main)
         self.placement = Placement.of(s.mesh.shape, s.mesh.rules)
         self.rules, self.mesh = self.placement.rules, self.placement.mesh
         if not isinstance(task, TrainTask):
             with jax.set_mesh(self.mesh):
-                task = task(config, self.placement)
+                task = task(config, self.placement)  # the recipe's build(config, placement)
         self.task: TrainTask = task
         s = self.settings = resolve_epochs(config, s, task.train_records)
-        self.trainable_sh = tree_shardings(task.trainable, self.mesh, self.rules, task.trainable_axes)
-        self.frozen_sh = tree_shardings(task.frozen, self.mesh, self.rules, task.frozen_axes)
-        self.frozen = place(task.frozen, self.frozen_sh)
-        trainable = place(task.trainable, self.trainable_sh)
-        self.optimizer = make_optimizer(s.optim, trainable, task.group_fn, task.no_decay)
-        use_ema = s.optim.ema_decay > 0
-        state_shapes = jax.eval_shape(lambda p: init_state(p, self.optimizer, s.seed, use_ema), trainable)
-        self.state_sh = tree_shardings(state_shapes, self.mesh, self.rules)
-        self.state_sh["params"] = self.trainable_sh
-        if use_ema:
-            self.state_sh["ema"] = self.trainable_sh
-        self.state = jax.jit(lambda p: init_state(p, self.optimizer, s.seed, use_ema),
-                             out_shardings=self.state_sh)(trainable)
-        self.step_fn = make_step_fn(task.loss_fn, self.optimizer, accum_steps=s.optim.accum_steps,
-                                    ema_decay=s.optim.ema_decay or 0.999)
+        placed = place_task(task, s, self.mesh, self.rules)
+        self.frozen, self.frozen_sh, self.trainable_sh = placed.frozen, placed.frozen_sh, placed.trainable_sh
+        self.optimizer, self.state, self.state_sh = placed.optimizer, placed.state, placed.state_sh
+        self.step_fn = placed.step_fn
         self._compiled = None
         self._eval = None
         self.checkpointer = self._make_checkpointer()
@@ -135,9 +71,12 @@ class Trainer:
                                    run_config=config.to_dict(), jsonl=self.workdir / "metrics.jsonl")
         if self.is_main:
             (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-        self._preempted: int | None = None  # the signal asking to stop, once one came
-        self.skipped_updates = 0
+        self.skips = SkipMonitor(s.train.max_skipped_updates, s.train.batch_size)
         self.exported_step: int | None = None
+
+    @property
+    def skipped_updates(self) -> int:
+        return self.skips.skipped
 
     # -- checkpoints -----------------------------------------------------------------
     def _make_checkpointer(self):
@@ -161,11 +100,11 @@ class Trainer:
         try:
             found = self.checkpointer.restore_latest_intact(self._abstract_state(), optional_keys=("ema",))
         except CheckpointLayoutError as err:
-            raise WorkdirMismatch(_layout_message(err, self.checkpointer.directory)) from None
+            raise WorkdirMismatch(layout_message(err, self.checkpointer.directory)) from None
         if found is None:
             return 0
         step, state, data_state, metadata = found
-        self._check_same_data(metadata, data_state)
+        check_same_data(self.workdir, metadata, data_state, self.task.data_fingerprint)
         if "ema" in self.state and "ema" not in state:
             state["ema"] = jax.tree.map(jnp.copy, state["params"])
         self.state = state
@@ -173,19 +112,6 @@ class Trainer:
             self.task.train_batches.set_state(data_state)
         log.info("resumed from step %d (%s)", step, self.checkpointer.directory)
         return int(step)
-
-    def _check_same_data(self, metadata: dict | None, data_state: dict | None) -> None:
-        saved = (metadata or {}).get("data")
-        current = self.task.data_fingerprint
-        if saved is None or current is None or saved == current:
-            return
-        changed = ", ".join(f"data.{k}: {saved.get(k, '')!r} -> {current.get(k, '')!r}"
-                            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k))
-        position = (data_state or {}).get("global_batches")
-        where = f" (data position: {position} batches)" if position is not None else ""
-        raise WorkdirMismatch(f"workdir {self.workdir} was trained on other data ({changed}); its saved data "
-                              f"position{where} would not mean the same on this data: use a new --workdir, "
-                              "or the data that run used")
 
     def save(self, metrics: dict | None = None, force: bool = False):
         step = int(jax.device_get(self.state["step"]))
@@ -241,13 +167,6 @@ class Trainer:
         return summarize(totals)
 
     # -- loop ------------------------------------------------------------------------
-    def _on_signal(self, signum, frame):
-        if signum == signal.SIGINT and self._preempted == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the save
-        self._preempted = signum
-        if signum == signal.SIGINT and self.is_main:
-            tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop without saving)")
-
     def close(self) -> None:
         """Release the workdir lock (``run`` does when it stops; also released when the process exits)."""
         from jaxft.train.workdir import release_lock
@@ -256,101 +175,21 @@ class Trainer:
             release_lock(self.workdir)
 
     def run(self, until_step: int | None = None) -> dict[str, Any]:
-        """Train to ``config.train.steps`` (or stop early at ``until_step``, checkpointing
+        """Train to ``train.steps`` (or stop early at ``until_step``, checkpointing
         there as a preemption would: the schedule still spans the full run)."""
         from jaxft.train.workdir import acquire_lock
 
-        cfg = self.settings.train
         if self.is_main:
             acquire_lock(self.workdir)  # (taken in __init__; again here for a second run() after close())
         start = self.maybe_restore()
-        total = cfg.steps
+        total = self.settings.train.steps
         last = min(total, until_step) if until_step else total
-        # With several processes a per-process SIGTERM flag could make one process save while another steps on:
-        # there JAX's preemption notifier takes SIGTERM and every process asks it at every step instead.
-        multi_process = jax.process_count() > 1
-        signals = (signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in signals}
         history: dict[str, Any] = {"train_loss": [], "eval": [], "stopped": None}
-        es = cfg.early_stopping
-        best, bad_evals = None, 0
-        bar = tqdm(total=total, initial=start, disable=not self.is_main, dynamic_ncols=True, desc="train")
-        t_last, tokens = time.perf_counter(), 0.0
-        pending_checks: list = []  # (step, finite flag) not yet read back, to avoid a sync every step
         failed = True  # until the loop ends normally: then cleanup errors must not hide the first error
         try:
-            if start == 0 and cfg.eval_at_start:
-                self._eval_and_log(0, history)
-            for step in range(start + 1, last + 1):
-                host_batch = next(self.task.train_batches)
-                tokens += float(np.sum(host_batch[self.task.tokens_key])) * jax.process_count()
-                metrics = self.train_step(host_batch)
-                pending_checks.append((step, metrics["finite"]))
-                if jax.process_count() == 1:  # (several processes learn of it together, at the next save)
-                    self.checkpointer.raise_background_error()
-                max_skipped = cfg.max_skipped_updates
-                if (step % cfg.log_every == 0 or step == last
-                        or (max_skipped and len(pending_checks) >= max_skipped)):
-                    self._report_skipped(pending_checks)
-                    pending_checks = []
-                    if max_skipped and self._skipped_in_a_row >= max_skipped:
-                        raise Diverged(f"the last {self._skipped_in_a_row} updates (to step {step}) were all skipped "
-                                       f"for non-finite loss or gradients ({self.skipped_updates} skipped updates "
-                                       "in this run); stopping without an export (lower optim.schedule.peak_lr "
-                                       "or check the data)")
-                if step % cfg.log_every == 0 or step == last:
-                    m = jax.device_get(metrics)
-                    now = time.perf_counter()
-                    scalars = summarize({k: float(v) for k, v in m.items() if k not in ("finite",)})
-                    scalars["tokens_per_s"] = tokens / max(now - t_last, 1e-9)
-                    scalars.update(self._learning_rates(step))
-                    t_last, tokens = now, 0.0
-                    history["train_loss"].append((step, scalars["loss"]))
-                    self._write(self.writer.scalars, step, scalars, prefix="train/")
-                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars.get('lr', 0):.2e}",
-                                    tok_s=f"{scalars['tokens_per_s']:.0f}")
-                bar.update(1)
-                eval_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == total)
-                eval_metrics = None
-                if eval_now:
-                    eval_metrics = self._eval_and_log(step, history)
-                    if eval_metrics:
-                        if es.metric and es.metric in eval_metrics:
-                            value = eval_metrics[es.metric]
-                            improved = best is None or (value < best if es.mode == "min" else value > best)
-                            best, bad_evals = (value, 0) if improved else (best, bad_evals + 1)
-                if eval_metrics:  # every eval is a candidate for the best checkpoint
-                    self.save(metrics=eval_metrics)
-                elif step % self.settings.checkpoint.every == 0 or step == last:
-                    self.save()
-                reason = None
-                if eval_metrics and es.patience and bad_evals >= es.patience:
-                    reason = f"{es.metric} did not improve for {bad_evals} evals"
-                if eval_metrics and self.task.stop_fn is not None:
-                    reason = self.task.stop_fn(self._eval_records(history)) or reason
-                if reason:
-                    if self.is_main:
-                        tqdm.write(f"early stopping at step {step}: {reason}")
-                    history["stopped"] = {"step": step, "reason": reason}
-                    self.save(force=True)
-                    break
-                if multi_process and not self._preempted and _reached_preemption_sync_point(step):
-                    self._preempted = signal.SIGTERM
-                if self._preempted:
-                    self.save(force=True)
-                    self.checkpointer.wait()
-                    self._report_skipped(pending_checks)
-                    pending_checks = []
-                    skipped = f"skipped updates (non-finite loss or gradient): {self.skipped_updates}"
-                    if self._preempted == signal.SIGINT:
-                        raise Preempted(f"Ctrl-C at step {step}: checkpoint saved; the same command resumes; "
-                                        f"{skipped}", 130)
-                    raise Preempted(f"SIGTERM at step {step}: checkpoint saved; {skipped}")
+            train_loop(self, start, last, history)
             failed = False
         finally:
-            bar.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             try:
                 self._finish(quiet=failed)
             finally:
@@ -361,7 +200,7 @@ class Trainer:
         history["best_step"] = self.checkpointer.best_step()
         return history
 
-    def _write(self, method, *args, **kwargs) -> None:
+    def write(self, method, *args, **kwargs) -> None:
         try:
             method(*args, **kwargs)
         except OSError as err:  # e.g. a full disk: the file's own error names no file
@@ -370,7 +209,7 @@ class Trainer:
     def _finish(self, quiet: bool) -> None:
         """Close the metric writer and wait for the last save; while another error is on its way
         out (``quiet``), failures here are logged instead of replacing it."""
-        for name, close in (("metric logs", lambda: self._write(self.writer.close)),
+        for name, close in (("metric logs", lambda: self.write(self.writer.close)),
                             ("checkpoint", self.checkpointer.wait)):
             try:
                 close()
@@ -379,44 +218,18 @@ class Trainer:
                     raise
                 log.warning("closing the %s after the error below also failed: %s", name, err)
 
-    @staticmethod
-    def _eval_records(history: dict) -> list[dict]:
-        """Each eval with the train loss last logged at or before it, for ``TrainTask.stop_fn``."""
-        records = []
-        for step, metrics in history["eval"]:
-            losses = [loss for s, loss in history["train_loss"] if s <= step]
-            records.append({"step": step, "train_loss": losses[-1] if losses else float("nan"), **metrics})
-        return records
-
-    def _eval_and_log(self, step: int, history: dict) -> dict[str, float]:
-        es = self.settings.train.early_stopping
+    def eval_and_log(self, step: int, history: dict, stopping: EarlyStopping) -> dict[str, float]:
         eval_metrics = self.evaluate()
-        if eval_metrics and es.metric and es.metric not in eval_metrics:
-            raise ValueError(f"config key 'train.early_stopping.metric': '{es.metric}' is not an eval "
-                             f"metric of this recipe (available: {', '.join(sorted(eval_metrics))})")
+        stopping.check_metric(eval_metrics)
         if eval_metrics:
             history["eval"].append((step, eval_metrics))
-            self._write(self.writer.scalars, step, eval_metrics, prefix="eval/")
+            self.write(self.writer.scalars, step, eval_metrics, prefix="eval/")
             if self.is_main:
                 tqdm.write(f"step {step}: eval " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
         self._log_samples(step)
         return eval_metrics
 
-    _skipped_in_a_row = 0
-
-    def _report_skipped(self, checks):
-        per_process = self.settings.train.batch_size // jax.process_count()
-        for step, finite in checks:
-            if bool(jax.device_get(finite)):
-                self._skipped_in_a_row = 0
-            else:
-                self.skipped_updates += 1
-                self._skipped_in_a_row += 1
-                log.warning("step %d: non-finite loss or gradient on the batch of step %d (process %d rows "
-                            "%d-%d of the data stream); the update was skipped", step, step, jax.process_index(),
-                            (step - 1) * per_process, step * per_process - 1)
-
-    def _learning_rates(self, step: int) -> dict[str, float]:
+    def learning_rates(self) -> dict[str, float]:
         from jaxft.train.optim import current_learning_rates
 
         rates = jax.device_get(current_learning_rates(self.state["opt_state"]))
@@ -430,7 +243,7 @@ class Trainer:
             return
         params = jax.device_get(self.current_params())
         for name, text in self.task.samples_fn(params, self.frozen).items():
-            self._write(self.writer.text, step, f"samples/{name}", text)
+            self.write(self.writer.text, step, f"samples/{name}", text)
             tqdm.write(f"[{name}] {text}")
 
     def export_params(self) -> tuple[int, Any]:
@@ -462,28 +275,3 @@ class Trainer:
             self.task.export_fn(str(directory), jax.device_get(params), self.frozen)
         self.exported_step = step
         return directory
-
-
-def _layout_message(err, directory) -> str:
-    """One line from a ``CheckpointLayoutError``: the first difference (params first) and what to do."""
-    def params_first(path: str):
-        return (not path.startswith("params"), path)
-
-    def more(items: list) -> str:
-        return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
-
-    if err.shapes:
-        shapes = sorted(err.shapes, key=lambda item: params_first(item[0]))
-        path, saved, requested = shapes[0]
-        what = f"'{path}' has shape {saved} in the checkpoint and {requested} in this config{more(shapes)}"
-    else:
-        parts = []
-        if err.extra:
-            extra = sorted(err.extra, key=params_first)
-            parts.append(f"the checkpoint has '{extra[0]}'{more(extra)} that this config does not")
-        if err.missing:
-            missing = sorted(err.missing, key=params_first)
-            parts.append(f"this config needs '{missing[0]}'{more(missing)} that the checkpoint lacks")
-        what = "; ".join(parts)
-    return (f"the checkpoint in {directory} (step {err.step}) was written with another model or LoRA setup: "
-            f"{what}; use a new --workdir or the same config")
