@@ -247,9 +247,8 @@ def _check_positive(settings: Settings) -> None:
 
 
 def validate(config: Any) -> Settings:
-    """Check ``config`` before anything is built or compiled; its engine sections, parsed."""
-    from jaxft.train.mesh import MESH_AXES
-
+    """Check ``config`` before anything is built or compiled; its engine sections, parsed (the mesh axes are
+    checked by ``jaxft.train.validate``, which knows them)."""
     if not config.recipe:
         raise ConfigError("config key 'recipe' is empty")
     for key, value in _numbers(config):
@@ -259,9 +258,6 @@ def validate(config: Any) -> Settings:
         _need(config, key)
     settings = parse_settings(config)
     _check_positive(settings)
-    for axis in settings.mesh.shape:
-        if axis not in MESH_AXES:
-            raise ConfigError(f"config key 'mesh.shape.{axis}': unknown mesh axis (use {', '.join(MESH_AXES)})")
     data = config.get("data")
     if isinstance(data, Mapping) or hasattr(data, "keys"):
         if "on_error" in data and data.on_error not in ("raise", "skip"):

@@ -20,7 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("jaxft", "api", "assets", "checkpoint", "data", "errors", "files", "lora", "models", "quant",
              "quiet", "sampling", "tokenization"),
     # What runs any recipe: the config, the loaders, the train loop, export and the run report.
-    "engine": ("config", "export", "loaders", "report", "train"),
+    "engine": ("config", "export", "loaders", "report", "settings", "train"),
     # The jobs, and their configs (configs/*.py).
     "recipes": ("recipes", "configs"),
     # Entry points: the training CLI and the benchmarks / inspection tools.
