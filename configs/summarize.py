@@ -7,7 +7,7 @@
         --config.data.document_column=text --config.data.summary_column=summary
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, FieldReference
 
 from jaxft.config import base_config, data_section, lora_section, model_section, run_preset, smollm2_path
 
@@ -44,7 +44,8 @@ def get_config(preset: str = "demo") -> ConfigDict:
     s.max_new_tokens = 128
     s.results_path = ""  # also write each eval's evaluation_results.json here ("": only the export's)
     s.scaling_report = True  # print the Chinchilla block for the planned run at start
-    s.epochs = 3.0  # > 0: train.steps = ceil(epochs * training pairs read / train.batch_size); 0: train.steps
+    s.epochs = FieldReference(3.0)  # = train.epochs; > 0: train.steps = ceil(epochs * pairs read / batch_size)
+    c.train.epochs = s.get_ref("epochs")
 
     # The reference's optimisation: AdamW lr 1e-4, wd 0.01, 100 warmup steps then linear decay,
     # clipping at 1.0, batch 4, 3 epochs; eval every 500 steps, best by validation loss.

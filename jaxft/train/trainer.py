@@ -58,8 +58,6 @@ class Trainer:
             with jax.set_mesh(self.mesh):
                 task = task(config, self.placement)  # the recipe's build(config, placement)
         self.task: TrainTask = task
-        if int(config.train.steps) != s.train.steps:  # a recipe's own epochs key set train.steps in build
-            s = parse_settings(config)
         s = self.settings = resolve_epochs(config, s, task.train_records)
         placed = place_task(task, s, self.mesh, self.rules)
         self.frozen, self.frozen_sh, self.trainable_sh = placed.frozen, placed.frozen_sh, placed.trainable_sh

@@ -196,11 +196,6 @@ def seeded_subset(records: RecordList, count: int, seed: int) -> RecordList:
     return RecordList([records[i] for i in chosen], origins=[origins[i] for i in chosen] if origins else None)
 
 
-def steps_for_epochs(epochs: float, train_count: int, batch_size: int) -> int:
-    """Optimizer steps of ``epochs`` passes over ``train_count`` pairs at ``batch_size``, rounded up."""
-    return max(1, -(-int(round(float(epochs) * train_count)) // int(batch_size)))
-
-
 def _renamed(records: RecordList, columns: tuple[str, str]) -> RecordList:
     document, summary = columns
     return RecordList([{"document": r[document], "summary": r[summary]} for r in records],

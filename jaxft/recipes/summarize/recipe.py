@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxft.recipes.summarize.data import SummaryEncoder, load_pairs, seeded_subset, steps_for_epochs
+from jaxft.recipes.summarize.data import SummaryEncoder, load_pairs, seeded_subset
 from jaxft.recipes.summarize.evaluation import DecodeSettings, evaluate_summaries, summary_line, write_results
 from jaxft.recipes.summarize.loss import boundary_token_weights
 from jaxft.train.lm import Finetuned, GlobalBatches, export_finetuned, load_finetuned, tune
@@ -93,7 +93,7 @@ def build(config, placement) -> TrainTask:
         trainable=trainable, frozen=frozen, loss_fn=lm.loss_fn(boundary_sums), train_batches=data.train_batches,
         eval_batches=data.eval_batches, host_eval_fn=rouge.host_eval_fn, samples_fn=rouge.samples_fn,
         export_fn=export_fn, no_decay=_no_decay if lm.full else _lora_no_decay,
-        data_fingerprint=data_fingerprint(config.data),
+        data_fingerprint=data_fingerprint(config.data), train_records=len(data.train_examples),
         description=(f"summarize: {'full fine-tuning' if lm.full else f'LoRA r={config.lora.rank}'} of {where} on "
                      f"{data.source}; {len(data.train_examples)} train / {len(data.valid_records)} validation "
                      f"pairs, rows of {data.seq_len} tokens; {loss_text}; ROUGE on {len(eval_pairs)} validation "
@@ -139,10 +139,6 @@ def summary_data(config, tokenizer) -> SummaryData:
                                                   getattr(valid_for_loss, "origins", None))
     log.info("data: train: %s", train_counts)
     log.info("data: validation: %s", valid_counts)
-    if float(s.epochs) > 0:  # the steps of the data actually read, not of a fixed data set
-        config.train.steps = steps_for_epochs(float(s.epochs), len(train_examples), int(config.train.batch_size))
-        log.info("summarize.epochs=%s over %d pairs at batch %d: train.steps=%d", s.epochs, len(train_examples),
-                 int(config.train.batch_size), int(config.train.steps))
     longest = max(len(e["input_ids"]) for e in train_examples + valid_examples)
     seq_len = int(s.seq_len) or -(-longest // 8) * 8
     if seq_len < longest:
@@ -188,8 +184,12 @@ def _print_scaling(config, data: SummaryData, trainable_count: int, base_param_c
     """The Chinchilla block for the planned run."""
     from jaxft.recipes.summarize import scaling
 
+    from jaxft.settings import parse_settings
+
+    # summarize.epochs (= train.epochs) counts the pairs actually read; the engine resolves it the same way
+    train = parse_settings(config).with_train_records(len(data.train_examples)).train
     mean_tokens = float(np.mean([len(e["input_ids"]) for e in data.train_examples]))
-    planned_tokens = int(config.train.steps) * int(config.train.batch_size) * mean_tokens
+    planned_tokens = train.steps * train.batch_size * mean_tokens
     analysis = scaling.analyze(params=trainable_count, tokens=planned_tokens,
                                total_params=base_param_count + (0 if full else trainable_count), lora=not full)
     print(scaling.report(analysis), flush=True)

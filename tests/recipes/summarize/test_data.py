@@ -8,7 +8,7 @@ from rouge_score import rouge_scorer
 
 from jaxft.data.records import RecordList
 from jaxft.recipes.summarize.data import (PROMPT_PREFIX, TARGET_MARKER, SummaryEncoder, TruncationCounts,
-                                          docstring_pairs, prompt_text, seeded_subset, steps_for_epochs)
+                                          docstring_pairs, prompt_text, seeded_subset)
 from jaxft.recipes.summarize.evaluation import rouge_scores, write_results
 from jaxft.tokenization.demo import demo_tokenizer
 
@@ -141,6 +141,12 @@ def test_seeded_subset_is_drawn_from_the_whole_set_in_order():
     assert len(seeded_subset(records, 5000, seed=0)) == 1000
 
 
-def test_steps_for_epochs():
-    assert steps_for_epochs(3.0, 287_113, 4) == 215_335  # the reference's 3 epochs of cnn_dailymail
-    assert steps_for_epochs(3.0, 61, 4) == 46 and steps_for_epochs(0.01, 10, 4) == 1
+def test_epochs_count_the_pairs_read():
+    from jaxft.config import recipe_config
+    from jaxft.settings import parse_settings
+
+    config = recipe_config("summarize", "seed")
+    assert config.train.epochs == 3.0  # summarize.epochs is train.epochs
+    assert parse_settings(config).with_train_records(287_113).train.steps == 215_335  # 3 epochs of cnn_dailymail
+    config.summarize.epochs = 0.01
+    assert parse_settings(config).with_train_records(10).train.steps == 1

@@ -190,8 +190,11 @@ def test_double_quant_reaches_the_base():
 
 def test_epochs_set_the_steps_from_the_pairs_read():
     config = smoke(epochs=2.0)
+    from jaxft.settings import parse_settings, resolve_epochs
+
     train, _, _ = load_pairs(config)
-    build(config, None)
+    task = build(config, None)
+    resolve_epochs(config, parse_settings(config), task.train_records)
     assert len(train) == 61 and config.train.steps == -(-2 * 61 // 4)  # 64 records, 5% validate
 
 
