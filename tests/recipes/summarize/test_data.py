@@ -142,7 +142,7 @@ def test_seeded_subset_is_drawn_from_the_whole_set_in_order():
 
 
 def test_epochs_count_the_pairs_read():
-    from jaxft.config import recipe_config
+    from tests.configs import recipe_config
     from jaxft.settings import parse_settings
 
     config = recipe_config("summarize", "seed")
