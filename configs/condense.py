@@ -18,7 +18,7 @@ from ml_collections import ConfigDict
 
 from jaxft.config import base_config, data_section, lora_section, model_section, run_preset, smollm2_path
 
-PRESETS = ("demo", "smoke", "smol", "seed", "test")
+PRESETS = ("demo", "smoke", "smol", "seed", "test", "seed_gist")
 
 
 def _condense_section() -> ConfigDict:
@@ -48,6 +48,10 @@ def _condense_section() -> ConfigDict:
                                     completion_column="expected_completion", max_prompt_tokens=128,
                                     max_completion_tokens=512))
     k.samples = ConfigDict(dict(max_new_tokens=128))
+    # condense: encoder + condense tokens + projector -> decoder (above); gist: the reference's single-model
+    # gist design (jaxft/recipes/condense/gist.py), laid out by k.gist
+    k.design = "condense"
+    k.gist = ConfigDict(dict(span_tokens=256, gist_tokens=128, max_tokens=1024, num_flags=1, min_characters=2000))
     return k
 
 
@@ -100,6 +104,8 @@ def get_config(preset: str = "demo") -> ConfigDict:
         _smol(c)
     elif preset == "test":
         _test(c)
+    elif preset == "seed_gist":
+        _seed_gist(c)
     return c
 
 
@@ -198,3 +204,26 @@ def _test(c: ConfigDict) -> None:
     k.samples.max_new_tokens = 32
     c.lora.update(dict(rank=16, alpha=16.0))
     run_preset(c, steps=10, batch_size=2, log_every=1, every=5, eval_batches=2)
+
+
+def _seed_gist(c: ConfigDict) -> None:
+    # The reference's default branch at 4c5c879 (Jan 2025, config/test.yaml, compress/lit.py, train.py): one
+    # LLM as LoRA'd compressor and frozen target, 128 gist tokens per 256-token span of a 1024-token text,
+    # auto-encoding + completing, AdamW lr 1e-4 with weight decay 0.1 on everything, batch 1, one epoch.
+    llm = "meta-llama/Llama-3.1-8B-Instruct"
+    c.encoder = model_section(path=llm, dtype="bfloat16", compute_dtype="bfloat16", remat="full")
+    c.decoder = _decoder_section(path=llm, dtype="bfloat16", compute_dtype="bfloat16")  # the same LLM, not reloaded
+    c.lora = lora_section(rank=256, alpha=256.0, dropout=0.1)
+    # Texts: each conversation rendered by the LLM's chat template in a `text` column (data.path); kept when
+    # longer than 2000 characters; 10% validation.
+    c.data = data_section(validation_fraction=0.1)
+    k = c.condense
+    k.design = "gist"
+    k.objectives = ConfigDict(dict(ae=1.0, continuation=1.0, instruction=0.0))
+    k.decay_all = True
+    c.optim.groups = ConfigDict({name: ConfigDict({"lr": 1e-4}) for name in ("lora", "gist_tokens", "flags")})
+    c.optim.max_grad_norm = 1.0
+    run_preset(c, schedule="constant", peak_lr=1e-4, warmup_steps=0, weight_decay=0.1, batch_size=1, every=500,
+               eval_batches=100)
+    c.train.epochs = 1.0
+    c.export.source = "last"

@@ -173,6 +173,12 @@ def build(config, placement) -> TrainTask:
     from jaxft.recipes.condense.inference import Condenser
 
     k = config.condense
+    if str(k.design) == "gist":
+        from jaxft.recipes.condense.gist_task import build_gist
+
+        return build_gist(config, placement)
+    if str(k.design) != "condense":
+        raise ValueError(f"config key 'condense.design'={k.design!r}: expected condense or gist")
     weights = check_weights(dict(k.objectives))
     demo = not config.encoder.path and not config.decoder.path
     if demo and jax.process_index() == 0:
