@@ -43,6 +43,18 @@ def _blocks(a: jnp.ndarray, size: int) -> jnp.ndarray:
     return a.reshape((b, n, size) + a.shape[2:]).swapaxes(0, 1)
 
 
+def _allowed_tile(qf, kf, window):
+    """Which keys of a key block each query of a query block may see: [b, q_block, kv_block]."""
+    slots, pos, seg = qf
+    k_slots, k_valid, k_pos, k_seg = kf
+    ok = (k_slots[:, None, :] <= slots[:, :, None]) & k_valid[:, None, :]
+    if window is not None:
+        ok &= (pos[:, :, None] - k_pos[:, None, :]) < window
+    if seg is not None:
+        ok &= seg[:, :, None] == k_seg[:, None, :]
+    return ok
+
+
 def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask, *,
                         q_block: int = DEFAULT_BLOCK, kv_block: int = DEFAULT_BLOCK) -> jnp.ndarray:
     """q [b, t, h, d]; k, v [b, s, kv_h, d]; ``mask`` an ``attention.AttentionMask`` -> [b, t, h, d]."""
@@ -73,21 +85,11 @@ def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask, *,
     window = mask.sliding_window
     scale = d ** -0.5
 
-    def allowed_tile(qf, kf):
-        slots, pos, seg = qf
-        k_slots, k_valid, k_pos, k_seg = kf
-        ok = (k_slots[:, None, :] <= slots[:, :, None]) & k_valid[:, None, :]
-        if window is not None:
-            ok &= (pos[:, :, None] - k_pos[:, None, :]) < window
-        if seg is not None:
-            ok &= seg[:, :, None] == k_seg[:, None, :]
-        return ok  # [b, q_block, kv_block]
-
     def one_query_block(qb, qf):
         def step(carry, kv):
             m, l, o = carry
             kb, vb, kf = kv
-            ok = allowed_tile(qf, kf)
+            ok = _allowed_tile(qf, kf, window)
 
             def update(carry):
                 m, l, o = carry

@@ -27,11 +27,6 @@ def rules_with(overrides: Mapping) -> dict:
     return rules
 
 
-def rules_from_config(config) -> dict:
-    """``rules_with(config.mesh.rules)``."""
-    return rules_with(config.mesh.get("rules", {}))
-
-
 @dataclasses.dataclass(frozen=True)
 class Placement:
     mesh: Mesh
@@ -41,10 +36,6 @@ class Placement:
     def of(cls, shape: Mapping[str, int], rule_overrides: Mapping) -> Placement:
         """The mesh of ``shape`` (a mesh section's) and the default rules with ``rule_overrides`` on top."""
         return cls(mesh_lib.make_mesh(dict(shape)), rules_with(rule_overrides))
-
-    @classmethod
-    def from_config(cls, config) -> Placement:
-        return cls.of(config.mesh.shape, config.mesh.get("rules", {}))
 
     def sharding_for(self, path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:
         """The sharding of the leaf at ``path`` (any prefix before the decoder's own path) of ``shape``."""
