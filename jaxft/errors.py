@@ -11,12 +11,14 @@ import functools
 import sys
 from collections.abc import Callable
 
+from jaxft.interrupts import EXIT_INTERRUPTED, ctrl_c_raises
+
+
 class ConfigError(ValueError):
     """A config (a training config or a checkpoint's config.json) jaxft cannot use; the message names the key."""
 
 
 EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def known_failures() -> tuple[type[BaseException], ...]:
@@ -45,12 +47,14 @@ def fail(message: str, code: int = EXIT_ERROR) -> int:
 
 
 def cli_boundary(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a ``main(argv) -> exit code``: known failures print one line and return 2."""
+    """Wrap a ``main(argv) -> exit code``: known failures print one line and return 2; Ctrl-C returns 130,
+    wherever it lands (``jaxft.interrupts``)."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
         try:
-            return main(*args, **kwargs)
+            with ctrl_c_raises():
+                return main(*args, **kwargs)
         except KeyboardInterrupt:
             return fail("interrupted", EXIT_INTERRUPTED)
         except known_failures() as err:

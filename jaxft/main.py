@@ -6,15 +6,21 @@ to that recipe's own commands (``python -m jaxft.recipes.<recipe> <verb> ...``).
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-from pathlib import Path
+from jaxft.interrupts import EXIT_INTERRUPTED, exit_interrupted, stop_on_ctrl_c
 
-from absl import app, flags
-from ml_collections import config_flags
+if __name__ == "__main__":  # first, before absl or jax is imported: a Ctrl-C at any moment ends the run (130)
+    stop_on_ctrl_c()
 
-from jaxft.errors import cli_boundary, fail
+import functools  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxft.errors import cli_boundary, fail  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file, optionally with ':preset'.",
                                           lock_config=True)
@@ -47,13 +53,14 @@ log = logging.getLogger("jaxft")
 def _setup_logging():
     import jax
 
-    logging.basicConfig(level=logging.INFO if jax.process_index() == 0 else logging.ERROR,
+    # force: absl's app.run put its own handler (absl's line format) on the root logger; one format only
+    logging.basicConfig(level=logging.INFO if jax.process_index() == 0 else logging.ERROR, force=True,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax._src", "orbax", "grain", "tensorstore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(_drop_reraised_orbax_errors)
-    sys.unraisablehook = _drop_orbax_leftovers
+    sys.unraisablehook = functools.partial(_drop_orbax_leftovers, sys.unraisablehook)
 
 
 def _from_orbax(tb) -> bool:
@@ -62,14 +69,14 @@ def _from_orbax(tb) -> bool:
     return tb is not None and any("/orbax/" in frame.filename for frame in traceback.extract_tb(tb))
 
 
-def _drop_orbax_leftovers(unraisable) -> None:
+def _drop_orbax_leftovers(next_hook, unraisable) -> None:
     """After a failed save or restore, Orbax's abandoned reads and writes finish on an event loop it
-    has closed; Python would print each as a traceback after the one-line error. Others are printed."""
+    has closed; Python would print each as a traceback after the one-line error. Others go to ``next_hook``."""
     exc = unraisable.exc_value
     closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
     if closed_loop or _from_orbax(unraisable.exc_traceback) or "orbax" in repr(unraisable.object):
         return
-    sys.__unraisablehook__(unraisable)
+    next_hook(unraisable)
 
 
 def _drop_reraised_orbax_errors(record: logging.LogRecord) -> bool:
@@ -102,7 +109,10 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/condense.py:demo")
-    return _train(config)
+    code = _train(config)
+    if code == EXIT_INTERRUPTED:
+        exit_interrupted()
+    return code
 
 
 @cli_boundary
@@ -224,6 +234,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run():
     """The ``jaxft`` console script: ``jaxft train ...`` or ``jaxft <recipe> <verb> ...``."""
+    stop_on_ctrl_c()
     argv = sys.argv
     if len(argv) > 1 and not argv[1].startswith("-"):
         command = argv[1]

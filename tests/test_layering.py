@@ -18,7 +18,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # Model code, checkpoints, adapters, decoding, tokenizers, data: usable without a training run.
     # "jaxft" is the package itself (its __init__ re-exports core names).
     "core": ("jaxft", "api", "assets", "checkpoint", "data", "errors", "files", "lora", "models", "quant",
-             "quiet", "sampling", "tokenization"),
+             "interrupts", "quiet", "sampling", "tokenization"),
     # What runs any recipe: the config, the loaders, the train loop, export and the run report.
     "engine": ("config", "export", "loaders", "report", "settings", "train"),
     # The jobs, and their configs (configs/*.py).

@@ -10,6 +10,7 @@ import signal
 import jax
 from tqdm.auto import tqdm
 
+from jaxft.interrupts import interrupt
 from jaxft.settings import EarlyStoppingSettings
 
 log = logging.getLogger("jaxft")
@@ -139,7 +140,8 @@ class PreemptionWatch:
 
     def _on_signal(self, signum, frame):
         if signum == signal.SIGINT and self.requested == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the save
+            interrupt(frame)  # a second Ctrl-C: stop now, without the save
+            return
         self.requested = signum
         if signum == signal.SIGINT and self.announce:
             tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop without saving)")
