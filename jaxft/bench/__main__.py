@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                        "minigpt"),
                     help="lm: the shape flags below; any other: that recipe's seed preset (configs/<name>.py), "
                          "which sets the model, batch, sequence, LoRA, dtypes and remat")
+    pl.add_argument("--preset", default="seed",
+                    help="the recipe's preset to plan (configs/<name>.py:<preset>; default seed), e.g. seed_gist")
     _model_flags(pl)
     pl.add_argument("--quant", default="none", choices=("none", "nf4", "int8"), help="lm: frozen base format")
     pl.add_argument("--encoder", default="llama-3.2-1b", choices=sorted(shapes.MODELS))
@@ -97,15 +99,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.what == "plan" and args.recipe not in ("lm", "condense"):
         from jaxft.bench.plan import seed_plan
 
-        seed = seed_plan(args.recipe)
+        seed = seed_plan(args.recipe, args.preset)
         args.seed_plan = seed
         for key in ("batch", "seq", "lora_rank", "quant", "remat", "dtype", "chunk"):
             setattr(args, key, seed[key])
-        args.recipe_note = (f"configs/{args.recipe}.py seed preset planned as the lm step on its model shape: one "
-                            f"micro-batch of {seed['batch']} (accum_steps {seed['accum']}), {seed['weight_dtype']} "
-                            f"weights, {seed['dtype']} compute; the recipe's own heads/encoders are not in it")
+        args.recipe_note = (f"configs/{args.recipe}.py {args.preset} preset planned as the lm step on its model "
+                            f"shape: one micro-batch of {seed['batch']} (accum_steps {seed['accum']}), "
+                            f"{seed['weight_dtype']} weights, {seed['dtype']} compute; the recipe's own "
+                            "heads/encoders are not in it")
     elif args.what == "plan" and args.recipe == "condense":
-        args.recipe_note = ("configs/condense.py seed preset (layout, models, LoRA, objectives, chunk) "
+        args.recipe_note = (f"configs/condense.py {args.preset} preset (layout, models, LoRA, objectives, chunk) "
                             "through its loss_fn")
     return args
 

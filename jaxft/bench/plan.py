@@ -69,8 +69,41 @@ def lm_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     return trainable, frozen, loss_fn, batch, what, flops
 
 
+def gist_parts(config, dtype) -> tuple[Any, Any, Any, dict, str, float]:
+    """A condense.design=gist preset: one LLM (LoRA'd compressor and frozen target), its gist layout,
+    LoRA rank, objectives and chunk, through the recipe's own loss."""
+    import jax
+
+    from jaxft import lora as lora_lib
+    from jaxft.recipes.condense import gist
+    from jaxft.recipes.condense.gist_task import layout_from_config
+
+    k, name = config.condense, SEED_MODELS[config.encoder.path]
+    cfg = _cfg(name)
+    base = _base(cfg, dtype, str(config.encoder.quantize))
+    adapters = jax.eval_shape(lambda: lora_lib.init(jax.random.key(1), cfg, base, rank=int(config.lora.rank),
+                                                    alpha=float(config.lora.alpha), targets=tuple(config.lora.targets),
+                                                    dropout=float(config.lora.dropout)))
+    model = gist.GistModel(llm=cfg, layout=layout_from_config(k.gist), lora_config=adapters.config, dtype=dtype,
+                           remat=str(config.encoder.remat))
+    trainable = {"lora": adapters.params, **jax.eval_shape(lambda: gist.init_params(jax.random.key(2), model))}
+    weights = {"ae": float(k.objectives.ae), "continuation": float(k.objectives.continuation)}
+    chunk = int(config.loss.chunk_size) or None
+
+    def loss_fn(t, f, batch, rng):
+        return gist.gist_loss(model, t, f, batch, rng, weights=weights, chunk_size=chunk)
+
+    layout, b = model.layout, int(config.train.batch_size)
+    spans = (b, layout.max_spans, layout.span_length)
+    what = (f"condense gist design: {name} as LoRA'd compressor (r={config.lora.rank}) and frozen target; "
+            f"batch {b}, {layout.max_tokens} tokens in {layout.max_spans} spans of {layout.span_length} -> "
+            f"{layout.num_gist_tokens} gist tokens each; objectives {weights}")
+    return trainable, {"llm": base}, loss_fn, {"ids": (spans, "int32"), "mask": (spans, "bool")}, what, float("nan")
+
+
 def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
-    """configs/condense.py's seed: its layout (Layout.create), models, LoRA rank, objectives and chunk."""
+    """configs/condense.py's preset (default seed): its layout (Layout.create), models, LoRA rank, objectives
+    and chunk."""
     import jax
 
     from jaxft import lora as lora_lib
@@ -79,7 +112,9 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     from jaxft.recipes.condense import objectives
     from jaxft.recipes.condense.data import Layout
 
-    config = _seed_config("condense")
+    config = _seed_config("condense", getattr(args, "preset", "seed"))
+    if str(config.condense.design) == "gist":
+        return gist_parts(config, dtype)
     k = config.condense
     layout = Layout.create(max_tokens=int(k.max_tokens), compression_ratio=float(k.compression_ratio),
                            num_segments=int(k.num_segments), max_decoder_tokens=int(k.max_decoder_tokens),
@@ -124,9 +159,13 @@ def lm_loads(args, dtype) -> list[tuple[Any, Any, str, bool]]:
     return [(cfg, weights, args.quant, bool(seed and seed.get("double_quant")))]
 
 
-def condense_loads(dtype) -> list[tuple[Any, Any, str, bool]]:
-    """The condense seed's encoder and frozen decoder, loaded in that order (as ``condense_parts`` plans them)."""
-    config = _seed_config("condense")
+def condense_loads(dtype, preset: str = "seed") -> list[tuple[Any, Any, str, bool]]:
+    """The condense preset's encoder and frozen decoder, loaded in that order (as ``condense_parts`` plans
+    them); the gist design's one LLM."""
+    config = _seed_config("condense", preset)
+    if str(config.condense.design) == "gist":
+        section = config.encoder
+        return [(_cfg(SEED_MODELS[section.path]), dtype, str(section.quantize), False)]
     return [(_cfg(SEED_MODELS[section.path]), dtype, str(section.quantize), bool(section.get("double_quant", False)))
             for section in (config.encoder, config.decoder)]
 
@@ -149,6 +188,7 @@ def load_plan(loads, mesh) -> dict[str, Any]:
 SEED_MODELS = {
     "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
     "mistralai/Mistral-7B-Instruct-v0.2": "mistral-7b",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
     "Qwen/Qwen3-0.6B": "qwen3-0.6b",
     "Qwen/Qwen2.5-0.5B": "qwen2.5-0.5b",
     "Bossologist/Qwen3-4B-Instruct-2507_general_ft_merged": "qwen3-4b",
@@ -156,19 +196,19 @@ SEED_MODELS = {
 SEED_RECIPES = ("condense", "embedllm", "movielens", "summarize", "minigpt")
 
 
-def _seed_config(recipe: str):
+def _seed_config(recipe: str, preset: str = "seed"):
     from pathlib import Path
 
     from jaxft.config import load_config_file
 
     path = Path(__file__).resolve().parents[2] / "configs" / f"{recipe}.py"
-    return load_config_file(f"{path}:seed")
+    return load_config_file(f"{path}:{preset}")
 
 
-def seed_plan(recipe: str) -> dict[str, Any]:
-    """A single-LLM recipe's seed preset as the lm step: model shape, batch (one micro-batch), sequence
-    length, LoRA rank, base format, remat and dtypes, all read from configs/<recipe>.py."""
-    c = _seed_config(recipe)
+def seed_plan(recipe: str, preset: str = "seed") -> dict[str, Any]:
+    """A single-LLM recipe's preset (default seed) as the lm step: model shape, batch (one micro-batch),
+    sequence length, LoRA rank, base format, remat and dtypes, all read from configs/<recipe>.py."""
+    c = _seed_config(recipe, preset)
     micro = int(c.train.batch_size) // int(c.optim.accum_steps)
     out = dict(lora_rank=int(c.lora.rank), quant=str(c.model.quantize), remat=str(c.model.remat),
                double_quant=bool(c.model.get("double_quant", False)),
@@ -212,7 +252,8 @@ def run(args) -> dict[str, Any]:
     dtype = jnp.dtype(args.dtype)
     parts = condense_parts if args.recipe == "condense" else lm_parts
     trainable, frozen, loss_fn, batch, what, model_flops = parts(args, dtype)
-    load = load_plan(condense_loads(dtype) if args.recipe == "condense" else lm_loads(args, dtype), mesh)
+    preset = getattr(args, "preset", "seed")
+    load = load_plan(condense_loads(dtype, preset) if args.recipe == "condense" else lm_loads(args, dtype), mesh)
     batch_shapes = {k: (shape, jnp.dtype(dt)) for k, (shape, dt) in batch.items()}
 
     step, s_sh, f_sh, b_sh, optimizer = place_step(trainable, frozen, loss_fn, batch_shapes, mesh)

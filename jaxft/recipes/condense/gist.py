@@ -64,7 +64,8 @@ class GistLayout:
 
 @dataclasses.dataclass(frozen=True)
 class GistModel:
-    """One LLM, its LoRA config and the layout; the compute dtype and remat policy."""
+    """One LLM, its LoRA config and the layout; the compute dtype and the remat policy (of the LLM as
+    compressor and as target: the loss backpropagates through both)."""
 
     llm: DecoderConfig
     layout: GistLayout
@@ -137,7 +138,7 @@ def _score(model: GistModel, params: Params, prefix, flags, targets, target_mask
     first = prefix.shape[1] + flags.shape[1] - 1
     mask = jnp.concatenate([jnp.ones((rows, first + 1), bool), target_mask[:, :-1]], axis=1)
     hidden, _ = forward(cfg, params, attention_mask=mask, position_ids=jnp.broadcast_to(positions, mask.shape),
-                        inputs_embeds=embeds, output="hidden", dtype=model.dtype)
+                        inputs_embeds=embeds, remat=model.remat, output="hidden", dtype=model.dtype)
     head = lm_head_weight(cfg, params, model.dtype)
     return causal_lm_loss(hidden[:, first:], head, targets, target_mask, weights, chunk_size=chunk_size)
 

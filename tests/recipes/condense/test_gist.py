@@ -161,3 +161,16 @@ def test_seed_gist_trains_two_steps_and_exports(tmp_path):
     meta = json.loads((export / "gist.json").read_text())
     assert (meta["span_tokens"], meta["gist_tokens"], meta["max_tokens"]) == (32, 16, 128)
     assert (export / "adapter" / "adapter_config.json").is_file()
+
+
+def test_bench_plans_the_seed_gist_preset_as_configured():
+    """What `python -m jaxft.bench plan --recipe condense --preset seed_gist` compiles (shapes only)."""
+    from jaxft.bench import plan
+
+    (cfg, _, fmt, _), = plan.condense_loads(jnp.bfloat16, "seed_gist")  # one LLM, loaded once
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size, fmt) == (4096, 32, 128256, "none")
+    trainable, frozen, _, batch, what, _ = plan.gist_parts(recipe_config("condense", "seed_gist"), jnp.bfloat16)
+    assert batch == {"ids": ((1, 4, 256), "int32"), "mask": ((1, 4, 256), "bool")}
+    assert trainable["gist_tokens"].shape == (128, 4096) and trainable["flags"]["ae"].shape == (1, 4096)
+    assert trainable["lora"]["model"]["layers"]["mlp"]["gate_proj"]["a"].shape == (32, 4096, 256)
+    assert list(frozen) == ["llm"] and "128 gist tokens each" in what

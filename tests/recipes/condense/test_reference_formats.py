@@ -133,3 +133,58 @@ def test_unknown_layouts_are_refused_by_name(tmp_path):
     torch.save({"weights": torch.zeros(2)}, file)
     with pytest.raises(ValueError, match=r"not a reference modules.pt \(keys: \['weights'\]\)"):
         read_reference(file)
+
+
+def _condense_export(directory, trainable, model, projector="reference"):
+    """The files of a condense export that the conversion reads (as export_condenser writes them)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from jaxft import lora as lora_lib
+    from jaxft.files import flatten_tree
+    from jaxft.recipes.condense import export
+
+    directory.mkdir(parents=True)
+    tree = {k: trainable[k] for k in ("condense_tokens", "projector", "markers")}
+    save_file(flatten_tree(jax.device_get(tree)), str(directory / export.WEIGHTS_FILE))
+    (directory / export.CONFIG_FILE).write_text(json.dumps({"projector": projector}))
+    lora_lib.save_peft(directory / "adapter", model.encoder, lora_lib.LoRA(trainable["lora"], model.lora_config))
+
+
+def test_exports_convert_to_the_reference_files(tmp_path, capsys):
+    import torch
+
+    from jaxft.recipes.condense import gist_task
+    from jaxft.recipes.condense.reference_export import main
+
+    model, trainable, _ = tiny_condenser("reference")
+    _condense_export(tmp_path / "export", trainable, model)
+    assert main([str(tmp_path / "export"), str(tmp_path / "repo")]) == 0
+    saved = torch.load(tmp_path / "repo" / "checkpoints" / "modules.pt", weights_only=True)["modules"]
+    np.testing.assert_array_equal(saved["pre_condensed_tokens"][0].numpy(), np.asarray(trainable["condense_tokens"]))
+    np.testing.assert_array_equal(saved["linear_state_dict"]["weight"].numpy(),
+                                  np.asarray(trainable["projector"]["linear"]["kernel"]).T)
+    assert (tmp_path / "repo" / "adapter_config.json").is_file()  # at the root, as the reference's hub repos
+    assert "(r1 format)" in capsys.readouterr().out
+
+    gmodel = _gist_model()
+    gtrainable = {"lora": trainable["lora"], **gist.init_params(jax.random.key(3), gmodel)}
+    gist_task.export_gist(tmp_path / "gexport", dataclasses.replace(gmodel, lora_config=model.lora_config),
+                          gtrainable, _byte_tokenizer(), "")
+    assert main([str(tmp_path / "gexport"), str(tmp_path / "grepo")]) == 0
+    got = import_gist(tmp_path / "grepo", dataclasses.replace(gmodel, llm=model.encoder), gtrainable)
+    np.testing.assert_array_equal(got["gist_tokens"], gtrainable["gist_tokens"])
+    np.testing.assert_array_equal(got["flags"]["lm"], gtrainable["flags"]["lm"])
+
+    # Bad input: one line, exit code 2.
+    _condense_export(tmp_path / "linear", trainable, model, projector="linear_norm")
+    assert main([str(tmp_path / "linear"), str(tmp_path / "x")]) == 2
+    assert "R1's modules.pt holds the reference projector only" in capsys.readouterr().err
+    assert main([str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
+
+
+def _byte_tokenizer():
+    from tests.recipes.condense.helpers import byte_tokenizer
+
+    return byte_tokenizer()
