@@ -42,6 +42,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     s.greedy = False  # False: the reference's sampling (temperature 0.7, top-p 0.9, top-k 50)
     s.temperature = 0.7
     s.max_new_tokens = 128
+    s.demo_document = "body"  # offline pairs: "body" (paragraph minus its first sentence) or "paragraph"
     s.results_path = ""  # also write each eval's evaluation_results.json here ("": only the export's)
     s.scaling_report = True  # print the Chinchilla block for the planned run at start
     s.epochs = FieldReference(3.0)  # = train.epochs; > 0: train.steps = ceil(epochs * pairs read / batch_size)

@@ -4,6 +4,7 @@
     python -m jaxft.recipes.minigpt tokenizer --input corpus.txt --char --output tok/
     python -m jaxft.recipes.minigpt sample --ckpt runs/minigpt/export --prompt "The module" [--temp 0.6] ...
     python -m jaxft.recipes.minigpt export-gguf --ckpt runs/minigpt/export --out model.gguf [--type f16|q8_0]
+    python -m jaxft.recipes.minigpt import-pth --pth pth/ckpt_best.pth --spm data/spm_en8k.model --out imported/
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--ckpt", required=True, help="an export directory of a minigpt run (or a model directory)")
     g.add_argument("--out", required=True, help="the .gguf file to write")
     g.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16")
+
+    m = verbs.add_parser("import-pth", help="the reference's .pth checkpoint as a model directory")
+    m.add_argument("--pth", required=True, help="ckpt_minGPT.pth or ckpt_best.pth of the reference's train.py")
+    m.add_argument("--spm", required=True, help="the SentencePiece .model the checkpoint was trained with")
+    m.add_argument("--out", required=True, help="the model directory to write (for sample, init_from, export-gguf)")
     return p
 
 
@@ -150,6 +156,14 @@ def _export_gguf(args) -> int:
     return 0
 
 
+def _import_pth(args) -> int:
+    from jaxft.recipes.minigpt.reference import import_pth
+
+    path = import_pth(args.pth, args.spm, args.out)
+    print(f"wrote {path} (from {args.pth})")
+    return 0
+
+
 @cli_boundary
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -157,4 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         return _tokenizer(args)
     if args.verb == "sample":
         return _sample(args)
+    if args.verb == "import-pth":
+        return _import_pth(args)
     return _export_gguf(args)

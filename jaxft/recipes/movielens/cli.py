@@ -4,6 +4,7 @@
     python -m jaxft.recipes.movielens prepare --download ml-latest-small --output-dir data/movielens   # or ml-100k
     python -m jaxft.recipes.movielens check-seq-len --config configs/movielens.py:seed
     python -m jaxft.recipes.movielens compare --export runs/movielens/export --data data/movielens/test_raw.jsonl
+    python -m jaxft.recipes.movielens infer --export runs/movielens/export --data data/movielens/test_raw.jsonl
 """
 
 from __future__ import annotations
@@ -55,7 +56,36 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--batch-size", type=int, default=8)
     cmp_.add_argument("--examples", type=int, default=5, help="example rows to print")
     cmp_.add_argument("--base-model", default=None, help="a local copy of the export's base model (dir or .gguf)")
+
+    inf = sub.add_parser("infer", help="answers by generation (the reference's infer_lora.py), parsed as Yes/No")
+    inf.add_argument("--export", type=Path, required=True, help="the export directory of a training run")
+    what = inf.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", type=Path, help="test_raw.jsonl written by prepare: accuracy/F1 of the answers")
+    what.add_argument("--prompt", help="one user input (history, candidate, question), as infer_lora.py's")
+    inf.add_argument("--limit", type=int, default=None, help="the first N records only")
+    inf.add_argument("--base", action="store_true", help="also generate with the base model alone")
+    inf.add_argument("--max-new-tokens", type=int, default=64)
+    inf.add_argument("--temperature", type=float, default=0.7)
+    inf.add_argument("--top-p", type=float, default=0.9)
+    inf.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    inf.add_argument("--seed", type=int, default=0)
+    inf.add_argument("--batch-size", type=int, default=8)
+    inf.add_argument("--examples", type=int, default=5, help="example rows to print")
+    inf.add_argument("--base-model", default=None, help="a local copy of the export's base model (dir or .gguf)")
     return parser
+
+
+def _infer(args) -> int:
+    from jaxft.recipes.movielens.infer import Decoding, format_infer, infer
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    decoding = Decoding(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        greedy=args.greedy)
+    result = infer(args.export, data=args.data, prompt=args.prompt, limit=args.limit, base=args.base,
+                   decoding=decoding, batch_size=args.batch_size, seed=args.seed, base_model=args.base_model)
+    print(format_infer(result, examples=args.examples))
+    return 0
 
 
 def _prepare(args) -> int:
@@ -99,7 +129,7 @@ def _compare(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _prepare, "check-seq-len": _check_seq_len, "compare": _compare}
+COMMANDS = {"prepare": _prepare, "check-seq-len": _check_seq_len, "compare": _compare, "infer": _infer}
 
 
 def _main(argv: list[str] | None = None) -> int:

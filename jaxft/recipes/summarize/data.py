@@ -124,23 +124,31 @@ class SummaryEncoder:
 _SENTENCE_END = re.compile(r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<=[a-z0-9)\]\"'`][.!?])\s+(?=[A-Z])")
 
 
-def docstring_pairs(paragraphs: Iterable[str]) -> list[dict[str, str]]:
+DEMO_DOCUMENTS = ("body", "paragraph")
+
+
+def docstring_pairs(paragraphs: Iterable[str], document: str = "body") -> list[dict[str, str]]:
     """``{"document", "summary"}`` pairs from prose paragraphs of two sentences or more: a docstring
-    paragraph opens with its summary sentence, so the first sentence is the summary and the rest of
-    the paragraph (its body) is the document."""
+    paragraph opens with its summary sentence, so the first sentence is the summary. The document is
+    the rest of the paragraph (``"body"``) or the whole paragraph (``"paragraph"``: the summary is then
+    its lead sentence, a summary the document determines)."""
+    if document not in DEMO_DOCUMENTS:
+        raise ValueError(f"config key 'summarize.demo_document'={document!r} is not one of "
+                         f"{', '.join(DEMO_DOCUMENTS)}")
     pairs = []
     for paragraph in paragraphs:
         sentences = _SENTENCE_END.split(paragraph)
         if len(sentences) >= 2:
-            pairs.append({"document": " ".join(sentences[1:]), "summary": sentences[0]})
+            body = " ".join(sentences if document == "paragraph" else sentences[1:])
+            pairs.append({"document": body, "summary": sentences[0]})
     return pairs
 
 
-def demo_pairs() -> list[dict[str, str]]:
+def demo_pairs(document: str = "body") -> list[dict[str, str]]:
     """The demo data set: pairs from the standard-library docstrings of ``jaxft.data.demo_corpus``."""
     from jaxft.data.corpus import demo_corpus
 
-    return docstring_pairs(demo_corpus())
+    return docstring_pairs(demo_corpus(), document)
 
 
 
@@ -174,7 +182,7 @@ def load_pairs(config, *, train: bool = True) -> tuple[RecordList | None, Record
         return None, _renamed(load_records(extra, columns), columns), str(extra.path or extra.hf_dataset)
     records = load_records(d, columns)
     if records is None:
-        pairs = demo_pairs()[: int(d.max_records) or None]
+        pairs = demo_pairs(str(s.get("demo_document", "body")))[: int(d.max_records) or None]
         records = RecordList(pairs, origins=[f"docstring pair {i}" for i in range(len(pairs))])
         train_part, valid = split_records(records, float(d.validation_fraction), int(config.seed))
         return train_part, valid, "document/summary pairs from Python's own docstrings"

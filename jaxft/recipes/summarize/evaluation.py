@@ -61,6 +61,30 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[
     return {name: total / n for name, total in totals.items()}
 
 
+def distinct_share(texts: Sequence[str]) -> float:
+    """Distinct generations over generations: 1/n when every document gets the same summary."""
+    return len(set(texts)) / len(texts) if texts else 0.0
+
+
+def constant_baseline(candidates: Sequence[str], references: Sequence[str], *, pool: int = 256,
+                      seed: int = 0) -> dict[str, Any]:
+    """The best document-independent summary: of (a seeded ``pool`` of) ``candidates``, the one whose
+    mean ROUGE-1 against every reference is highest, and its ROUGE-1/2/L. Chosen on the references
+    themselves, so no constant summary from the candidates scores higher; a model whose summaries
+    depend on their documents has to beat it to show it read them."""
+    from rouge_score import rouge_scorer
+
+    unique = sorted(set(c for c in candidates if c.strip()))
+    if not unique or not references:
+        raise ValueError("a constant baseline needs candidate summaries and references")
+    if len(unique) > pool:
+        unique = [unique[i] for i in np.sort(np.random.default_rng(seed).permutation(len(unique))[:pool])]
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    means = [np.mean([scorer.score(r, c)["rouge1"].fmeasure for r in references]) for c in unique]
+    best = unique[int(np.argmax(means))]
+    return {"summary": best, "candidates": len(unique), **rouge_scores([best] * len(references), references)}
+
+
 def generate_summaries(cfg, params, tokenizer, encoder: SummaryEncoder, documents: Sequence[str], *,
                        decode: DecodeSettings = DecodeSettings(), lora=None, batch_size: int = 8,
                        seed: int = 0) -> tuple[list[str], list[float]]:
@@ -112,6 +136,7 @@ def evaluate_summaries(cfg, params, tokenizer, encoder: SummaryEncoder, pairs: S
     results["avg_summary_length"] = float(np.mean([len(g.split()) for g in generated])) if generated else 0.0
     results["avg_generation_time"] = float(np.mean(seconds)) if seconds else 0.0
     results["num_samples"] = len(generated)
+    results["distinct_share"] = distinct_share(generated)
     results["decoding"] = dataclasses.asdict(decode)
     results["samples"] = [
         {"original_text": _shown(document), "target_summary": reference, "generated_summary": summary,
@@ -136,4 +161,5 @@ def write_results(path: str | Path, results: dict[str, Any]) -> Path:
 def summary_line(results: dict[str, Any]) -> str:
     return (f"ROUGE-1 {results['rouge1']:.4f}  ROUGE-2 {results['rouge2']:.4f}  ROUGE-L {results['rougeL']:.4f}  "
             f"avg summary length {results['avg_summary_length']:.1f} words  "
-            f"avg generation time {results['avg_generation_time']:.2f} s  ({results['num_samples']} samples)")
+            f"avg generation time {results['avg_generation_time']:.2f} s  "
+            f"distinct {results['distinct_share']:.0%}  ({results['num_samples']} samples)")

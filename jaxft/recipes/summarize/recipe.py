@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from jaxft.recipes.summarize.data import SummaryEncoder, load_pairs, seeded_subset
-from jaxft.recipes.summarize.evaluation import DecodeSettings, evaluate_summaries, summary_line, write_results
+from jaxft.recipes.summarize.evaluation import (DecodeSettings, constant_baseline, evaluate_summaries, summary_line,
+                                                write_results)
 from jaxft.recipes.summarize.loss import boundary_token_weights
 from jaxft.train.lm import Finetuned, GlobalBatches, export_finetuned, load_finetuned, tune
 from jaxft.train.task import TrainTask, data_fingerprint
@@ -28,7 +29,7 @@ log = logging.getLogger("jaxft")
 
 RESULTS_FILE = "evaluation_results.json"
 SETTINGS_FILE = "summarize.json"
-HOST_METRICS = ("rouge1", "rouge2", "rougeL", "avg_summary_length", "avg_generation_time")
+HOST_METRICS = ("rouge1", "rouge2", "rougeL", "avg_summary_length", "avg_generation_time", "distinct_share")
 
 
 def decode_settings(s) -> DecodeSettings:
@@ -70,6 +71,7 @@ def build(config, placement) -> TrainTask:
     data = summary_data(config, tokenizer)
     eval_pairs = eval_subset(data.valid_records, int(s.eval_samples), int(config.seed))
     rouge = RougeEval(lm, tokenizer, data.encoder, eval_pairs, decode_settings(s), config)
+    rouge.baseline = _constant_baseline(data.train_records, eval_pairs, int(config.seed))
 
     def export_fn(directory, trainable, frozen):
         settings = {"base_model": config.model.path or None, "quantize": str(config.model.quantize),
@@ -99,6 +101,17 @@ def build(config, placement) -> TrainTask:
                      f"pairs, rows of {data.seq_len} tokens; {loss_text}; ROUGE on {len(eval_pairs)} validation "
                      f"documents"),
     )
+
+
+def _constant_baseline(train_records, eval_pairs, seed: int) -> dict[str, Any] | None:
+    """The ROUGE a document-independent summary gets on the evaluated documents, logged once."""
+    if not eval_pairs:
+        return None
+    baseline = constant_baseline([r["summary"] for r in train_records], [p[1] for p in eval_pairs], seed=seed)
+    log.info("constant baseline (the best of %d training summaries as every document's summary, %r): "
+             "ROUGE-1 %.4f  ROUGE-2 %.4f  ROUGE-L %.4f", baseline["candidates"], baseline["summary"],
+             baseline["rouge1"], baseline["rouge2"], baseline["rougeL"])
+    return baseline
 
 
 def boundary_sums(out):
@@ -160,12 +173,16 @@ class RougeEval:
         self.batch_size, self.seed = int(config.summarize.eval_batch_size), int(config.seed)
         self.results_path = config.summarize.results_path
         self.latest: dict[str, Any] = {}
+        self.baseline: dict[str, Any] | None = None  # the constant summary to beat (constant_baseline)
 
     def run(self, trainable, frozen) -> dict[str, Any]:
         lm = self.lm
         params, lora = (trainable["model"], None) if lm.full else (frozen["base"], lm.adapters(trainable))
-        return evaluate_summaries(lm.cfg, params, self.tokenizer, self.encoder, self.pairs, decode=self.decode,
-                                  lora=lora, batch_size=self.batch_size, seed=self.seed)
+        results = evaluate_summaries(lm.cfg, params, self.tokenizer, self.encoder, self.pairs, decode=self.decode,
+                                     lora=lora, batch_size=self.batch_size, seed=self.seed)
+        if self.baseline is not None:
+            results["constant_baseline"] = self.baseline
+        return results
 
     def host_eval_fn(self, trainable, frozen) -> dict[str, float]:
         results = self.run(trainable, frozen)

@@ -55,3 +55,17 @@ def test_evaluate_summaries_fields(model):
     assert results["samples"][1]["original_text"] == "x" * 200 + "..."
     assert results["samples"][0]["target_summary"] == "ref one"
     assert results["decoding"]["temperature"] == 0.7 and results["decoding"]["max_new_tokens"] == 5
+
+
+def test_constant_baseline_and_distinct_share():
+    from jaxft.recipes.summarize.evaluation import constant_baseline, distinct_share
+
+    references = ["the cat ran", "the cat sat down"]
+    best = constant_baseline(["a dog ran", "the cat sat", "  ", "a dog ran"], references)
+    # by hand: "the cat sat" scores F1 2/3 on the first reference and 6/7 on the second; "a dog ran" 1/3 and 0
+    assert best["summary"] == "the cat sat" and best["candidates"] == 2
+    assert best["rouge1"] == pytest.approx((2 / 3 + 6 / 7) / 2)
+    assert best["rouge2"] == pytest.approx((1 / 2 + 4 / 5) / 2)
+    assert distinct_share(["a", "b", "a", "a"]) == 0.5 and distinct_share(["x"] * 48) == 1 / 48
+    pool = constant_baseline([f"word{i}" for i in range(50)] + ["the cat"], references, pool=10, seed=1)
+    assert pool["candidates"] == 10
