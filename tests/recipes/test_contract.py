@@ -1,8 +1,11 @@
 """The recipe contract, checked on every registered recipe's ``smoke`` preset through the public Trainer.
 
 Build, two steps, resume from step 1 reproduces step 2's loss, the early-stopping metric is an eval
-metric, and the export is written and reads back with the recipe's ``load_export``.
+metric, and the export is written and reads back with the recipe's ``load_export``. The resumed run starts from
+the straight run's own step-1 checkpoint, copied into a fresh workdir, so step 1 is trained once.
 """
+
+import shutil
 
 import numpy as np
 import pytest
@@ -43,7 +46,7 @@ def test_recipe_contract(name, tmp_path):
     assert export is not None and any(export.rglob("*")), f"{name}: the export is empty"
     module.load_export(str(export))
 
-    Trainer(_config(name), tmp_path / "b", module.build).run(until_step=1)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "1", tmp_path / "b" / "checkpoints" / "1")
     resumed = Trainer(_config(name), tmp_path / "b", module.build).run()
     assert [s for s, _ in resumed["train_loss"]] == [2]
     np.testing.assert_allclose(resumed["train_loss"][0][1], losses[2], rtol=1e-5)
