@@ -28,3 +28,16 @@ def tiny_dir(tmp_path_factory):
         return cache[name]
 
     return make
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into scheduling groups
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a module-scoped fixture (a trained run, a saved model) run on one xdist worker
+    (``--dist loadgroup``), so each such fixture is built once rather than once per worker that meets it."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs if info is not None else {}
+        if any(defs.get(name) and defs[name][-1].scope == "module" for name in item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -273,7 +273,6 @@ def _copy_run(six_steps, target: Path) -> dict:
     return history
 
 
-@pytest.mark.xdist_group("reliability_six_steps")
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(six_steps, tmp_path, caplog):
     from jaxft.checkpoint.train_state import CheckpointDamagedError
     from jaxft.recipes.lm import build
@@ -303,7 +302,6 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(six_steps, t
 
 
 @pytest.mark.slow  # a CLI training run
-@pytest.mark.xdist_group("reliability_six_steps")
 def test_cli_resumes_past_a_damaged_newest_checkpoint_without_a_traceback(six_steps, tmp_path):
     tmp_path = tmp_path / "run"
     _copy_run(six_steps, tmp_path)  # what the same CLI command writes: _tiny_args() is _tiny() on the command line
@@ -319,7 +317,6 @@ def test_cli_resumes_past_a_damaged_newest_checkpoint_without_a_traceback(six_st
 
 # -- 5: a workdir written with another model shape -----------------------------------------------------
 
-@pytest.mark.xdist_group("reliability_six_steps")
 def test_a_changed_lora_rank_or_full_finetuning_on_an_old_workdir_is_one_line(six_steps, tmp_path):
     from jaxft.recipes.lm import build
     from jaxft.train.trainer import Trainer, WorkdirMismatch

@@ -24,7 +24,6 @@ def steps(tmp_path_factory):
             for mode in ("full", "lora") for name, shape in MESHES.items()}
 
 
-@pytest.mark.xdist_group("sharded_step")
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_fsdp_and_tensor_parallel_match_single_device(steps, mode):
     one, fsdp, mixed = (steps[mode, name] for name in MESHES)
