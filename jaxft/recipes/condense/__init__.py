@@ -11,7 +11,9 @@ with a prompt and a completion, the instruction objective.
 * ``objectives``: the AE, continuation and instruction losses (``TrainTask`` sums)
 * ``data``: text -> both tokenizations and fixed-shape segments and targets
 * ``recipe``: ``build(config, placement) -> TrainTask`` (``configs/condense.py``)
-* ``reference``: import the reference trainer's ``modules.pt`` and PEFT LoRA
+* ``reference_formats``: the reference trainer's three ``modules.pt`` layouts, read and written
+* ``reference``: import its R1 ``modules.pt`` and PEFT LoRA; ``reference_export``: an export as its repo files
+* ``gist`` / ``gist_task``: its single-model gist design (``condense.design=gist``, preset ``seed_gist``)
 * ``export`` / ``inference``: a trained condenser on disk; ``compress`` and ``generate``
 * ``evaluate``: condensed vs no-context losses on a config's validation records
 * ``cli``: ``python -m jaxft.recipes.condense compress|generate``
