@@ -227,4 +227,5 @@ def _seed_gist(c: ConfigDict) -> None:
                eval_batches=100)
     c.train.epochs = 1.0
     c.export.source = "last"
+    k.samples.max_new_tokens = 65  # lit.py generate: a first token, then up to max_length=64 more
     c.loss.chunk_size = 256  # 256 x 128,256 float32 logits a chunk: the step plans within 16 GiB a device

@@ -21,6 +21,7 @@ mean over texts the batch loss -- the reference's at its batch size 1. Padding i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -125,6 +126,12 @@ def gist_features(model: GistModel, trainable: Params, params: Params, ids: jnp.
                         inputs_embeds=jnp.concatenate([tokens, gist], axis=1), remat=model.remat, output="hidden",
                         dtype=model.dtype)
     return hidden[:, length:].reshape(b, s, n, cfg.hidden_size)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def gist_features_jit(model: GistModel, trainable: Params, frozen: Params, ids, mask) -> jnp.ndarray:
+    """``gist_features`` of the LoRA'd LLM compiled once per model and shape (no dropout), for samples."""
+    return gist_features(model, trainable, encoder_params(model, trainable, frozen), ids, mask)
 
 
 def _score(model: GistModel, params: Params, prefix, flags, targets, target_mask, positions, weights,

@@ -105,6 +105,30 @@ def load_texts(config, tokenizer, layout: gist.GistLayout) -> tuple[list[list[in
     return kept, line
 
 
+SEED_TOKENS = 8  # the reference's completing samples continue after the first 8 tokens of the next span
+
+
+def gist_sample(model: gist.GistModel, trainable, frozen, tokenizer, ids: list[int],
+                max_new_tokens: int = 64) -> dict[str, str]:
+    """The reference's validation sample (``lit.py`` ``generate`` on completing level 1): greedy text from
+    ``[gist of span 0][LM flags][the next span's first 8 tokens]``, next to the text it stands for."""
+    from jaxft.models.decoder import embed
+    from jaxft.sampling import SamplingConfig, generate
+
+    layout, cfg, dtype = model.layout, model.llm, model.dtype
+    ex = gist.span_example(ids, layout)
+    gists = gist.gist_features_jit(model, trainable, frozen, ex["ids"][None], ex["mask"][None])
+    seed_ids = ex["ids"][1][ex["mask"][1]][:SEED_TOKENS]
+    prefix = jnp.concatenate([gists[0, 0], jnp.asarray(trainable["flags"]["lm"], dtype),
+                              embed(cfg, frozen["llm"], jnp.asarray(seed_ids), dtype)], axis=0)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    out = generate(cfg, frozen["llm"], None, sampling, inputs_embeds=prefix[None])
+    rest = np.concatenate([row[m] for row, m in zip(ex["ids"][1:], ex["mask"][1:])])
+    return {"gisted": tokenizer.decode(list(ex["ids"][0][ex["mask"][0]]) + list(seed_ids)),
+            "target": tokenizer.decode(list(rest[SEED_TOKENS:])),
+            "generated": tokenizer.decode(out.token_lists()[0])}
+
+
 def export_gist(directory: str | Path, model: gist.GistModel, trainable, tokenizer, source: str) -> Path:
     """The LoRA as a PEFT adapter, gist tokens and flags as safetensors, the layout as JSON, the tokenizer.
     ``python -m jaxft.recipes.condense.reference_formats`` turns it into the reference's files."""
@@ -158,6 +182,12 @@ def build_gist(config, placement) -> TrainTask:
     def export_fn(directory: str, trainable, frozen) -> None:
         export_gist(directory, model, trainable, tokenizer, str(config.encoder.path))
 
+    sample_ids = (valid or train)[0]
+    max_new = int(config.condense.samples.max_new_tokens)
+
+    def samples_fn(trainable, frozen) -> dict[str, str]:
+        return gist_sample(model, trainable, frozen, tokenizer, sample_ids, max_new)
+
     llm = config.encoder.path or "random (encoder.random_init)"
     description = (f"condense gist design: one LLM {llm} as LoRA'd compressor (r={config.lora.rank}) and frozen "
                    f"target; {layout.max_tokens} tokens in spans of {layout.span_length} -> "
@@ -167,6 +197,6 @@ def build_gist(config, placement) -> TrainTask:
     return TrainTask(trainable=parts["trainable"], frozen=parts["frozen"], loss_fn=loss_fn,
                      train_batches=batches.train(train), group_fn=lambda path, leaf: path[0],
                      no_decay=lambda path, leaf: not bool(config.condense.decay_all) and path[0] != "lora",
-                     eval_batches=batches.eval(valid), export_fn=export_fn, tokens_key="mask",
+                     eval_batches=batches.eval(valid), samples_fn=samples_fn, export_fn=export_fn, tokens_key="mask",
                      description=description, data_fingerprint=data_fingerprint(config.data),
                      train_records=len(train))

@@ -15,6 +15,7 @@ import pytest
 
 from jaxft.recipes.condense import gist
 from tests.configs import recipe_config
+from tests.recipes.condense.helpers import byte_tokenizer
 
 VOCAB, PAD = 64, 63  # the reference adds a '<pad>' token; here the last id, never a real token
 LAYOUT = gist.GistLayout(span_length=8, num_gist_tokens=4, max_tokens=32)
@@ -157,6 +158,14 @@ def test_seed_gist_trains_two_steps_and_exports(tmp_path):
     step, metrics = history["eval"][-1]
     assert step == 2 and np.isfinite(metrics["loss"])
     assert metrics["loss"] == pytest.approx(metrics["ae_loss"] + metrics["lm_loss"], rel=1e-5)
+    # The reference's sample: [gist of span 0][LM flag][8 tokens of span 1] -> greedy text; the gisted text and
+    # the target split the sample text after those 8 tokens.
+    tokenizer = byte_tokenizer()
+    sample = trainer.task.samples_fn(jax.device_get(trainer.task.trainable), trainer.task.frozen)
+    assert set(sample) == {"gisted", "target", "generated"} and sample["generated"]
+    tokens = [tokenizer(t, add_special_tokens=True)["input_ids"][:128] for t in texts]
+    splits = {(tokenizer.decode(i[:40]), tokenizer.decode(i[40:])) for i in tokens}  # 32 + 8 tokens gisted
+    assert (sample["gisted"], sample["target"]) in splits
     export = trainer.export()
     meta = json.loads((export / "gist.json").read_text())
     assert (meta["span_tokens"], meta["gist_tokens"], meta["max_tokens"]) == (32, 16, 128)
