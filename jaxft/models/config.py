@@ -1,8 +1,8 @@
 """Decoder configuration, read from a Hugging Face ``config.json``.
 
 One frozen (hashable) dataclass describes every supported family, so it can be a
-static argument of ``jax.jit``. Anything in ``config.json`` that would change the
-maths but that we do not implement is rejected by name instead of being ignored.
+static argument of ``jax.jit``. A key of ``config.json`` the decoder neither reads nor knows to be harmless
+(``hf_keys``), or a value it does not implement, is rejected by name instead of being ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ SUPPORTED_ACTIVATIONS = ("silu",)
 
 
 from jaxft.errors import ConfigError  # noqa: E402 - re-exported: jaxft.models.ConfigError
+from jaxft.models.hf_keys import check_keys  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +96,7 @@ class DecoderConfig:
                 f"{source}: model_type '{model_type}' is not supported "
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
+        check_keys(hf, model_type, source)
         act = hf.get("hidden_act", "silu")
         if act not in SUPPORTED_ACTIVATIONS:
             raise ConfigError(f"{source}: hidden_act '{act}' is not supported (supported: silu)")
