@@ -89,7 +89,8 @@ def test_push_is_one_commit_of_the_plan(lm_export, monkeypatch):
     repo, operations = calls["commit"]
     assert sorted(op.path_in_repo for op in operations) == sorted(list(_digest(directory / "merged")) + ["README.md"])
     card = next(op for op in operations if op.path_in_repo == "README.md").path_or_fileobj
-    assert b'from_pretrained("someone/tiny-merged")' in card.read() if hasattr(card, "read") else card
+    card = card.read() if hasattr(card, "read") else card
+    assert b'AutoModelForCausalLM.from_pretrained("someone/tiny-merged")' in card
     assert not (directory / "merged" / "README.md").exists()  # the card is not written into the export
 
 
