@@ -3,8 +3,8 @@
 # two steps: a command that cannot even start on the README's own install fails here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv-core
-.venv-core/bin/pip install -q -e . && .venv-core/bin/pip install -q --no-deps -r requirements-assets.txt
+. .ci/venv.sh
+fresh_venv .venv-core -e .
 . .venv-core/bin/activate
 if python -c "import torch" 2>/dev/null; then echo "the core install must not bring torch" >&2; exit 1; fi
 runs=$(mktemp -d)
