@@ -11,7 +11,7 @@ fresh_venv() {
   fi
   rm -rf "$dir"
   python3 -m venv "$dir"
-  # torch's CPU build from PyTorch's wheel index: PyPI's default build is the CUDA one (with ~3 GiB of nvidia-*
+  # torch's CPU build from PyTorch's wheel index: PyPI's default build is the CUDA one (with several GiB of nvidia-*
   # wheels the CPU tests never use). Where that index cannot be reached, torch comes from the configured ones.
   local torch_pin cpu_index=https://download.pytorch.org/whl/cpu
   torch_pin=$(sed -n 's/.*"torch==\([0-9.]*\)".*/\1/p' pyproject.toml)
