@@ -47,13 +47,43 @@ def test_loss_is_cross_entropy_of_last_turn_tokens_only(task_and_batch, tmp_path
     assert abs(float(zeroed.loss_sum) - float(loss_sum)) > 1e-4
 
 
-def test_eval_reports_loss_with_and_without_the_prefix(task_and_batch):
+def _nll_and_hits(logits, ids, loss_mask) -> tuple[float, float]:
+    """Summed next-token NLL and argmax hits over ``loss_mask``, in float64 numpy from full logits."""
+    logits = np.asarray(logits, np.float64)[:, :-1]
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    targets, mask = np.asarray(ids)[:, 1:], np.asarray(loss_mask)[:, 1:]
+    nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    return float((nll * mask).sum()), float(((logits.argmax(-1) == targets) * mask).sum())
+
+
+def test_eval_reports_loss_with_and_without_the_prefix(task_and_batch, tmp_path):
+    """Each eval figure against the full logits of its own variant, scored here: the real prefix, a zero
+    vector in the prefix slot, and the empty history."""
+    from jaxft.models.decoder import embed, forward
+
     _, task, batch = task_and_batch
-    sums = task.eval_fn(task.trainable, task.frozen, batch)
-    for key in ("loss", "zero_prefix_loss", "no_history_loss", "prefix_gain", "accuracy"):
-        assert key in sums and f"{key}_count" in sums
-    np.testing.assert_allclose(float(sums["prefix_gain"]), float(sums["zero_prefix_loss"] - sums["loss"]),
-                               rtol=1e-5)
+    sums = {k: float(v) for k, v in task.eval_fn(task.trainable, task.frozen, batch).items()}
+    task.export_fn(str(tmp_path), task.trainable, task.frozen)
+    chat = load_export(str(tmp_path)).model
+    ids, mask = batch["input_ids"], batch["loss_mask"]
+    real = logits_jit(chat, task.trainable, task.frozen, ids, batch["attention_mask"], batch["history_ids"],
+                      batch["history_mask"])
+    empty = logits_jit(chat, task.trainable, task.frozen, ids, batch["attention_mask"], batch["history_ids"],
+                       jnp.zeros_like(batch["history_mask"]))
+    params = chat.llm_params(task.trainable, task.frozen)
+    zero_slot = embed(chat.llm, params, ids, chat.dtype).at[:, 0].set(0)
+    zeroed, _ = forward(chat.llm, params, attention_mask=batch["attention_mask"], inputs_embeds=zero_slot,
+                        dtype=chat.dtype)
+    expected = {}
+    for name, logits in (("", real), ("zero_prefix_", zeroed), ("no_history_", empty)):
+        expected[f"{name}loss"], expected[f"{name}accuracy"] = _nll_and_hits(logits, ids, mask)
+    count = float(np.asarray(mask)[:, 1:].sum())
+    for key, value in expected.items():
+        assert sums[f"{key}_count"] == count, key
+        assert abs(sums[key] - value) <= 1e-3 * max(1.0, abs(value)), (key, sums[key], value)
+    gain = expected["zero_prefix_loss"] - expected["loss"]
+    assert abs(sums["prefix_gain"] - gain) <= 2e-3 * max(1.0, abs(expected["loss"])) and abs(gain) > 1e-4
 
 
 def test_export_reload_gives_identical_logits(task_and_batch, tmp_path):
