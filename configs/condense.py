@@ -10,7 +10,8 @@ reconstruct and continue a text (or answer about it) from its condensed states.
 Presets: ``demo`` (the default) builds a small Llama-shaped encoder and Mistral-shaped decoder with
 random weights and trains on prose from Python's own docstrings, with different tokenizers on the
 two sides; ``smoke`` runs a few steps of tiny models (the contract test); ``smol`` is a real
-pretrained model offline; ``seed`` is the reference trainer's setting; ``test`` runs a few steps on
+pretrained model offline; ``seed`` is the reference trainer's R1 setting (``REFERENCE_R1``: the
+instruction objective on Condense-AI/benchmark-condense-v0.1, batch 1); ``test`` runs a few steps on
 small real checkpoints.
 """
 
@@ -34,6 +35,9 @@ def _condense_section() -> ConfigDict:
     k.max_characters = 40_000  # texts are cut here first (0: no cut)
     k.min_characters = 0  # shorter texts are dropped (and counted)
     k.projector = "reference"  # reference: LayerNorm(last two encoder hidden states) -> linear | linear_norm
+    # Where the condense tokens sit: spread (token j of n at ceil((j+1)·len/n) - 1, over the segment's len
+    # real tokens) | after_padding (at L + j after the L padded slots of the segment, as the reference's R1)
+    k.positions = "spread"
     k.decay_all = False  # True: weight decay on every trainable leaf (torch AdamW over the reference's groups)
     k.init_from = ""  # a reference modules.pt (or a directory holding it, with its PEFT adapter) to start from
     # Demo-only switch: also train the decoder's weights. A random frozen decoder cannot be steered
@@ -95,7 +99,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.loss.chunk_size = 1024
 
     if preset == "seed":
-        c.condense.min_characters = 5_000  # the later reference keeps texts over 5,000 characters
+        _seed(c)
     elif preset == "demo":
         _demo(c)
     elif preset == "smoke":
@@ -107,6 +111,30 @@ def get_config(preset: str = "demo") -> ConfigDict:
     elif preset == "seed_gist":
         _seed_gist(c)
     return c
+
+
+# The reference trainer's first released state ("R1"), condenses/condense-trainer at this commit
+# (train.py, condense_trainer_core/condense_core.py, condense_trainer_core/data/subnet_synthetic_dataset.py).
+REFERENCE_R1 = "07781116e377d1269ff08d31cb27a04a3707c7da"
+
+
+def _seed(c: ConfigDict) -> None:
+    # R1: Llama-3.2-1B (LoRA r128/alpha128 on the seven projections) condenses a context of 4096 tokens
+    # into 512 states for the frozen Mistral-7B-Instruct-v0.2, trained on the instruction objective alone
+    # ([states][activation_prompt] -> expected_completion) over Condense-AI/benchmark-condense-v0.1, batch 1,
+    # 10 epochs, a validation of 100 records every 500 steps.
+    c.data = data_section(hf_dataset="Condense-AI/benchmark-condense-v0.1", validation_fraction=0.1)
+    k = c.condense
+    k.objectives.update(dict(ae=0.0, continuation=0.0, instruction=1.0))
+    # R1 runs the encoder without position ids over [context padded to 4096][512 condense tokens]:
+    # the condense tokens sit at 4096..4607.
+    k.positions = "after_padding"
+    # R1 reads prompt + completion as one string of at most 4096 decoder tokens; here the two budgets add
+    # up to the same 4096.
+    k.instruction.update(dict(max_prompt_tokens=512, max_completion_tokens=3584))
+    k.samples.max_new_tokens = 100  # R1's validation generations
+    c.train.epochs = 10.0
+    run_preset(c, batch_size=1, log_every=5, every=500, eval_batches=100)  # limit_val_batches=100 at batch 1
 
 
 def _random_pair(c: ConfigDict, hidden: int, layers: int, enc_tokenizer: str, dec_tokenizer: str) -> None:

@@ -1,4 +1,4 @@
-"""``python -m jaxft.recipes.condense compress|generate ...``."""
+"""``python -m jaxft.recipes.condense compress|generate|evaluate ...``."""
 
 from jaxft.recipes.condense.cli import main
 

@@ -4,6 +4,13 @@
     python -m jaxft.recipes.condense generate --condenser runs/condense/export --compressed states.npy \\
         --prompt "In short," --max-new-tokens 64
     python -m jaxft.recipes.condense generate --condenser runs/condense/export --file article.txt --mode reconstruct
+    python -m jaxft.recipes.condense generate --condenser runs/condense/export --compressed states.npy \
+        --mode prompt --prompt "[INST] What is the article about? [/INST]"
+    python -m jaxft.recipes.condense evaluate --config configs/condense.py:smol --condenser runs/condense/export
+
+``--mode`` continue (the default) and reconstruct put the continuation or auto-encoding marker between the
+states and the prompt; prompt puts none (``[states][prompt]``, the instruction objective's and the reference's
+form). ``evaluate`` is ``python -m jaxft.recipes.condense.evaluate``.
 
 ``--encoder``/``--decoder`` replace the base checkpoints recorded in the export
 (e.g. local copies of hub models).
@@ -18,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxft.errors import cli_boundary
+from jaxft.recipes.condense.inference import MODES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,8 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     generate = sub.add_parser("generate", help="condensed embeddings (+ prompt) -> text, greedy")
     source = common(generate, text_required=False)
     source.add_argument("--compressed", help="a .npy written by 'compress'")
-    generate.add_argument("--prompt", default="", help="text the decoder reads after the marker")
-    generate.add_argument("--mode", choices=("continue", "reconstruct"), default="continue")
+    generate.add_argument("--prompt", default="", help="text the decoder reads after the marker (or, with "
+                          "--mode prompt, right after the states)")
+    generate.add_argument("--mode", choices=MODES, default="continue",
+                          help="continue | reconstruct: [states][marker][prompt]; prompt: [states][prompt]")
+    sub.add_parser("evaluate", help="condensed vs no-context losses on a config's validation records "
+                   "(python -m jaxft.recipes.condense evaluate -h)", add_help=False)
     generate.add_argument("--max-new-tokens", type=int, default=128)
     return parser
 
@@ -88,12 +100,19 @@ def _load_states(path: str) -> np.ndarray:
 
 @cli_boundary
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:
+        from jaxft.recipes.condense.evaluate import main as evaluate
+
+        return evaluate(argv[1:])
     args = _parser().parse_args(argv)
     from jaxft.recipes.condense.inference import load_condenser
 
     text = _read_text(args)
     if args.command == "generate" and text is None and args.compressed is None:
         raise ValueError("generate: give --compressed, --text or --file")
+    if args.command == "generate" and args.mode == "prompt" and not args.prompt:
+        raise ValueError("generate --mode prompt: give --prompt (the decoder reads [states][prompt])")
     condenser = load_condenser(args.condenser, encoder_path=args.encoder, decoder_path=args.decoder)
     if args.command == "compress":
         states, coverage = _compress(condenser, text, args.segments)

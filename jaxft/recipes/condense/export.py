@@ -70,6 +70,7 @@ def export_condenser(directory: str | Path, condenser, *, encoder_source: str = 
         "layout": dataclasses.asdict(condenser.layout),
         "lora": dataclasses.asdict(model.lora_config),
         "projector": model.projector,
+        "positions": model.positions,
         "quantize": {"encoder": quantize_encoder, "decoder": "none" if model.train_decoder else quantize_decoder},
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -130,7 +131,7 @@ def read_condenser(directory: str | Path, *, encoder_path: str | None = None, de
     n, h_enc, h_dec = layout.num_condense_tokens, enc_cfg.hidden_size, dec_cfg.hidden_size
     model = CondenseModel(encoder=enc_cfg, decoder=dec_cfg, num_condense_tokens=n,
                           segment_length=layout.segment_length, dtype=dtype, lora_config=adapters.config,
-                          projector=meta["projector"])
+                          projector=meta["projector"], positions=meta.get("positions", "spread"))
     h_in = projector_input_size(model)
     h_norm = h_in if model.projector == "reference" else h_dec
     for path, shape in ((("condense_tokens",), (n, h_enc)), (("projector", "linear", "kernel"), (h_in, h_dec)),

@@ -5,6 +5,7 @@
     states = condenser.compress(long_text)                      # [segments * n, decoder_hidden] float32
     print(condenser.generate(states, mode="reconstruct"))        # the text back, greedily decoded
     print(condenser.generate(states, prompt="In short,"))        # a continuation conditioned on the text
+    print(condenser.generate(states, prompt="[INST] Who wrote it? [/INST]", mode="prompt"))  # [states][prompt]
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from jaxft.models.decoder import embed
 from jaxft.recipes.condense import model as model_lib
 from jaxft.recipes.condense.data import ExampleBuilder, Layout, context_end
 
-Mode = Literal["continue", "reconstruct"]
-_MARKERS = {"continue": "cont", "reconstruct": "ae"}
+Mode = Literal["continue", "reconstruct", "prompt"]
+# The marker each mode puts between the states and the prompt; "prompt" (the instruction objective's
+# form, and the reference's) puts none: [states][prompt tokens].
+_MARKERS = {"continue": "cont", "reconstruct": "ae", "prompt": None}
+MODES = tuple(_MARKERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,20 +104,28 @@ class Condenser:
         """Greedy text from ``[compressed][marker][prompt tokens]`` with the decoder (KV cache).
 
         ``mode="reconstruct"`` uses the auto-encoding marker (the decoder
-        reproduces the compressed text); ``"continue"`` the continuation marker.
+        reproduces the compressed text); ``"continue"`` the continuation marker;
+        ``"prompt"`` no marker: ``[compressed][prompt tokens]``, as the instruction
+        objective trains it (the prompt's last ``max_prompt_tokens`` tokens, as in training).
         """
         from jaxft.sampling import SamplingConfig, generate
 
         if mode not in _MARKERS:
-            raise ValueError(f"generate: mode must be one of {sorted(_MARKERS)}, got {mode!r}")
+            raise ValueError(f"generate: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "prompt" and not prompt:
+            raise ValueError("generate: mode 'prompt' needs a prompt (the decoder reads [states][prompt])")
         compressed = np.asarray(compressed, np.float32)
         hidden = self.model.decoder.hidden_size
         if compressed.ndim != 2 or compressed.shape[1] != hidden or compressed.shape[0] == 0:
             raise ValueError(f"generate: compressed must be [k, {hidden}] with k > 0, got {compressed.shape}")
         dtype = self.model.dtype
         dec_params = self.model.decoder_params(self.trainable, self.frozen)
-        parts = [jnp.asarray(compressed, dtype), jnp.asarray(self.trainable["markers"][_MARKERS[mode]], dtype)[None]]
+        parts = [jnp.asarray(compressed, dtype)]
+        if _MARKERS[mode] is not None:
+            parts.append(jnp.asarray(self.trainable["markers"][_MARKERS[mode]], dtype)[None])
         ids = self.decoder_tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        if mode == "prompt" and self.layout.max_prompt_tokens:
+            ids = ids[-self.layout.max_prompt_tokens:]
         if ids:
             parts.append(embed(self.model.decoder, dec_params, jnp.asarray(ids, jnp.int32), dtype))
         embeds = jnp.concatenate(parts, axis=0)[None]
@@ -147,6 +159,15 @@ class Condenser:
             out["continuation"] = self.generate(states[:seen], mode="continue", max_new_tokens=max_new_tokens)
             out["continuation_reference"] = fitted[cut:]
         return out
+
+    def instruction_samples(self, context: str, prompt: str, completion: str, max_new_tokens: int = 64
+                            ) -> dict[str, str]:
+        """The condensed context read with the prompt (``mode="prompt"``), next to the expected completion."""
+        fit = self.builder.fit(context)
+        states = self._compress(self.builder.example(self.builder.text_tokens(context, fit)))
+        return {"context": fit[0], "prompt": prompt,
+                "completion": self.generate(states, prompt, mode="prompt", max_new_tokens=max_new_tokens),
+                "expected_completion": completion}
 
 
 def load_condenser(directory: str | Path, encoder_path: str | None = None, decoder_path: str | None = None,

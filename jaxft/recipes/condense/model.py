@@ -11,13 +11,18 @@ input to the last layer and the final normed output), then a linear map
 (``projector="reference"``); ``projector="linear_norm"`` maps the final hidden
 state linearly, then applies LayerNorm.
 
-Condense token positions: token ``j`` (0-based) of a segment holding ``len``
-real tokens sits at position ``ceil((j + 1) * len / n) - 1``, i.e. on the
-position of the last token of the ``j``-th of ``n`` equal slices of the
-segment. So the tokens spread evenly over the segment's positions, the last
-one shares the segment's last position, and under RoPE each condense token is
-nearest to the slice that ends at its position (it still attends to the whole
-segment: causality goes by slot, and the condense slots follow every token slot).
+Condense token positions (``positions``): with ``"spread"`` (the default) token
+``j`` (0-based) of a segment holding ``len`` real tokens sits at position
+``ceil((j + 1) * len / n) - 1``, i.e. on the position of the last token of the
+``j``-th of ``n`` equal slices of the segment. So the tokens spread evenly over
+the segment's positions, the last one shares the segment's last position, and
+under RoPE each condense token is nearest to the slice that ends at its position
+(it still attends to the whole segment: causality goes by slot, and the condense
+slots follow every token slot). With ``"after_padding"`` token ``j`` sits at
+``L + j`` after the segment's ``L`` padded slots, whatever ``len`` is: what the
+reference's R1 trainer gets from transformers, which numbers the slots of the
+padded row ``[context padded to L][n condense tokens]`` 0..L+n-1 when given no
+position ids (4096..4607 for its 4096-token context and 512 tokens).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from jaxft.models.decoder import embed, forward
 
 Params = dict[str, Any]
 PROJECTORS = ("reference", "linear_norm")
+POSITIONS = ("spread", "after_padding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +58,12 @@ class CondenseModel:
     train_decoder: bool = False  # demo-only: the decoder's weights train too
     lora_config: Any = None  # jaxft.lora.LoraConfig of the encoder adapters; None: no adapters
     projector: str = "reference"  # one of PROJECTORS
+    positions: str = "spread"  # one of POSITIONS: where the condense tokens sit (see the module docstring)
 
     def __post_init__(self):
+        if self.positions not in POSITIONS:
+            raise ValueError(f"config key 'condense.positions'={self.positions!r}: expected one of "
+                             f"{', '.join(POSITIONS)}")
         if self.projector not in PROJECTORS:
             raise ValueError(f"config key 'condense.projector'={self.projector!r}: expected one of "
                              f"{', '.join(PROJECTORS)}")
@@ -78,16 +88,21 @@ class CondenseModel:
         return apply(frozen["encoder"], LoRA(trainable["lora"], self.lora_config), rng=rng)
 
 
-def condense_position_ids(lengths: jnp.ndarray, segment_length: int, num_condense_tokens: int) -> jnp.ndarray:
-    """Position ids [..., L + n]: tokens at 0..L-1, condense token j at ceil((j+1)·len/n) - 1.
+def condense_position_ids(lengths: jnp.ndarray, segment_length: int, num_condense_tokens: int,
+                          positions: str = "spread") -> jnp.ndarray:
+    """Position ids [..., L + n]: tokens at 0..L-1; condense token j at ceil((j+1)·len/n) - 1 (``"spread"``)
+    or at L + j (``"after_padding"``).
 
     ``lengths`` [...] counts each segment's real tokens (padding sits at the end);
-    an empty segment puts every condense token at 0.
+    with ``"spread"`` an empty segment puts every condense token at 0.
     """
     n = num_condense_tokens
     lengths = jnp.asarray(lengths, jnp.int32)[..., None]
     j = jnp.arange(n, dtype=jnp.int32)
-    condense = jnp.maximum((((j + 1) * lengths) + n - 1) // n - 1, 0)
+    if positions == "after_padding":
+        condense = jnp.broadcast_to(segment_length + j, lengths.shape[:-1] + (n,))
+    else:
+        condense = jnp.maximum((((j + 1) * lengths) + n - 1) // n - 1, 0)
     tokens = jnp.broadcast_to(jnp.arange(segment_length, dtype=jnp.int32), lengths.shape[:-1] + (segment_length,))
     return jnp.concatenate([tokens, condense], axis=-1)
 
@@ -154,7 +169,7 @@ def encode_segments(model: CondenseModel, trainable: Params, encoder_params: Par
     # Condense slots stay valid even in empty segments, so no query row is all-masked;
     # the objectives drop those segments' states.
     full_mask = jnp.concatenate([mask, jnp.ones((b * s, n), bool)], axis=1)
-    positions = condense_position_ids(mask.sum(-1), seg_len, n)
+    positions = condense_position_ids(mask.sum(-1), seg_len, n, model.positions)
     # The reference projector reads transformers' hidden_states[-2:]: the input to the last layer and the
     # final normed output.
     kept = (-2, -1) if model.projector == "reference" else (-1,)

@@ -96,7 +96,7 @@ def build_parts(config, placement=None) -> dict[str, Any]:
         segment_length=layout.segment_length, dtype=jnp.dtype(config.encoder.compute_dtype),
         remat=str(config.encoder.remat), decoder_remat=str(config.decoder.remat),
         decoder_remat_group=int(config.decoder.remat_group), train_decoder=train_decoder, lora_config=adapters.config,
-        projector=str(k.projector))
+        projector=str(k.projector), positions=str(k.positions))
     embed_table = decoder.params["model"]["embed_tokens"]["weight"]
     embed_std = float(jnp.std(jnp.asarray(embed_table, jnp.float32)))
     trainable = {"lora": adapters.params, **model_lib.init_params(k_condense, model, embed_std)}
@@ -167,6 +167,21 @@ def pick_sample(pairs: list[tuple[Any, Tokens]], max_segments: int, candidates: 
     return best
 
 
+def text_samples(condenser, sample, columns: tuple[str, str, str], weights: dict[str, float],
+                 max_new_tokens: int) -> dict[str, str]:
+    """What the objectives being trained produce for one validation item: the reconstruction and the
+    continuation of its text (AE, continuation), and for an instruction record the completion the decoder
+    writes after ``[condensed context][prompt]``."""
+    text = sample if isinstance(sample, str) else sample[columns[0]]
+    out = {}
+    if weights["ae"] or weights["continuation"] or isinstance(sample, str):
+        out.update(condenser.samples(text, max_new_tokens=max_new_tokens))
+    if not isinstance(sample, str):
+        out.update(condenser.instruction_samples(text, sample[columns[1]], sample[columns[2]],
+                                                 max_new_tokens=max_new_tokens))
+    return out
+
+
 def build(config, placement) -> TrainTask:
     from jaxft.data import split_records
     from jaxft.recipes.condense.export import export_condenser
@@ -206,11 +221,10 @@ def build(config, placement) -> TrainTask:
                          decoder_tokenizer=dec_tok)
 
     sample = pick_sample(valid_pairs or train_pairs, layout.max_segments)
-    sample_text = sample if isinstance(sample, str) else sample[ins.context_column]
     max_new = int(k.samples.max_new_tokens)
 
     def samples_fn(trainable, frozen) -> dict[str, str]:
-        return condenser_of(trainable, frozen).samples(sample_text, max_new_tokens=max_new)
+        return text_samples(condenser_of(trainable, frozen), sample, builder.instruction_columns, weights, max_new)
 
     def export_fn(directory: str, trainable, frozen) -> None:
         export_condenser(directory, condenser_of(trainable, frozen), encoder_source=config.encoder.path,
@@ -230,5 +244,5 @@ def build(config, placement) -> TrainTask:
         trainable=parts["trainable"], frozen=parts["frozen"], loss_fn=loss_fn, train_batches=train_batches,
         group_fn=group_fn, no_decay=make_no_decay(bool(k.decay_all)), eval_batches=eval_batches,
         samples_fn=samples_fn, export_fn=export_fn, tokens_key="enc_mask", description=description,
-        data_fingerprint=data_fingerprint(config.data),
+        data_fingerprint=data_fingerprint(config.data), train_records=len(train),
     )
