@@ -13,7 +13,7 @@ def test_every_recipe_has_a_notebook():
     from jaxft.recipes import RECIPES
 
     names = {p.stem for p in NOTEBOOKS}
-    assert names >= set(RECIPES) - {"lm", "condense"}  # lm and condense are the quickstart's and the README's
+    assert names >= set(RECIPES) - {"lm"}  # lm is the quickstart's
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

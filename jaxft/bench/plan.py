@@ -110,15 +110,13 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     from jaxft.lora import DEFAULT_TARGETS
     from jaxft.recipes.condense import model as cmodel
     from jaxft.recipes.condense import objectives
-    from jaxft.recipes.condense.data import Layout
+    from jaxft.recipes.condense.recipe import layout_from_config
 
     config = _seed_config("condense", getattr(args, "preset", "seed"))
     if str(config.condense.design) == "gist":
         return gist_parts(config, dtype)
     k = config.condense
-    layout = Layout.create(max_tokens=int(k.max_tokens), compression_ratio=float(k.compression_ratio),
-                           num_segments=int(k.num_segments), max_decoder_tokens=int(k.max_decoder_tokens),
-                           max_continuation_tokens=int(k.max_continuation_tokens))
+    layout = layout_from_config(k)
     enc_name, dec_name = SEED_MODELS[config.encoder.path], SEED_MODELS[config.decoder.path]
     enc, dec = _cfg(enc_name), _cfg(dec_name)
     enc_base = _base(enc, dtype, str(config.encoder.quantize))
@@ -130,7 +128,8 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
                                  segment_length=layout.segment_length, dtype=dtype,
                                  remat=str(config.encoder.remat), decoder_remat=str(config.decoder.remat),
                                  decoder_remat_group=int(config.decoder.remat_group),
-                                 lora_config=adapters.config, projector=str(k.projector))
+                                 lora_config=adapters.config, projector=str(k.projector),
+                                 positions=str(k.positions))
     extra = jax.eval_shape(lambda: cmodel.init_params(jax.random.key(2), model))
     trainable = {"lora": adapters.params, **extra}
     frozen = {"encoder": enc_base, "decoder": dec_base}
@@ -140,10 +139,13 @@ def condense_parts(args, dtype) -> tuple[Any, Any, Any, dict, str, float]:
     batch = {"enc_ids": ((b, s, seg), "int32"), "enc_mask": ((b, s, seg), "bool"),
              "dec_ids": ((b, d), "int32"), "dec_mask": ((b, d), "bool"),
              "cont_ids": ((b, layout.num_levels, c), "int32"), "cont_mask": ((b, layout.num_levels, c), "bool")}
+    if layout.max_prompt_tokens:  # the instruction objective: prompt + completion after the states
+        ins = (b, layout.instruction_width)
+        batch.update({"ins_ids": (ins, "int32"), "ins_mask": (ins, "bool"), "ins_loss": (ins, "bool")})
     what = (f"condense seed: encoder {enc_name} (LoRA r={rank}) + {layout.num_condense_tokens} condense tokens "
             f"per {seg}-token segment x {s} + projector -> frozen {dec_name} ({config.decoder.quantize}); "
             f"batch {b}, {d} decoder tokens, {layout.num_levels} continuation level(s) x {c} tokens, "
-            f"objectives {dict(k.objectives)}")
+            f"{layout.instruction_width} prompt + completion tokens, objectives {dict(k.objectives)}")
     return trainable, frozen, loss_fn, batch, what, float("nan")
 
 

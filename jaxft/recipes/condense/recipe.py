@@ -237,7 +237,8 @@ def build(config, placement) -> TrainTask:
     objectives = ", ".join(f"{name} x{w:g}" for name, w in weights.items() if w)
     ratio = layout.max_tokens / layout.total_condense_tokens
     description = (f"condense: {where}; {layout.max_tokens} encoder tokens in {layout.max_segments} segment(s) -> "
-                   f"{layout.total_condense_tokens} condensed states ({ratio:g}x); projector {model.projector}; "
+                   f"{layout.total_condense_tokens} condensed states ({ratio:g}x) at {model.positions} positions; "
+                   f"projector {model.projector}; "
                    f"objectives {objectives}; LoRA r={config.lora.rank}; "
                    f"{len(train)} train / {len(valid)} validation records; {filtered}")
     return TrainTask(

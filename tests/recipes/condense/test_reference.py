@@ -132,7 +132,20 @@ def test_seed_preset_and_renamed_keys():
     assert config.decoder.path == "mistralai/Mistral-7B-Instruct-v0.2"
     assert (config.lora.rank, config.lora.alpha, config.condense.projector) == (128, 128.0, "reference")
     assert config.train.early_stopping.metric == "loss" and config.export.source == "best"
-    assert config.condense.max_continuation_tokens == 0 and config.condense.min_characters == 5000
+    # R1 (condense-trainer 0778111): the instruction objective alone on its benchmark, batch 1, 10 epochs,
+    # condense tokens after the padded 4096-token context, its groups' constant rates
+    k = config.condense
+    assert config.data.hf_dataset == "Condense-AI/benchmark-condense-v0.1" and config.data.validation_fraction == 0.1
+    assert dict(k.objectives) == {"ae": 0.0, "continuation": 0.0, "instruction": 1.0} and k.min_characters == 0
+    assert (k.instruction.context_column, k.instruction.prompt_column, k.instruction.completion_column) == (
+        "context", "activation_prompt", "expected_completion")
+    assert k.instruction.max_prompt_tokens + k.instruction.max_completion_tokens == 4096
+    assert (k.max_tokens, k.compression_ratio, k.num_segments, k.positions) == (4096, 8.0, 1, "after_padding")
+    assert (config.train.batch_size, config.train.epochs, config.train.eval_every, config.train.eval_batches) == (
+        1, 10.0, 500, 100)
+    assert {g: config.optim.groups[g].lr for g in ("condense_tokens", "projector", "lora")} == {
+        "condense_tokens": 1e-5, "projector": 1e-4, "lora": 1e-4}
+    assert config.optim.schedule.name == "constant" and config.optim.weight_decay == 1e-5 and k.decay_all
     for old, new in (("condense.encoder", "encoder.path"), ("condense.decoder_tokenizer", "decoder.tokenizer"),
                      ("condense.quantize_encoder", "encoder.quantize"), ("condense.lora.rank", "lora.rank"),
                      ("condense.data.hf_dataset", "data.hf_dataset"), ("condense.encoder_init", "encoder.random_init"),

@@ -159,7 +159,7 @@ def seed_run(tmp_path_factory):
 def test_seed_trains_and_samples_the_instruction_objective(seed_run):
     log = seed_run["out"]["train"]
     assert "train.epochs=0.1 over 18 train records at batch 1: train.steps=2" in log
-    assert "objectives instruction x1" in log and "8 condensed states (8x)" in log
+    assert "objectives instruction x1" in log and "8 condensed states (8x) at after_padding positions" in log
     assert "step 2: eval ins_correct=" in log and "ins_loss=" in log
     # the samples read [states][activation_prompt] and show the expected completion beside what came out
     for key in ("[context]", "[prompt] [INST]", "[completion]", "[expected_completion]"):
