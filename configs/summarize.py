@@ -84,19 +84,22 @@ def _demo(c: ConfigDict, smoke: bool) -> None:
         model_type="qwen2", hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
         rope_theta=10000.0))
-    _offline_pairs(c, max_input_length=96, max_target_length=32, max_new_tokens=32, greedy=True, eval_samples=48,
-                   eval_batch_size=16)
+    # The document is the whole paragraph, so its summary (the first sentence) is in it: a summary that
+    # depends on the document, which a tiny model learns to extract within minutes. With the paragraph's
+    # body alone, 150-300 steps gave fluent text that scored below the best constant summary.
+    _offline_pairs(c, max_input_length=64, max_target_length=24, max_new_tokens=24, greedy=True, eval_samples=48,
+                   eval_batch_size=16, demo_document="paragraph")
     # A random model learns nothing through rank-16 adapters in minutes: train all weights.
     c.lora.rank = 0
     c.lora.dropout = 0.0
     c.summarize.epochs = 0.0
-    run_preset(c, peak_lr=3e-3, warmup_steps=20, end_lr_ratio=0.1, batch_size=16, steps=150, every=50,
+    run_preset(c, peak_lr=5e-3, warmup_steps=20, end_lr_ratio=0.1, batch_size=16, steps=500, every=250,
                eval_batches=4, eval_at_start=True, log_every=10)
     if smoke:
         c.model.random_init.update(dict(hidden_size=64, intermediate_size=128))
         c.lora.rank = 8
         c.summarize.update(dict(max_input_length=32, max_target_length=12, max_new_tokens=6, eval_samples=4,
-                                eval_batch_size=4, scaling_report=False))
+                                eval_batch_size=4, scaling_report=False, demo_document="body"))
         c.data.max_records = 64
         run_preset(c, batch_size=4, steps=6, warmup_steps=1, every=3, eval_batches=1, eval_at_start=False,
-                   log_every=1)
+                   log_every=1, peak_lr=3e-3)

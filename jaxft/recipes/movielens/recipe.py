@@ -128,7 +128,7 @@ def build(config, placement) -> TrainTask:
         trainable=trainable, frozen=frozen, loss_fn=lm.loss_fn(loss_only_sums), train_batches=data.train_batches,
         eval_batches=data.eval_batches, eval_fn=eval_fn,
         stop_fn=MultiMetricStop(int(ml.patience), float(ml.min_delta), float(ml.min_delta)),
-        export_fn=export_fn, description=description,
+        samples_fn=_samples_fn(lm, tokenizer, data.samples), export_fn=export_fn, description=description,
         data_fingerprint=data_fingerprint(config.data), train_records=len(data.train_set),
     )
 
@@ -137,6 +137,7 @@ def build(config, placement) -> TrainTask:
 class MovielensData:
     cutoff: int
     first: dict  # the first training record (its system prompt and instruction go into the export)
+    samples: list  # the first eval records, answered by generation in the logged samples
     train_set: encoding.EncodedSet
     eval_set: encoding.EncodedSet
     eval_count: int
@@ -170,9 +171,26 @@ def movielens_data(config, directory: Path, tokenizer) -> MovielensData:
         return {"input_ids": ex["input_ids"], "loss_mask": ex["loss_mask"]}
 
     batches = GlobalBatches.of(config, seq_len=seq_len, pad_id=pad_id)
-    return MovielensData(cutoff, train_records[0], train_set, eval_set, eval_count, seq_len,
+    return MovielensData(cutoff, train_records[0], list(eval_records[:SAMPLE_RECORDS]), train_set, eval_set,
+                         eval_count, seq_len,
                          batches.train(range(len(train_set)), example_fn=train_example, fields=token_fields),
                          batches.eval(range(eval_count), example_fn=eval_set.example, fields=eval_fields))
+
+
+SAMPLE_RECORDS = 2  # eval records answered by greedy generation at each eval (the logged samples)
+
+
+def _samples_fn(lm, tokenizer, records: list):
+    """The generated answers (greedy, 8 new tokens) to the first eval records, next to their labels: what
+    ``infer`` would print for them, so a run shows whether its model answers in words, not only in logits."""
+    from jaxft.recipes.movielens.infer import Decoding, generate_answers
+
+    def samples_fn(trainable, frozen) -> dict[str, str]:
+        texts = generate_answers(lm.cfg, lm.params(trainable, frozen), tokenizer, records,
+                                 Decoding(max_new_tokens=8, greedy=True), batch_size=len(records))
+        return {f"answer_{i}": f"{text!r} (label: {r['output']})" for i, (text, r) in enumerate(zip(texts, records))}
+
+    return samples_fn if records else None
 
 
 def load_export(directory: str, base_model: str | None = None) -> Finetuned:

@@ -150,3 +150,11 @@ def test_epochs_count_the_pairs_read():
     assert parse_settings(config).with_train_records(287_113).train.steps == 215_335  # 3 epochs of cnn_dailymail
     config.summarize.epochs = 0.01
     assert parse_settings(config).with_train_records(10).train.steps == 1
+
+
+def test_docstring_pairs_with_the_whole_paragraph():
+    paragraph = "Return the sum of the values. The values must be numbers. Nothing else works."
+    pairs = docstring_pairs([paragraph, "One sentence."], document="paragraph")
+    assert pairs == [{"document": paragraph, "summary": "Return the sum of the values."}]
+    with pytest.raises(ValueError, match="summarize.demo_document"):
+        docstring_pairs([paragraph], document="lead")
