@@ -6,13 +6,15 @@ reconstruct and continue a text (or answer about it) from its condensed states.
     python -m jaxft.main --config configs/condense.py:seed     # Llama-3.2-1B -> frozen Mistral-7B-Instruct-v0.2
     python -m jaxft.main --config configs/condense.py:test \
         --config.encoder.path=/path/to/small-llama --config.decoder.path=/path/to/small-mistral
+    python -m jaxft.main --config configs/condense.py:seed_gist --config.data.path=chats.jsonl
 
 Presets: ``demo`` (the default) builds a small Llama-shaped encoder and Mistral-shaped decoder with
 random weights and trains on prose from Python's own docstrings, with different tokenizers on the
 two sides; ``smoke`` runs a few steps of tiny models (the contract test); ``smol`` is a real
 pretrained model offline; ``seed`` is the reference trainer's R1 setting (``REFERENCE_R1``: the
 instruction objective on Condense-AI/benchmark-condense-v0.1, batch 1); ``test`` runs a few steps on
-small real checkpoints.
+small real checkpoints; ``seed_gist`` is the reference's later single-model gist design (4c5c879,
+``condense.design=gist``: Llama-3.1-8B-Instruct as compressor and frozen target).
 """
 
 from ml_collections import ConfigDict
