@@ -13,7 +13,7 @@ zeroed. ``smoke`` runs in seconds (the shared contract test), ``smol`` uses a re
 model offline, ``seed`` is the reference setting.
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, FieldReference
 
 from jaxft.config import base_config, data_section, lora_section, model_section, run_preset, smollm2_path
 
@@ -24,9 +24,12 @@ SEVEN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 def _embedllm_section() -> ConfigDict:
     e = ConfigDict()
     e.separator = "<|turn|>"  # literal turn separator; message lists are joined with it
-    e.max_turns = 8  # history turns kept (the oldest are dropped first, and counted)
-    e.max_turn_tokens = 128  # tokens per history turn (the rest is cut, and counted)
-    e.max_last_turn_tokens = 100  # tokens of the last turn (the target), EOS included
+    e.max_turns = 8  # history turns kept at most (the oldest are dropped first, and counted)
+    # Whole history turns and the last turn within this many tokens (the reference's max_length); the
+    # oldest turns that do not fit are dropped, and counted. Also the width of each history-turn row.
+    e.max_conversation_tokens = 2048
+    e.max_last_turn_tokens = 100  # tokens of the last turn (the target, EOS included); the rest is cut, and counted
+    e.epochs = FieldReference(0.0)  # = train.epochs; > 0: train.steps = ceil(epochs * train conversations / batch)
     e.append_eos = True  # end the target turn with EOS so generation learns where a turn stops
     e.condenser_heads = 8
     e.condenser_dropout = 0.1
@@ -65,6 +68,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.lora = lora_section(rank=16, alpha=32.0, dropout=0.1, targets=SEVEN_TARGETS)
     c.data = data_section(text_column="")  # "" -> auto-detected (text, conversation, input, content, prompt, messages)
     c.embedllm = _embedllm_section()
+    c.train.epochs = c.embedllm.get_ref("epochs")
 
     # The reference: AdamW (wd 0.01), 100 warmup steps then linear decay to 0, clipping at 1.0.
     c.optim.max_grad_norm = 1.0
@@ -85,21 +89,31 @@ def get_config(preset: str = "demo") -> ConfigDict:
         c.model.path = smollm2_path()
         c.model.tokenizer = ""
         e = c.embedllm
-        e.max_turns, e.max_turn_tokens, e.max_last_turn_tokens = 4, 24, 12
+        e.max_turns, e.max_conversation_tokens, e.max_last_turn_tokens = 4, 96, 12
         p = e.perceiver
         p.num_latents, p.latent_dim, p.input_dim, p.self_attends_per_block = 32, 128, 128, 2
         run_preset(c, peak_lr=1e-3, warmup_steps=10, batch_size=8, steps=150, every=50, eval_batches=4,
                    eval_at_start=True, log_every=10)
     elif preset == "seed":
-        c.model.update(dict(path="Bossologist/Qwen3-4B-Instruct-2507_general_ft_merged", tokenizer="",
-                            dtype="bfloat16", compute_dtype="bfloat16",
-                            remat="full"))  # the reference enabled gradient checkpointing
-        c.data.hf_dataset = "Bossologist/general_Qwen3_ft_dataset"
-        c.embedllm.perceiver.path = "deepmind/multimodal-perceiver"
-        c.embedllm.perceiver.train = False  # the reference froze the pretrained Perceiver
-        c.embedllm.sample.count = 0
-        run_preset(c, every=500)
+        _seed(c)
     return c
+
+
+def _seed(c: ConfigDict) -> None:
+    """CharlieYates1/EmbedLLM at 6d80eb8 ("training stuff", its first runnable state): train.py's defaults."""
+    c.model.update(dict(path="Bossologist/Qwen3-4B-Instruct-2507_general_ft_merged", tokenizer="",
+                        dtype="bfloat16", compute_dtype="bfloat16",
+                        remat="full"))  # gradient_checkpointing=True
+    c.data.hf_dataset = "Bossologist/general_Qwen3_ft_dataset"
+    c.data.text_column = ""  # detected as the reference did (text, conversation, input, content, prompt, messages)
+    e = c.embedllm
+    # data_utils.py: turns split on <|im_start|>; each turn keeps its role tag and <|im_end|>, which ends the
+    # last turn (no EOS added)
+    e.separator, e.append_eos = "<|im_start|>", False
+    e.perceiver.path = "deepmind/multimodal-perceiver"
+    e.perceiver.train = False  # freeze_base_model(): the Perceiver frozen, input projection trained
+    e.epochs = 3.0  # --num_epochs 3
+    run_preset(c, batch_size=1, every=500)  # --batch_size 1, --save_steps 500
 
 
 def _demo(c: ConfigDict) -> None:
@@ -112,7 +126,7 @@ def _demo(c: ConfigDict) -> None:
     e = c.embedllm
     e.condenser_dropout = 0.0
     e.perceiver.dropout = 0.0
-    e.max_turns, e.max_turn_tokens, e.max_last_turn_tokens = 4, 16, 8
+    e.max_turns, e.max_conversation_tokens, e.max_last_turn_tokens = 4, 64, 8
     e.condenser_heads = 4
     p = e.perceiver
     p.num_latents, p.latent_dim, p.input_dim = 8, 32, 32

@@ -234,8 +234,8 @@ def seed_plan(recipe: str, preset: str = "seed") -> dict[str, Any]:
     elif recipe == "summarize":
         out["seq"] = int(c.summarize.max_input_length) + int(c.summarize.max_target_length)
     elif recipe == "embedllm":
-        e = c.embedllm  # upper bound: every turn's tokens at once (the LLM reads a condensed prefix + last turn)
-        out["seq"] = int(e.max_turns) * int(e.max_turn_tokens) + int(e.max_last_turn_tokens)
+        e = c.embedllm  # upper bound: the whole conversation budget (the LLM reads a condensed prefix + last turn)
+        out["seq"] = int(e.max_conversation_tokens)
     return out
 
 

@@ -36,8 +36,12 @@ ShardingFn = Callable[[tuple[str, ...], tuple[int, ...]], jax.sharding.Sharding 
 PlaceFn = Callable[[ParamSpec, np.ndarray], Any]
 
 
-def resolve(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
-    """A local directory or .gguf file; a hub id is downloaded through huggingface_hub."""
+HUB_PATTERNS = ("*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.jinja")
+
+
+def resolve(path_or_hub_id: str | Path, revision: str | None = None, extra_patterns: tuple[str, ...] = ()) -> Path:
+    """A local directory or .gguf file; a hub id is downloaded through huggingface_hub (the files of
+    ``HUB_PATTERNS`` and ``extra_patterns``)."""
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         return path
@@ -47,8 +51,7 @@ def resolve(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        local = snapshot_download(text, revision=revision, allow_patterns=[
-            "*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.jinja"])
+        local = snapshot_download(text, revision=revision, allow_patterns=[*HUB_PATTERNS, *extra_patterns])
     except Exception as e:  # network, auth, unknown repo: say which id failed and why
         raise FileNotFoundError(f"checkpoint '{text}' is not a local path and could not be "
                                 f"downloaded from the Hugging Face hub: {type(e).__name__}: {e}") from None

@@ -1,4 +1,5 @@
-"""``python -m jaxft.recipes.embedllm chat --export DIR --conversation FILE_OR_TEXT``.
+"""``python -m jaxft.recipes.embedllm chat --export DIR --conversation FILE_OR_TEXT``;
+``python -m jaxft.recipes.embedllm convert-perceiver --checkpoint DIR --out DIR`` (.bin -> safetensors, once).
 
 The conversation's turns but the last are read by the Perceiver into the prefix; the LLM continues
 the last turn from [prefix, last turn]. End the text with the separator to have it write a whole
@@ -9,6 +10,7 @@ any other file is one conversation.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -25,7 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=64)
     chat.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     chat.add_argument("--seed", type=int, default=0)
+    conv = sub.add_parser("convert-perceiver", help="rewrite a PyTorch (.bin) Perceiver checkpoint as safetensors")
+    conv.add_argument("--checkpoint", required=True, help="a Perceiver checkpoint directory (config.json + weights)")
+    conv.add_argument("--out", required=True, help="where to write config.json + model.safetensors")
     return parser
+
+
+def _convert_perceiver(args) -> int:
+    from jaxft.recipes.embedllm.perceiver import load_perceiver, save_perceiver
+
+    cfg, params = load_perceiver(args.checkpoint)
+    print(save_perceiver(args.out, cfg, params))
+    return 0
 
 
 def conversations_of(spec: str, separator: str, text_column: str = "") -> list[str]:
@@ -49,6 +62,8 @@ def _chat(args) -> int:
     chat = load_embedllm(args.export, llm_path=args.llm)
     texts = conversations_of(args.conversation, chat.layout.separator, args.text_column)
     replies = chat.reply(texts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    for note in chat.notes:  # what the export's layout cut or dropped, so no cut is silent
+        print(f"note: {note}", file=sys.stderr)
     for text, reply in zip(texts, replies):
         if len(texts) > 1:
             print(f"### {text}")
@@ -56,7 +71,7 @@ def _chat(args) -> int:
     return 0
 
 
-COMMANDS = {"chat": _chat}
+COMMANDS = {"chat": _chat, "convert-perceiver": _convert_perceiver}
 
 
 def _main(argv: list[str] | None = None) -> int:

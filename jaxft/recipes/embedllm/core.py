@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxft import lora as lora_lib
 from jaxft.models.config import DecoderConfig
-from jaxft.models.decoder import embed, forward
+from jaxft.models.decoder import embed, forward, lm_head
 from jaxft.recipes.embedllm.model import CondenserConfig, HistoryEncoder, init_history_encoder
 from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig
 from jaxft.train.lm import LM
@@ -80,13 +80,9 @@ def decoder_embeds(model: EmbedLLM, llm_params: Params, input_ids: jnp.ndarray, 
     return tokens.at[:, 0].set(prefix.astype(tokens.dtype))
 
 
-def token_stats(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict, rng: jax.Array | None = None,
-                *, zero_prefix: bool = False, drop_history: bool = False, chunk_size: int | None = None) -> LossOutput:
-    """Next-token cross-entropy sums over the last-turn tokens of ``batch`` (the prefix predicts the first).
-
-    ``zero_prefix`` replaces the prefix vector by zeros; ``drop_history`` masks every history turn out
-    (the prefix is then the learned empty-history vector).
-    """
+def _hidden(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict, rng: jax.Array | None,
+            zero_prefix: bool, drop_history: bool) -> tuple[Params, jnp.ndarray]:
+    """(the LoRA'd LLM params, last hidden states [B, T, H]) of ``[prefix, last turn]`` rows."""
     rng_lora, rng_enc = (None, None) if rng is None else jax.random.split(rng)
     history_mask = jnp.zeros_like(batch["history_mask"]) if drop_history else batch["history_mask"]
     prefix = prefix_vectors(model, trainable, frozen, batch["history_ids"], history_mask, rng_enc)
@@ -96,23 +92,49 @@ def token_stats(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict,
     x = decoder_embeds(model, params, batch["input_ids"], prefix)
     hidden, _ = forward(model.llm, params, attention_mask=batch["attention_mask"], inputs_embeds=x,
                         remat=model.remat, output="hidden", dtype=model.dtype)
+    return params, hidden
+
+
+def token_stats(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict, rng: jax.Array | None = None,
+                *, zero_prefix: bool = False, drop_history: bool = False, chunk_size: int | None = None) -> LossOutput:
+    """Next-token cross-entropy sums over the last-turn tokens of ``batch`` (the prefix predicts the first).
+
+    ``zero_prefix`` replaces the prefix vector by zeros; ``drop_history`` masks every history turn out
+    (the prefix is then the learned empty-history vector).
+    """
+    params, hidden = _hidden(model, trainable, frozen, batch, rng, zero_prefix, drop_history)
     return model.lm(chunk_size).scores(params, hidden, batch)
+
+
+def recall_sums(model: EmbedLLM, params: Params, hidden: jnp.ndarray, batch: dict) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(rows whose answer token is the argmax of the slot before it, rows that have an answer token).
+
+    ``answer_pos`` [B, 1] is the answer token's slot in ``input_ids`` (-1: none); greedy decoding
+    of the last turn's opening would write that token.
+    """
+    pos = batch["answer_pos"][:, 0]
+    has = pos > 0
+    rows = jnp.arange(pos.shape[0])
+    h = hidden[rows, jnp.maximum(pos - 1, 0)]
+    logits = lm_head(model.llm, params, h[:, None, :])[:, 0]
+    right = (jnp.argmax(logits, axis=-1) == batch["input_ids"][rows, jnp.maximum(pos, 0)]) & has
+    return right.sum().astype(jnp.float32), has.sum().astype(jnp.float32)
 
 
 def eval_sums(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict,
               chunk_size: int | None = None) -> dict[str, jnp.ndarray]:
-    """Loss and accuracy with the prefix, with the prefix zeroed, and without history (the empty-history
-    vector), and the loss gap to the zeroed prefix (all as sums + counts)."""
-    real = token_stats(model, trainable, frozen, batch, chunk_size=chunk_size)
-    zero = token_stats(model, trainable, frozen, batch, zero_prefix=True, chunk_size=chunk_size)
-    empty = token_stats(model, trainable, frozen, batch, drop_history=True, chunk_size=chunk_size)
-    return {"no_history_loss": empty.loss_sum, "no_history_loss_count": empty.weight_sum,
-            "no_history_accuracy": empty.correct, "no_history_accuracy_count": empty.count,
-            "loss": real.loss_sum, "loss_count": real.weight_sum,
-            "accuracy": real.correct, "accuracy_count": real.count,
-            "zero_prefix_loss": zero.loss_sum, "zero_prefix_loss_count": zero.weight_sum,
-            "zero_prefix_accuracy": zero.correct, "zero_prefix_accuracy_count": zero.count,
-            "prefix_gain": zero.loss_sum - real.loss_sum, "prefix_gain_count": real.weight_sum}
+    """Loss, token accuracy and answer recall with the prefix, with the prefix zeroed, and without history
+    (the empty-history vector), and the loss gap to the zeroed prefix (all as sums + counts)."""
+    out = {}
+    for name, zero, drop in (("", False, False), ("zero_prefix_", True, False), ("no_history_", False, True)):
+        params, hidden = _hidden(model, trainable, frozen, batch, None, zero, drop)
+        stats = model.lm(chunk_size).scores(params, hidden, batch)
+        right, rows = recall_sums(model, params, hidden, batch)
+        out.update({f"{name}loss": stats.loss_sum, f"{name}loss_count": stats.weight_sum,
+                    f"{name}accuracy": stats.correct, f"{name}accuracy_count": stats.count,
+                    f"{name}recall": right, f"{name}recall_count": rows})
+    out.update(prefix_gain=out["zero_prefix_loss"] - out["loss"], prefix_gain_count=out["loss_count"])
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=0)

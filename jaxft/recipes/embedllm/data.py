@@ -149,25 +149,64 @@ def read_hf(name_or_dir: str, split: str = "train", text_column: str = "", separ
     return [conversation_text(v, separator) for v in values]
 
 
+def _first_local_row(path: str) -> dict | None:
+    """The first object of a single local .json/.jsonl file (None for other files, directories or globs)."""
+    file = Path(path).expanduser()
+    if not file.is_file() or file.suffix not in (".json", ".jsonl"):
+        return None
+    row = next(iter(_json_rows(file)), (None, None))[1]
+    return row if isinstance(row, dict) else None
+
+
+def read_conversations(data_cfg, separator: str = SEPARATOR) -> tuple[list[str], str]:
+    """Conversation strings of ``config.data`` and where they came from, or ([], "") when none is configured.
+
+    A column of strings is read through ``jaxft.loaders.load_records`` (files of every format it reads, hub
+    or local datasets with ``hf_config``, ``streaming``, ``max_records``, ``on_error``). With no
+    ``text_column`` it is detected (``CANDIDATE_COLUMNS``, as the reference did); a detected column of
+    message lists is joined with ``separator`` instead (``read_local`` / ``read_hf``).
+    """
+    from jaxft.loaders import load_records
+
+    column, origin = data_cfg.text_column, str(data_cfg.path or data_cfg.hf_dataset)
+    if not origin:
+        return [], ""
+    if not column and data_cfg.path:
+        row = _first_local_row(data_cfg.path)
+        column = detect_text_column(list(row), "", data_cfg.path) if row else "text"
+        if row is not None and not isinstance(row.get(column), str):
+            return read_local(data_cfg.path, column, separator), origin
+    elif not column:
+        dataset = open_hf_split(data_cfg.hf_dataset, data_cfg.hf_split)
+        column = detect_text_column(dataset.column_names, "", data_cfg.hf_dataset)
+        if len(dataset) and not isinstance(dataset[0][column], str):
+            return read_hf(data_cfg.hf_dataset, data_cfg.hf_split, column, separator,
+                           int(data_cfg.max_records)), origin
+    log.info("data: text column %r of %s", column, origin)
+    records = load_records(data_cfg, (column,))
+    return [r[column] for r in records], origin
+
+
 # --- turns ---------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class TurnStats:
-    """What parsing kept and skipped; ``str()`` is the one summary line."""
+    """What parsing kept, dropped and cut; ``str()`` is the one summary line."""
 
     records: int = 0
     kept: int = 0
-    empty_turns: int = 0  # empty turns dropped from kept or skipped conversations
-    too_few_turns: int = 0  # conversations skipped: fewer than two non-empty turns
-    histories_cut: int = 0  # conversations whose oldest turns were dropped (over max_turns)
-    turns_cut: int = 0  # history turns longer than max_turn_tokens (tail dropped)
+    empty_turns: int = 0  # empty turns dropped
+    no_turns: int = 0  # conversations skipped: no non-empty turn at all
+    single_turn: int = 0  # conversations with no history (trained with the empty-history prefix)
+    histories_cut: int = 0  # conversations that lost their oldest history turns (max_turns or the token budget)
+    turns_dropped: int = 0  # history turns dropped that way, over all conversations
     last_turns_cut: int = 0  # last turns longer than max_last_turn_tokens (tail dropped)
 
     def __str__(self) -> str:
-        return (f"{self.kept} of {self.records} conversations kept; skipped {self.too_few_turns} with fewer than "
-                f"two turns; dropped {self.empty_turns} empty turns; {self.histories_cut} histories lost their "
-                f"oldest turns (max_turns), {self.turns_cut} history turns and {self.last_turns_cut} last turns "
-                f"were cut to their token limits")
+        return (f"{self.kept} of {self.records} conversations kept ({self.single_turn} without history); skipped "
+                f"{self.no_turns} with no turn; dropped {self.empty_turns} empty turns; {self.histories_cut} "
+                f"histories lost {self.turns_dropped} oldest turns (max_turns / max_conversation_tokens); "
+                f"{self.last_turns_cut} last turns were cut to max_last_turn_tokens")
 
 
 def split_turns(text: str, separator: str = SEPARATOR) -> tuple[list[str], int]:
@@ -178,15 +217,19 @@ def split_turns(text: str, separator: str = SEPARATOR) -> tuple[list[str], int]:
 
 
 def parse_conversations(texts: Iterable[str], separator: str = SEPARATOR) -> tuple[list[list[str]], TurnStats]:
-    """The conversations with at least two non-empty turns, and the counts of what was skipped."""
+    """The conversations with at least one non-empty turn, and the counts of what was skipped.
+
+    A single-turn conversation is kept: its history is empty and the prefix is the empty-history vector.
+    """
     stats, kept = TurnStats(), []
     for text in texts:
         stats.records += 1
         turns, empty = split_turns(text, separator)
         stats.empty_turns += empty
-        if len(turns) < 2:
-            stats.too_few_turns += 1
+        if not turns:
+            stats.no_turns += 1
             continue
+        stats.single_turn += len(turns) == 1
         kept.append(turns)
     stats.kept = len(kept)
     return kept, stats
@@ -194,71 +237,91 @@ def parse_conversations(texts: Iterable[str], separator: str = SEPARATOR) -> tup
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Fixed shapes of an example: history [max_turns, max_turn_tokens], decoder row 1 + max_last_turn_tokens."""
+    """Fixed shapes of an example: history [max_turns, history_width], decoder row 1 + max_last_turn_tokens.
+
+    History turns are kept whole: the newest ones that fit, with the last turn, in
+    ``max_conversation_tokens``; older turns are dropped, never cut.
+    """
 
     max_turns: int
-    max_turn_tokens: int
+    max_conversation_tokens: int
     max_last_turn_tokens: int
     separator: str = SEPARATOR
     append_eos: bool = True  # the target turn ends with EOS, so generation learns where a turn stops
+
+    def __post_init__(self):
+        if self.max_conversation_tokens <= self.max_last_turn_tokens:
+            raise ValueError(f"config key 'embedllm.max_conversation_tokens'={self.max_conversation_tokens}: must "
+                             f"exceed embedllm.max_last_turn_tokens={self.max_last_turn_tokens}")
 
     @property
     def seq_len(self) -> int:
         return 1 + self.max_last_turn_tokens  # slot 0 holds the prefix vector
 
+    @property
+    def history_width(self) -> int:
+        """The longest history turn that can fit: the budget less a one-token last turn."""
+        return self.max_conversation_tokens - 1
+
 
 def history_fields(layout: Layout, pad_id: int) -> dict:
-    """The ``jaxft.data.Field``s of an example (history arrays + the decoder row)."""
+    """The ``jaxft.data.Field``s of an example (history arrays, the decoder row, the answer position)."""
     from jaxft.data import Field
 
-    shape = (layout.max_turns, layout.max_turn_tokens)
+    shape = (layout.max_turns, layout.history_width)
     return {"input_ids": Field(pad=pad_id), "loss_mask": Field(),
-            "history_ids": Field(shape=shape, pad=pad_id), "history_mask": Field(shape=shape, pad=0)}
+            "history_ids": Field(shape=shape, pad=pad_id), "history_mask": Field(shape=shape, pad=0),
+            "answer_pos": Field(shape=(1,), pad=-1)}
 
 
 class ExampleBuilder:
-    """Turns of one conversation -> the example arrays; counts the cuts it makes in ``stats``.
+    """Turns of one conversation -> the example arrays; counts the drops and cuts it makes in ``stats``.
 
     ``input_ids`` is ``[pad, last-turn tokens]``: slot 0 is where the prefix vector goes, so the
     prefix's logits predict the first token of the last turn (``loss_mask`` 1 on every last-turn token).
+    ``answer_fn(last-turn tokens)`` gives the index in the last turn of the token a recall metric scores
+    (-1: none), e.g. the recalled word of the demo conversations.
     """
 
-    def __init__(self, tokenizer, layout: Layout, stats: TurnStats | None = None):
+    def __init__(self, tokenizer, layout: Layout, stats: TurnStats | None = None, answer_fn=None):
         self.tokenizer, self.layout = tokenizer, layout
         self.stats = stats if stats is not None else TurnStats()
+        self.answer_fn = answer_fn
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.eos_id = tokenizer.eos_token_id
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def history_tokens(self, turns: Sequence[str]) -> list[list[int]]:
-        """Token ids of the newest ``max_turns`` turns, oldest first, each cut to ``max_turn_tokens``."""
+    def history_tokens(self, turns: Sequence[str], target_len: int) -> list[list[int]]:
+        """Token ids of the newest whole turns (oldest first) that fit ``max_turns`` and, with a last turn
+        of ``target_len`` tokens, ``max_conversation_tokens``; the older ones are dropped and counted."""
         lay = self.layout
-        if len(turns) > lay.max_turns:
-            self.stats.histories_cut += 1
-            turns = turns[len(turns) - lay.max_turns:]
-        out = []
-        for turn in turns:
+        budget = lay.max_conversation_tokens - target_len
+        kept: list[list[int]] = []
+        for turn in reversed(turns):
             tokens = self.encode(turn)
-            if len(tokens) > lay.max_turn_tokens:
-                self.stats.turns_cut += 1
-                tokens = tokens[:lay.max_turn_tokens]
-            out.append(tokens)
-        return out
+            if len(kept) == lay.max_turns or len(tokens) > budget:
+                break
+            budget -= len(tokens)
+            kept.append(tokens)
+        if len(kept) < len(turns):
+            self.stats.histories_cut += 1
+            self.stats.turns_dropped += len(turns) - len(kept)
+        return kept[::-1]
 
     def history_arrays(self, turns_tokens: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """``history_ids``/``history_mask`` [max_turns, max_turn_tokens] of tokenized turns (padding after them)."""
+        """``history_ids``/``history_mask`` [max_turns, history_width] of tokenized turns (padding after them)."""
         lay = self.layout
-        ids = np.full((lay.max_turns, lay.max_turn_tokens), self.pad_id, np.int32)
-        mask = np.zeros((lay.max_turns, lay.max_turn_tokens), np.int32)
+        ids = np.full((lay.max_turns, lay.history_width), self.pad_id, np.int32)
+        mask = np.zeros((lay.max_turns, lay.history_width), np.int32)
         for row, tokens in enumerate(turns_tokens):
             ids[row, :len(tokens)] = tokens
             mask[row, :len(tokens)] = 1
         return ids, mask
 
-    def history(self, turns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        return self.history_arrays(self.history_tokens(turns))
+    def history(self, turns: Sequence[str], target_len: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.history_arrays(self.history_tokens(turns, target_len))
 
     def last_turn(self, text: str, append_eos: bool | None = None) -> list[int]:
         tokens = self.encode(text) if text else []
@@ -271,8 +334,10 @@ class ExampleBuilder:
 
     def tokenize(self, turns: Sequence[str]) -> dict[str, Any]:
         """The conversation as compact token lists (what a dataset keeps in memory); cuts are counted here."""
-        return {"history": [np.asarray(t, np.int32) for t in self.history_tokens(turns[:-1])],
-                "target": np.asarray(self.last_turn(turns[-1]), np.int32)}
+        target = self.last_turn(turns[-1])
+        answer = self.answer_fn(target) if self.answer_fn is not None else -1
+        return {"history": [np.asarray(t, np.int32) for t in self.history_tokens(turns[:-1], len(target))],
+                "target": np.asarray(target, np.int32), "answer": int(answer)}
 
     def arrays(self, tokenized: dict[str, Any]) -> dict[str, np.ndarray]:
         """The padded example arrays of a ``tokenize`` result."""
@@ -280,8 +345,10 @@ class ExampleBuilder:
         target = tokenized["target"]
         input_ids = np.concatenate([np.asarray([self.pad_id], np.int32), target])
         loss_mask = np.concatenate([np.zeros(1, np.int32), np.ones(len(target), np.int32)])
+        # the answer token sits at slot 1 + its index in the last turn; its logits are those of the slot before
+        answer = int(tokenized.get("answer", -1))
         return {"input_ids": input_ids, "loss_mask": loss_mask, "history_ids": history_ids,
-                "history_mask": history_mask}
+                "history_mask": history_mask, "answer_pos": np.asarray([1 + answer if answer >= 0 else -1], np.int32)}
 
     def __call__(self, turns: Sequence[str]) -> dict[str, np.ndarray]:
         return self.arrays(self.tokenize(turns))

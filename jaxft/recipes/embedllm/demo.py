@@ -45,9 +45,9 @@ def _fillers(max_words: int) -> list[str]:
 
 
 def demo_conversations(tokenizer, count: int, *, num_words: int = 64, seed: int = 0, max_fillers: int = 2,
-                       filler_words: int = 12, separator: str = SEPARATOR) -> list[str]:
+                       filler_words: int = 12, separator: str = SEPARATOR, words: list[str] | None = None) -> list[str]:
     rng = np.random.default_rng(seed)
-    words, fillers = fact_words(tokenizer, num_words), _fillers(filler_words)
+    words, fillers = words or fact_words(tokenizer, num_words), _fillers(filler_words)
     out = []
     for _ in range(count):
         word = words[rng.integers(len(words))]
@@ -55,3 +55,11 @@ def demo_conversations(tokenizer, count: int, *, num_words: int = 64, seed: int 
         history.insert(int(rng.integers(len(history) + 1)), FACT.format(word))
         out.append(separator.join(history + [QUESTION, ANSWER.format(word)]))
     return out
+
+
+def answer_index(tokenizer, words: list[str]):
+    """``answer_fn`` of the demo's last turns: the index of the recalled word's token in "The word was w."
+    (the first position where two answers differ), or -1 for a turn too short to hold it."""
+    a, b = (tokenizer(ANSWER.format(w), add_special_tokens=False)["input_ids"] for w in words[:2])
+    index = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    return lambda target: index if len(target) > index else -1

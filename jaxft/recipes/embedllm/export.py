@@ -33,7 +33,7 @@ from jaxft.train.lm_export import export_finetuned
 CONFIG_FILE = "embedllm.json"
 WEIGHTS_FILE = "embedllm.safetensors"
 FORMAT = "jaxft-embedllm"
-VERSION = 1
+VERSION = 2  # 2: the layout's turn budget (max_conversation_tokens) replaced max_turn_tokens
 
 
 @dataclasses.dataclass
@@ -45,19 +45,30 @@ class EmbedChat:
     trainable: dict
     frozen: dict
     tokenizer: Any
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the last ``examples`` call dropped or cut
 
     def examples(self, conversations: list[str]) -> dict[str, np.ndarray]:
         """History arrays and ``[prefix slot, last turn]`` rows (no EOS: the turn is still open).
 
         Every turn but the last is history; a conversation ending with the separator has an empty last turn.
+        What the layout drops or cuts is said in ``self.notes`` (one line per conversation affected).
         """
-        build = ExampleBuilder(self.tokenizer, self.layout)
-        rows = []
-        for text in conversations:
+        rows, self.notes = [], []
+        for number, text in enumerate(conversations, 1):
+            build = ExampleBuilder(self.tokenizer, self.layout)
             parts = text.split(self.layout.separator)
             history, _ = split_turns(self.layout.separator.join(parts[:-1]), self.layout.separator)
-            hist_ids, hist_mask = build.history(history)
-            rows.append((hist_ids, hist_mask, [build.pad_id] + build.last_turn(parts[-1].strip(), append_eos=False)))
+            last = parts[-1].strip()
+            target = build.last_turn(last, append_eos=False)
+            hist_ids, hist_mask = build.history(history, len(target))
+            rows.append((hist_ids, hist_mask, [build.pad_id] + target))
+            if build.stats.last_turns_cut:
+                self.notes.append(f"conversation {number}: the last turn has {len(build.encode(last))} tokens; "
+                                  f"kept its first {len(target)} (max_last_turn_tokens)")
+            if build.stats.turns_dropped:
+                self.notes.append(f"conversation {number}: dropped its {build.stats.turns_dropped} oldest history "
+                                  f"turns (max_turns {self.layout.max_turns}, max_conversation_tokens "
+                                  f"{self.layout.max_conversation_tokens})")
         width = max(len(r[2]) for r in rows)
         ids = np.full((len(rows), width), build.pad_id, np.int32)
         mask = np.zeros((len(rows), width), np.int32)

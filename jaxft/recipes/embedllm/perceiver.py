@@ -348,8 +348,30 @@ class _LazyTensors:
         return self._source.get(name)
 
 
+TORCH_WEIGHTS = "pytorch_model.bin"  # what deepmind/multimodal-perceiver publishes (no safetensors)
+
+
+def read_torch_state(file: Path) -> dict[str, np.ndarray]:
+    """A torch state dict file as float32 numpy arrays, read with ``torch.load(weights_only=True)`` (tensors
+    and plain containers only: no code in the file runs). torch is optional: without it, one clear error."""
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{file}: a PyTorch weights file; reading it needs torch (pip install torch), or "
+                              f"convert it once where torch is installed: python -m jaxft.recipes.embedllm "
+                              f"convert-perceiver --checkpoint {file.parent} --out DIR") from None
+    try:
+        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated file, pickled code refused by weights_only: named alike
+        raise CheckpointError(f"{file}: not a readable torch state dict ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a state dict, got {type(state).__name__}")
+    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
 def load_perceiver(directory: str | Path, dtype=jnp.float32) -> tuple[PerceiverEncoderConfig, Params]:
-    """A transformers Perceiver checkpoint (``config.json`` + safetensors) -> (config, params).
+    """A transformers Perceiver checkpoint (``config.json`` + safetensors, or ``pytorch_model.bin``) ->
+    (config, params).
 
     Takes a ``PerceiverModel`` checkpoint or one of a ``PerceiverFor*`` model (names under
     ``perceiver.``); its preprocessor/decoder tensors are not part of the encoder and are ignored.
@@ -363,6 +385,10 @@ def load_perceiver(directory: str | Path, dtype=jnp.float32) -> tuple[PerceiverE
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_file}: not valid JSON ({e})") from None
     cfg = PerceiverEncoderConfig.from_hf(hf, str(config_file))
+    if not any(directory.glob("*.safetensors")) and (directory / TORCH_WEIGHTS).is_file():
+        tensors = read_torch_state(directory / TORCH_WEIGHTS)
+        prefix = "" if "embeddings.latents" in tensors else "perceiver."
+        return cfg, from_hf_state(cfg, tensors, str(directory / TORCH_WEIGHTS), prefix=prefix, dtype=dtype)
     source = SafetensorsSource(directory)
     try:
         tensors = _LazyTensors(source)

@@ -11,11 +11,11 @@ import jax.numpy as jnp
 from jaxft import lora as lora_lib
 from jaxft.loaders import load_model
 from jaxft.recipes.embedllm.core import EmbedLLM, eval_sums, init_encoder, split_encoder_params, token_stats
-from jaxft.recipes.embedllm.data import (ExampleBuilder, Layout, history_fields, parse_conversations, read_hf,
-                                         read_local)
+from jaxft.recipes.embedllm.data import (ExampleBuilder, Layout, history_fields, parse_conversations,
+                                         read_conversations)
 from jaxft.recipes.embedllm.export import EmbedChat, export_embedllm, load_embedllm
 from jaxft.recipes.embedllm.model import CondenserConfig
-from jaxft.recipes.embedllm.perceiver import PerceiverEncoderConfig, load_perceiver
+from jaxft.recipes.embedllm.perceiver import TORCH_WEIGHTS, PerceiverEncoderConfig, load_perceiver
 from jaxft.train.lm import GlobalBatches
 from jaxft.train.task import TrainTask, data_fingerprint
 
@@ -40,37 +40,43 @@ def load_perceiver_params(section) -> tuple[PerceiverEncoderConfig, dict | None]
         return perceiver_config(section), None
     from jaxft.checkpoint.hf import resolve
 
-    cfg, params = load_perceiver(resolve(section.path))
+    # the hub's deepmind/multimodal-perceiver has PyTorch weights only
+    cfg, params = load_perceiver(resolve(section.path, extra_patterns=(TORCH_WEIGHTS,)))
     if cfg.d_latents != int(section.latent_dim):
         raise ValueError(f"config key 'embedllm.perceiver.latent_dim'={section.latent_dim}: the checkpoint "
                          f"{section.path} has d_latents {cfg.d_latents}")
     return cfg, params
 
 
-def conversation_texts(config, tokenizer) -> tuple[list[str], str]:
-    """The configured conversations (a local .json/.jsonl file or an HF dataset), or the generated demo ones."""
-    d, e = config.data, config.embedllm
-    if d.path:
-        return read_local(d.path, d.text_column, e.separator), d.path
-    if d.hf_dataset:
-        return read_hf(d.hf_dataset, d.hf_split, d.text_column, e.separator, int(d.max_records)), d.hf_dataset
-    from jaxft.recipes.embedllm.demo import demo_conversations
+def conversation_texts(config, tokenizer) -> tuple[list[str], str, object]:
+    """(the configured conversations, where they came from, the answer-token rule of a recall metric or None).
 
-    texts = demo_conversations(tokenizer, int(e.demo.conversations), num_words=int(e.demo.num_words),
-                               seed=int(config.seed), separator=e.separator)
-    return texts, f"{len(texts)} generated conversations (recall a word stated in an earlier turn)"
-
-
-def build(config, placement) -> TrainTask:
-    from jaxft.data import split_records
-
+    Configured data is ``config.data`` read by ``read_conversations``; without it, the generated demo
+    conversations, whose recalled word is the answer token.
+    """
     e = config.embedllm
-    llm_cfg, llm_params, tokenizer = load_model(config.model, config.seed, placement=placement)
-    layout = Layout(max_turns=int(e.max_turns), max_turn_tokens=int(e.max_turn_tokens),
-                    max_last_turn_tokens=int(e.max_last_turn_tokens), separator=e.separator,
-                    append_eos=bool(e.append_eos))
-    pcfg, perceiver_params = load_perceiver_params(e.perceiver)
-    lcfg = config.lora
+    texts, origin = read_conversations(config.data, e.separator)
+    if origin:
+        return texts, origin, None
+    from jaxft.recipes.embedllm.demo import answer_index, demo_conversations, fact_words
+
+    words = fact_words(tokenizer, int(e.demo.num_words))
+    texts = demo_conversations(tokenizer, int(e.demo.conversations), seed=int(config.seed), separator=e.separator,
+                               words=words)
+    return texts, f"{len(texts)} generated conversations (recall a word stated in an earlier turn)", \
+        answer_index(tokenizer, words)
+
+
+def layout_of(section) -> Layout:
+    """The example layout the ``embedllm`` config section sets."""
+    return Layout(max_turns=int(section.max_turns), max_conversation_tokens=int(section.max_conversation_tokens),
+                  max_last_turn_tokens=int(section.max_last_turn_tokens), separator=section.separator,
+                  append_eos=bool(section.append_eos))
+
+
+def _model(config, llm_cfg, llm_params, pcfg):
+    """(the EmbedLLM, its LoRA adapters, the frozen LLM tree) of the configured LLM."""
+    e, lcfg = config.embedllm, config.lora
     if int(lcfg.rank) == 0:
         raise ValueError("config key 'lora.rank'=0: embedllm trains LoRA adapters on the LLM (rank >= 1)")
     adapters, frozen_llm, tuning = lora_lib.finetune_trees(jax.random.PRNGKey(config.seed + 1), llm_cfg, llm_params,
@@ -79,6 +85,33 @@ def build(config, placement) -> TrainTask:
                      condenser=CondenserConfig(num_heads=int(e.condenser_heads), dropout=float(e.condenser_dropout)),
                      lora_config=tuning.lora_config, train_perceiver=bool(e.perceiver.train),
                      dtype=jnp.dtype(config.model.compute_dtype), remat=str(config.model.remat))
+    return model, adapters, frozen_llm
+
+
+def _examples(config, tokenizer, layout):
+    """(train examples, validation examples, validation texts with a history, builder, origin)."""
+    from jaxft.data import split_records
+
+    texts, origin, answer_fn = conversation_texts(config, tokenizer)
+    conversations, stats = parse_conversations(texts, layout.separator)
+    builder = ExampleBuilder(tokenizer, layout, stats, answer_fn=answer_fn)
+    examples = [builder.tokenize(turns) for turns in conversations]  # up front, so the summary counts every cut
+    log.info("embedllm data: %s", stats)
+    if len(examples) < 2:
+        raise ValueError(f"data: only {len(examples)} usable conversations in {origin} ({stats})")
+    train, valid = split_records(list(range(len(examples))), float(config.data.validation_fraction),
+                                 int(config.seed))
+    # samples come from the held-out split: conversations with a history, as the separator joins them
+    held_out = [layout.separator.join(conversations[i]) for i in valid if len(conversations[i]) > 1]
+    return [examples[i] for i in train], [examples[i] for i in valid], held_out, builder, origin
+
+
+def build(config, placement) -> TrainTask:
+    e = config.embedllm
+    llm_cfg, llm_params, tokenizer = load_model(config.model, config.seed, placement=placement)
+    layout = layout_of(e)
+    pcfg, perceiver_params = load_perceiver_params(e.perceiver)
+    model, adapters, frozen_llm = _model(config, llm_cfg, llm_params, pcfg)
     encoder = init_encoder(jax.random.PRNGKey(config.seed + 2), model)
     if perceiver_params is not None:
         encoder["perceiver"] = perceiver_params
@@ -86,14 +119,7 @@ def build(config, placement) -> TrainTask:
     trainable["lora"] = adapters["lora"]
     frozen["llm"] = frozen_llm["base"]
 
-    texts, origin = conversation_texts(config, tokenizer)
-    conversations, stats = parse_conversations(texts, layout.separator)
-    builder = ExampleBuilder(tokenizer, layout, stats)
-    examples = [builder.tokenize(turns) for turns in conversations]  # up front, so the summary counts every cut
-    log.info("embedllm data: %s", stats)
-    if len(examples) < 2:
-        raise ValueError(f"data: only {len(examples)} usable conversations in {origin} ({stats})")
-    train, valid = split_records(examples, float(config.data.validation_fraction), int(config.seed))
+    train, valid, held_out, builder, origin = _examples(config, tokenizer, layout)
     batches = GlobalBatches.of(config, example_fn=builder.arrays, seq_len=layout.seq_len,
                                fields=history_fields(layout, builder.pad_id))
     chunk = int(config.loss.chunk_size) or None
@@ -105,8 +131,7 @@ def build(config, placement) -> TrainTask:
     def eval_fn(trainable, frozen, batch):
         return eval_sums(model, trainable, frozen, batch, chunk_size=chunk)
 
-    sample_texts = [c for c in texts if len(parse_conversations([c], layout.separator)[0]) == 1]
-    sample_texts = sample_texts[-int(e.sample.count):] if int(e.sample.count) else []
+    sample_texts = held_out[:int(e.sample.count)]
 
     def samples_fn(trainable, frozen):
         chat = EmbedChat(model, layout, trainable, frozen, tokenizer)
@@ -124,13 +149,14 @@ def build(config, placement) -> TrainTask:
     perceiver = e.perceiver.path or "a random Perceiver"
     return TrainTask(
         trainable=trainable, frozen=frozen, loss_fn=loss_fn, train_batches=batches.train(train),
-        eval_batches=batches.eval(valid),
+        eval_batches=batches.eval(valid), train_records=len(train),
         eval_fn=eval_fn, samples_fn=samples_fn if sample_texts else None, export_fn=export_fn,
         data_fingerprint=data_fingerprint(config.data),
         no_decay=lambda path, leaf: False,  # AdamW decays every parameter, as torch's AdamW did in the reference
-        description=(f"embedllm: LoRA r={lcfg.rank} on {where}; {perceiver} ({pcfg.num_latents}x{pcfg.d_latents}, "
-                     f"{'trained' if model.train_perceiver else 'frozen'}) over up to {layout.max_turns} earlier "
-                     f"turns; {origin}; {len(train)} train / {len(valid)} validation conversations"),
+        description=(f"embedllm: LoRA r={config.lora.rank} on {where}; {perceiver} ({pcfg.num_latents}x"
+                     f"{pcfg.d_latents}, {'trained' if model.train_perceiver else 'frozen'}) over up to "
+                     f"{layout.max_turns} earlier turns within {layout.max_conversation_tokens} tokens; {origin}; "
+                     f"{len(train)} train / {len(valid)} validation conversations"),
     )
 
 

@@ -12,6 +12,6 @@ def test_missing_export_is_one_line(tmp_path, capsys):
 
 
 def test_broken_export_config_is_named(tmp_path, capsys):
-    (tmp_path / "embedllm.json").write_text('{"format": "jaxft-embedllm", "version": 1}')
+    (tmp_path / "embedllm.json").write_text('{"format": "jaxft-embedllm", "version": 2}')
     assert main(["chat", "--export", str(tmp_path), "--conversation", "a<|turn|>b"]) == 2
     assert "key 'llm' is missing" in capsys.readouterr().err

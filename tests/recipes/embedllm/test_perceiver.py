@@ -116,3 +116,41 @@ def test_bad_config_is_named():
     with pytest.raises(ValueError, match="v_channels"):
         PerceiverEncoderConfig(d_latents=32, d_model=8, num_self_attention_heads=2, num_cross_attention_heads=1,
                                v_channels=16)
+
+
+def _save_hub_layout(model, directory):
+    """What deepmind/multimodal-perceiver publishes: config.json and a PerceiverFor* pytorch_model.bin."""
+    directory.mkdir()
+    model.config.to_json_file(str(directory / "config.json"))
+    state = {f"perceiver.{k}": v for k, v in model.state_dict().items()} | {"decoder.extra": torch.zeros(2)}
+    torch.save(state, directory / "pytorch_model.bin")
+
+
+def test_pytorch_bin_checkpoint_reads_safely(tmp_path, monkeypatch):
+    """A .bin checkpoint loads (torch.load with weights_only) to the same latents as transformers';
+    without torch the error says how to read or convert it; the conversion writes safetensors."""
+    import sys
+
+    from jaxft.recipes.embedllm.cli import main
+
+    model = _save_hf("default", tmp_path / "plain")
+    _save_hub_layout(model, tmp_path / "hub")
+    cfg, params = load_perceiver(tmp_path / "hub")
+    x, mask = _inputs(cfg.d_model)
+    with torch.no_grad():
+        ref = model(inputs=torch.tensor(x), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    ours = np.asarray(PerceiverModel(cfg).apply({"params": params}, jnp.asarray(x), jnp.asarray(mask)))
+    assert np.abs(ours - ref).max() <= 1e-4
+
+    assert main(["convert-perceiver", "--checkpoint", str(tmp_path / "hub"), "--out", str(tmp_path / "conv")]) == 0
+    assert (tmp_path / "conv" / "model.safetensors").is_file()
+    _, converted = load_perceiver(tmp_path / "conv")
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, converted))
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(CheckpointError, match="reading it needs torch .* convert-perceiver"):
+        load_perceiver(tmp_path / "hub")
+    monkeypatch.undo()
+    (tmp_path / "hub" / "pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: not a readable torch state dict"):
+        load_perceiver(tmp_path / "hub")

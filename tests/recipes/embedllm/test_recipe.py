@@ -126,3 +126,41 @@ def test_chat_cli(task_and_batch, tmp_path, capsys):
     assert capsys.readouterr().out.count(expected) == 2
     assert main(["chat", "--export", str(tmp_path / "e"), "--conversation", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_single_turn_conversations_train_the_empty_history_vector(tmp_path):
+    """A conversation without history is trained with the empty-history prefix: its gradient is non-zero,
+    and exactly zero on a batch whose every row has a history."""
+    convs = ["Say the word time.", "Remember the word data.<|turn|>The word was data.", "Hello there."]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": c}) for c in convs * 4))
+    config = get_config("smoke")
+    config.data.path, config.data.text_column = str(tmp_path / "c.jsonl"), "text"
+    task = build(config, None)
+    batch = {k: jnp.asarray(v) for k, v in next(task.train_batches).items()}
+    no_history = np.asarray(batch["history_mask"]).reshape(len(batch["input_ids"]), -1).sum(-1) == 0
+    assert no_history.any() and not no_history.all()
+
+    def grad_of_empty(rows):
+        sub = {k: v[rows] for k, v in batch.items()}
+        grads = jax.grad(lambda t: task.loss_fn(t, task.frozen, sub, None)[0])(task.trainable)
+        return np.asarray(grads["history"]["empty_history"])
+
+    assert np.abs(grad_of_empty(np.flatnonzero(no_history))).max() > 1e-6
+    assert np.abs(grad_of_empty(np.flatnonzero(~no_history))).max() == 0.0
+
+
+def test_samples_come_from_the_validation_split(task_and_batch):
+    """The logged samples open held-out conversations: the validation split's, in its order."""
+    from jaxft.data import split_records
+    from jaxft.loaders import load_model
+    from jaxft.recipes.embedllm.demo import demo_conversations
+    from jaxft.recipes.embedllm.recipe import _open_last_turn
+
+    config, task, _ = task_and_batch
+    samples = task.samples_fn(task.trainable, task.frozen)
+    _, _, tokenizer = load_model(config.model, config.seed)
+    texts = demo_conversations(tokenizer, int(config.embedllm.demo.conversations), seed=int(config.seed))
+    _, valid = split_records(texts, float(config.data.validation_fraction), int(config.seed))
+    assert len(samples) == int(config.embedllm.sample.count) == 1
+    prompt = samples["sample_0"].split(" ⟶ ")[0]
+    assert prompt == _open_last_turn(valid[0], "<|turn|>", int(config.embedllm.sample.prompt_words))
