@@ -1,5 +1,6 @@
 """``python -m jaxft.recipes.embedllm chat --export DIR --conversation FILE_OR_TEXT``;
-``python -m jaxft.recipes.embedllm convert-perceiver --checkpoint DIR --out DIR`` (.bin -> safetensors, once).
+``python -m jaxft.recipes.embedllm convert-perceiver --checkpoint DIR --out DIR`` (.bin -> safetensors, once);
+``python -m jaxft.recipes.embedllm import-reference --checkpoint DIR --out DIR [--llm PATH] [--perceiver ID]``.
 
 The conversation's turns but the last are read by the Perceiver into the prefix; the LLM continues
 the last turn from [prefix, last turn]. End the text with the separator to have it write a whole
@@ -30,7 +31,21 @@ def _parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert-perceiver", help="rewrite a PyTorch (.bin) Perceiver checkpoint as safetensors")
     conv.add_argument("--checkpoint", required=True, help="a Perceiver checkpoint directory (config.json + weights)")
     conv.add_argument("--out", required=True, help="where to write config.json + model.safetensors")
+    imp = sub.add_parser("import-reference", help="a checkpoint of the reference's train.py as an embedllm export")
+    imp.add_argument("--checkpoint", required=True,
+                     help="its checkpoint-N/ or final/ (additional_components.pt, PEFT adapter, tokenizer)")
+    imp.add_argument("--out", required=True, help="the export directory to write")
+    imp.add_argument("--llm", default="", help="the base LLM (default: the adapter's base_model_name_or_path)")
+    imp.add_argument("--perceiver", default="deepmind/multimodal-perceiver",
+                     help="the Perceiver whose config.json gives the shape (default: the reference's)")
     return parser
+
+
+def _import_reference(args) -> int:
+    from jaxft.recipes.embedllm.reference import import_reference
+
+    print(import_reference(args.checkpoint, args.out, llm=args.llm, perceiver=args.perceiver))
+    return 0
 
 
 def _convert_perceiver(args) -> int:
@@ -71,7 +86,7 @@ def _chat(args) -> int:
     return 0
 
 
-COMMANDS = {"chat": _chat, "convert-perceiver": _convert_perceiver}
+COMMANDS = {"chat": _chat, "convert-perceiver": _convert_perceiver, "import-reference": _import_reference}
 
 
 def _main(argv: list[str] | None = None) -> int:

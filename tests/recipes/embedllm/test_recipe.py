@@ -126,6 +126,12 @@ def test_chat_cli(task_and_batch, tmp_path, capsys):
     assert capsys.readouterr().out.count(expected) == 2
     assert main(["chat", "--export", str(tmp_path / "e"), "--conversation", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+    # a last turn over max_last_turn_tokens is cut, and chat says so (nothing on stderr when nothing is cut)
+    long_last = "Remember the word time.<|turn|>" + " ".join(["The word was time."] * 6)
+    n_tokens = len(chat.tokenizer(long_last.split("<|turn|>")[1], add_special_tokens=False)["input_ids"])
+    assert main(["chat", "--export", str(tmp_path / "e"), "--conversation", long_last, "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: conversation 1: the last turn has {n_tokens} tokens; kept its first 8 (max_last_turn_tokens)" in err
 
 
 def test_single_turn_conversations_train_the_empty_history_vector(tmp_path):
