@@ -121,18 +121,19 @@ def recall_sums(model: EmbedLLM, params: Params, hidden: jnp.ndarray, batch: dic
     return right.sum().astype(jnp.float32), has.sum().astype(jnp.float32)
 
 
-def eval_sums(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict,
-              chunk_size: int | None = None) -> dict[str, jnp.ndarray]:
-    """Loss, token accuracy and answer recall with the prefix, with the prefix zeroed, and without history
-    (the empty-history vector), and the loss gap to the zeroed prefix (all as sums + counts)."""
+def eval_sums(model: EmbedLLM, trainable: Params, frozen: Params, batch: dict, chunk_size: int | None = None,
+              recall: bool = True) -> dict[str, jnp.ndarray]:
+    """Loss, token accuracy and (with ``recall``: the data marks answer tokens) answer recall with the prefix,
+    with the prefix zeroed, and without history (the empty-history vector), and the loss gap to the zeroed
+    prefix (all as sums + counts)."""
     out = {}
     for name, zero, drop in (("", False, False), ("zero_prefix_", True, False), ("no_history_", False, True)):
         params, hidden = _hidden(model, trainable, frozen, batch, None, zero, drop)
         stats = model.lm(chunk_size).scores(params, hidden, batch)
-        right, rows = recall_sums(model, params, hidden, batch)
         out.update({f"{name}loss": stats.loss_sum, f"{name}loss_count": stats.weight_sum,
-                    f"{name}accuracy": stats.correct, f"{name}accuracy_count": stats.count,
-                    f"{name}recall": right, f"{name}recall_count": rows})
+                    f"{name}accuracy": stats.correct, f"{name}accuracy_count": stats.count})
+        if recall:
+            out[f"{name}recall"], out[f"{name}recall_count"] = recall_sums(model, params, hidden, batch)
     out.update(prefix_gain=out["zero_prefix_loss"] - out["loss"], prefix_gain_count=out["loss_count"])
     return out
 

@@ -129,7 +129,7 @@ def build(config, placement) -> TrainTask:
         return out.loss_sum, out.weight_sum, {"accuracy": out.correct, "accuracy_count": out.count}
 
     def eval_fn(trainable, frozen, batch):
-        return eval_sums(model, trainable, frozen, batch, chunk_size=chunk)
+        return eval_sums(model, trainable, frozen, batch, chunk_size=chunk, recall=builder.answer_fn is not None)
 
     sample_texts = held_out[:int(e.sample.count)]
 

@@ -13,6 +13,12 @@ from configs.embedllm import get_config
 from jaxft.recipes.embedllm import build, load_export
 from jaxft.recipes.embedllm.core import logits_jit, token_stats
 
+
+def demo_words(tokenizer):
+    from jaxft.recipes.embedllm.demo import fact_words
+
+    return fact_words(tokenizer, int(get_config("smoke").embedllm.demo.num_words))
+
 pytestmark = pytest.mark.slow  # builds and compiles the task (~1-2 min on this CPU)
 
 
@@ -84,6 +90,23 @@ def test_eval_reports_loss_with_and_without_the_prefix(task_and_batch, tmp_path)
         assert abs(sums[key] - value) <= 1e-3 * max(1.0, abs(value)), (key, sums[key], value)
     gain = expected["zero_prefix_loss"] - expected["loss"]
     assert abs(sums["prefix_gain"] - gain) <= 2e-3 * max(1.0, abs(expected["loss"])) and abs(gain) > 1e-4
+
+
+def test_recall_is_the_greedy_answer_word_of_each_conversation(task_and_batch, tmp_path):
+    """``recall`` counts the rows whose recalled word is the argmax of the full logits at the slot before it."""
+    _, task, batch = task_and_batch
+    task.export_fn(str(tmp_path), task.trainable, task.frozen)
+    chat = load_export(str(tmp_path))
+    pos, ids = np.asarray(batch["answer_pos"])[:, 0], np.asarray(batch["input_ids"])
+    assert (pos > 0).all()  # every demo conversation has its word; it is the word's token in the answer
+    words = {chat.tokenizer.decode(ids[r, p:p + 1]).strip() for r, p in enumerate(pos)}
+    assert words <= set(demo_words(chat.tokenizer)) and len(words) > 1
+    sums = task.eval_fn(task.trainable, task.frozen, batch)
+    for name, mask in (("", batch["history_mask"]), ("no_history_", jnp.zeros_like(batch["history_mask"]))):
+        logits = np.asarray(logits_jit(chat.model, chat.trainable, chat.frozen, batch["input_ids"],
+                                       batch["attention_mask"], batch["history_ids"], mask))
+        right = sum(int(np.argmax(logits[r, p - 1]) == ids[r, p]) for r, p in enumerate(pos))
+        assert float(sums[f"{name}recall"]) == right and float(sums[f"{name}recall_count"]) == len(pos)
 
 
 def test_export_reload_gives_identical_logits(task_and_batch, tmp_path):
@@ -165,7 +188,8 @@ def test_samples_come_from_the_validation_split(task_and_batch):
     config, task, _ = task_and_batch
     samples = task.samples_fn(task.trainable, task.frozen)
     _, _, tokenizer = load_model(config.model, config.seed)
-    texts = demo_conversations(tokenizer, int(config.embedllm.demo.conversations), seed=int(config.seed))
+    texts = demo_conversations(tokenizer, int(config.embedllm.demo.conversations), seed=int(config.seed),
+                               num_words=int(config.embedllm.demo.num_words))
     _, valid = split_records(texts, float(config.data.validation_fraction), int(config.seed))
     assert len(samples) == int(config.embedllm.sample.count) == 1
     prompt = samples["sample_0"].split(" ⟶ ")[0]
