@@ -84,9 +84,8 @@ def _demo(c: ConfigDict, smoke: bool) -> None:
         model_type="qwen2", hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
         rope_theta=10000.0))
-    # The document is the whole paragraph, so its summary (the first sentence) is in it: a summary that
-    # depends on the document, which a tiny model learns to extract within minutes. With the paragraph's
-    # body alone, 150-300 steps gave fluent text that scored below the best constant summary.
+    # The document is the whole paragraph, so its summary (the first sentence) is in it and depends on it;
+    # with the paragraph's body alone, 150 steps gave fluent text that scored below the best constant summary.
     _offline_pairs(c, max_input_length=64, max_target_length=24, max_new_tokens=24, greedy=True, eval_samples=48,
                    eval_batch_size=16, demo_document="paragraph")
     # A random model learns nothing through rank-16 adapters in minutes: train all weights.
