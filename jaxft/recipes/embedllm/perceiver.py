@@ -351,22 +351,32 @@ class _LazyTensors:
 TORCH_WEIGHTS = "pytorch_model.bin"  # what deepmind/multimodal-perceiver publishes (no safetensors)
 
 
-def read_torch_state(file: Path) -> dict[str, np.ndarray]:
-    """A torch state dict file as float32 numpy arrays, read with ``torch.load(weights_only=True)`` (tensors
-    and plain containers only: no code in the file runs). torch is optional: without it, one clear error."""
+def torch_load(file: Path, without_torch: str = "reading it needs torch (pip install torch)") -> Any:
+    """What a torch file holds, read with ``torch.load(weights_only=True)`` (tensors and plain containers only:
+    no code in the file runs). torch is optional: without it, one error ending in ``without_torch``."""
     try:
         import torch
     except ImportError:
-        raise CheckpointError(f"{file}: a PyTorch weights file; reading it needs torch (pip install torch), or "
-                              f"convert it once where torch is installed: python -m jaxft.recipes.embedllm "
-                              f"convert-perceiver --checkpoint {file.parent} --out DIR") from None
+        raise CheckpointError(f"{file}: a PyTorch weights file; {without_torch}") from None
     try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
+        return torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated file, pickled code refused by weights_only: named alike
         raise CheckpointError(f"{file}: not a readable torch state dict ({type(e).__name__}: {e})") from None
+
+
+def state_arrays(state: dict) -> dict[str, np.ndarray]:
+    """A torch state dict's tensors as float32 numpy arrays."""
+    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def read_torch_state(file: Path) -> dict[str, np.ndarray]:
+    """A torch state dict file (a Perceiver's ``pytorch_model.bin``) as float32 numpy arrays."""
+    state = torch_load(file, f"reading it needs torch (pip install torch), or convert it once where torch is "
+                             f"installed: python -m jaxft.recipes.embedllm convert-perceiver --checkpoint "
+                             f"{file.parent} --out DIR")
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: expected a state dict, got {type(state).__name__}")
-    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+    return state_arrays(state)
 
 
 def load_perceiver(directory: str | Path, dtype=jnp.float32) -> tuple[PerceiverEncoderConfig, Params]:

@@ -24,7 +24,7 @@ import numpy as np
 from jaxft.checkpoint.sources import CheckpointError
 from jaxft.recipes.embedllm.data import Layout
 from jaxft.recipes.embedllm.model import CondenserConfig
-from jaxft.recipes.embedllm.perceiver import from_hf_state
+from jaxft.recipes.embedllm.perceiver import from_hf_state, state_arrays, torch_load
 
 COMPONENTS_FILE = "additional_components.pt"
 REFERENCE_HEADS = 8  # CrossAttentionCompressor(latent_dim, num_heads=8)
@@ -37,26 +37,19 @@ REFERENCE_LAYOUT = Layout(max_turns=8, max_conversation_tokens=2048, max_last_tu
 
 def _components(file: Path) -> dict[str, dict[str, np.ndarray]]:
     """``additional_components.pt`` as {component: {tensor name: float32 array}} (read with weights_only)."""
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(f"{file}: reading it needs torch (pip install torch)") from None
     if not file.is_file():
         raise FileNotFoundError(f"{file}: not found; is {file.parent} a checkpoint of the reference's train.py?")
-    try:
-        saved = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated file or pickled code refused: named alike
-        raise CheckpointError(f"{file}: not a readable torch file ({type(e).__name__}: {e})") from None
+    saved = torch_load(file)
     if not isinstance(saved, dict):
         raise CheckpointError(f"{file}: expected a dict of state dicts, got {type(saved).__name__}")
     out = {}
     for name in ("compressor", "projection", "perceiver"):
         if not isinstance(saved.get(name), dict):
             raise CheckpointError(f"{file}: entry '{name}' is missing (found: {', '.join(map(str, saved))})")
-        out[name] = {k: v.detach().float().numpy() for k, v in saved[name].items()}
+        out[name] = state_arrays(saved[name])
     if isinstance(saved.get("input_projection"), dict):
-        out["perceiver"].update({f"input_projection.{k}": v.detach().float().numpy()
-                                 for k, v in saved["input_projection"].items()})
+        extra = state_arrays(saved["input_projection"])
+        out["perceiver"].update({f"input_projection.{k}": v for k, v in extra.items()})
     return out
 
 
