@@ -9,25 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.configs import ROOT
+from tests.test_multiprocess import _wait_for_line
 
 SCRIPT = ROOT / "tests" / "scripts" / "preempt_trainer.py"
-
-
-def _wait_for(proc, text: str, timeout: float) -> None:
-    lines, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.strip() == text:
-            return
-    raise AssertionError(f"no '{text}' from the process:\n" + "".join(lines)[-3000:])
 
 
 @pytest.mark.slow  # one two-process launch: most of a minute of start-up on a loaded 2-core CPU
@@ -45,7 +33,7 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
                               stdout=subprocess.PIPE, stderr=logs[i].open("w")) for i in range(2)]
     try:
         for p in procs:
-            _wait_for(p, "step 4", timeout=400)
+            _wait_for_line(p, "step 4", timeout=400)
         procs[1].send_signal(signal.SIGTERM)  # not the coordinator, and only this one
         for p in procs:
             p.communicate(timeout=300)
