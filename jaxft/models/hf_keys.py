@@ -16,11 +16,12 @@ READ = frozenset({
     "rope_parameters", "partial_rotary_factor", "max_position_embeddings", "tie_word_embeddings",
     "attention_bias", "mlp_bias", "pretraining_tp", "sliding_window", "use_sliding_window", "layer_types",
     "bos_token_id", "eos_token_id", "pad_token_id",
+    "dropout",  # embedding, attention-probability, attention-output and MLP-output dropout (training only)
     "initializer_range",  # the std of random_init's weights
 })
 # The block-shape keys only the "minigpt" family reads.
 READ_MINIGPT = frozenset({"norm_type", "layer_norm_eps", "position_embedding_type", "embedding_multiplier",
-                          "dropout", "parallel_residual"})
+                          "parallel_residual"})
 # No effect on the decoder's maths: provenance, dtype of the stored weights (loading casts to model.dtype),
 # transformers' output and caching switches, classification-head labels, and Qwen's max_window_layers
 # (read by transformers only under use_sliding_window, which is refused).

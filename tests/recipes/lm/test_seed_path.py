@@ -46,6 +46,7 @@ def test_seed_path(tmp_path):
     c.data.seq_len = 64  # the sizes
     c.train.update(steps=2, batch_size=4, eval_every=2, eval_batches=2)
     c.optim.schedule.warmup_steps = 1
+    c.optim.schedule.peak_lr = 1e-2  # large enough that two steps move the logits far beyond the comparison's tolerance
     c.sample.prompt, c.sample.max_new_tokens = "The function returns", 4
     c.checkpoint.update(every=2, async_save=False)
     trainer = Trainer(c, tmp_path / "run", build)
@@ -64,11 +65,12 @@ def test_seed_path(tmp_path):
     loaded = load_export(str(export))
     ours, _ = forward(loaded.cfg, loaded.tuned, jnp.asarray(ids, jnp.int32))
     base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "qwen3").eval()
+    with torch.no_grad():  # before peft wraps the base: PeftModel injects its layers into the model it is given
+        untuned = base(torch.as_tensor(ids)).logits.numpy()
     adapted = peft.PeftModel.from_pretrained(base, export / "adapter").eval()
     merged = transformers.AutoModelForCausalLM.from_pretrained(export / "merged").eval()
     with torch.no_grad():
-        untuned = base(torch.as_tensor(ids)).logits.numpy()
-        assert np.abs(np.asarray(ours) - untuned).max() > 1e-6  # 2 steps moved the adapter off its zero B
+        assert np.abs(np.asarray(ours) - untuned).max() > 1e-2  # 2 steps moved the adapter off its zero B
         for model in (adapted, merged):
             np.testing.assert_allclose(np.asarray(ours), model(torch.as_tensor(ids)).logits.numpy(), atol=1e-4)
     assert json.loads((export / "adapter" / "adapter_config.json").read_text())["r"] == 16
