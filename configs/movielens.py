@@ -1,7 +1,7 @@
 """movielens: "will this user like this movie?" -- Yes/No SFT on MovieLens histories.
 
     python -m jaxft.main --config configs/movielens.py              # = :demo, offline, generated data
-    python -m jaxft.recipes.movielens prepare --source ml-latest-small --output-dir data/movielens
+    python -m jaxft.recipes.movielens prepare --download ml-latest-small --output-dir data/movielens
     python -m jaxft.main --config configs/movielens.py:seed --config.data.dir=data/movielens
     python -m jaxft.main --config configs/movielens.py:smol --config.data.dir=data/movielens
 

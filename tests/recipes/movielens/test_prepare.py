@@ -261,3 +261,22 @@ def test_a_named_source_points_at_download_and_prompts_are_flags(tmp_path, monke
                  "--instruction", "Yes or No?"]) == 0
     records = json.loads((tmp_path / "p" / "train.json").read_text())
     assert {r["system"] for r in records} == {"Be brief."} and {r["instruction"] for r in records} == {"Yes or No?"}
+
+
+def test_the_documented_prepare_commands_parse_and_name_archives_with_download():
+    """Every `prepare` line of the config's docstring and the README: its flags parse, and an archive name
+    goes to --download (--source takes a folder; `--source ml-latest-small` fails with exit code 2)."""
+    import shlex
+    from pathlib import Path
+
+    from jaxft.recipes.movielens.cli import _parser
+    from jaxft.recipes.movielens.download import ARCHIVES
+
+    root = Path(__file__).resolve().parents[3]
+    lines = [line.split("#")[0] for doc in ("configs/movielens.py", "README.md")
+             for line in (root / doc).read_text().splitlines() if "jaxft.recipes.movielens prepare" in line]
+    assert len(lines) >= 3
+    for line in lines:
+        argv = shlex.split(line.split("jaxft.recipes.movielens", 1)[1])
+        args = _parser().parse_args(argv)
+        assert args.source is None or str(args.source) not in ARCHIVES, line
