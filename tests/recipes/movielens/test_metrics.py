@@ -112,3 +112,14 @@ def test_precision_and_recall_like_sklearn():
     assert got["precision"] == pytest.approx(precision_score(true, pred))
     assert got["recall"] == pytest.approx(recall_score(true, pred))
     assert scores([0, 0], [1, 0])["precision"] == 0.0 and scores([0, 0], [0, 0])["recall"] == 0.0
+
+
+def test_the_tracked_train_loss_is_the_last_logged_steps():
+    """README: the early stop reads the loss of the last logged step at or before each eval (not a window mean)."""
+    from jaxft.train.loop import eval_records
+
+    history = {"train_loss": [(10, 2.0), (20, 1.0), (30, 4.0)],
+               "eval": [(5, {"f1": 0.1}), (20, {"f1": 0.2}), (35, {"f1": 0.3})]}
+    records = eval_records(history)
+    assert [r["step"] for r in records] == [5, 20, 35] and [r["f1"] for r in records] == [0.1, 0.2, 0.3]
+    assert np.isnan(records[0]["train_loss"]) and [r["train_loss"] for r in records[1:]] == [1.0, 4.0]

@@ -124,3 +124,14 @@ def test_presets_map_reference_keys(preset):
         assert (int(c.train.batch_size), int(c.optim.accum_steps), c.movielens.epochs) == (16, 8, 3.0)
         assert (c.model.path, c.model.quantize, c.model.compute_dtype) == ("Qwen/Qwen3-0.6B", "nf4", "bfloat16")
         assert int(c.data.cutoff_len) == 1024 and int(c.movielens.patience) == 5
+
+
+def test_the_old_double_quant_key_is_refused_naming_the_new_one(capsys):
+    from jaxft.main import _precheck_config
+
+    with pytest.raises(SystemExit) as stop:
+        _precheck_config(["jaxft.main", f"--config={CONFIG}:seed", "--config.movielens.double_quant=True"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("error: --config.movielens.double_quant: config key 'movielens.double_quant' "
+                                       "was replaced by model.double_quant\n")
+    assert load_config_file(f"{CONFIG}:seed").model.double_quant is True  # where the seed sets it
