@@ -220,3 +220,25 @@ def test_nf4_base_trains_exports_and_reloads(tmp_path, double_quant):
         np.testing.assert_array_equal(np.asarray(got.codes), np.asarray(want.codes))
         np.testing.assert_allclose(np.asarray(got.materialize(jnp.float32)), np.asarray(want.materialize(jnp.float32)),
                                    rtol=1e-2, atol=1e-6)
+
+
+def test_validation_loss_scores_a_seeded_subset_of_the_whole_split():
+    """train.eval_batches × batch pairs for the best-checkpoint loss, drawn over the whole split (not its head)."""
+    from jaxft.recipes.summarize.data import SummaryEncoder, seeded_subset
+    from jaxft.recipes.summarize.recipe import summary_data
+
+    config = smoke()
+    config.data.validation_fraction = 0.5
+    config.train.eval_batches = 2
+    _, _, tokenizer = load_model(config.model, config.seed)
+    data = summary_data(config, tokenizer)
+    rows = [row for batch in data.eval_batches() for row, weight in zip(batch["input_ids"], batch["loss_mask"])
+            if weight.any()]
+    count = 2 * int(config.train.batch_size)
+    chosen = seeded_subset(data.valid_records, count, int(config.seed))
+    assert len(data.valid_records) > count and len(rows) == count
+    assert [r["summary"] for r in chosen] != [r["summary"] for r in data.valid_records[:count]]
+    encoder = SummaryEncoder(tokenizer, int(config.summarize.max_input_length), int(config.summarize.max_target_length))
+    want, _ = encoder.encode([(r["document"], r["summary"]) for r in chosen])
+    for row, example in zip(rows, want):
+        assert row[:len(example["input_ids"])].tolist() == example["input_ids"].tolist()
