@@ -231,3 +231,18 @@ def test_load_pretrained_places_each_leaf_on_the_asked_sharding(tiny_dir):
                          env=env, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok")
+
+
+def test_eval_batches_caps_the_validation_batches(tmp_path):
+    """train.eval_batches: the eval reads the first N batches of the task's eval stream (0: all of it)."""
+    rng = np.random.default_rng(0)  # the records of _regression_task, in its unshuffled eval order
+    w_true = rng.normal(size=(4,)).astype(np.float32)
+    y = rng.normal(size=(64, 4)).astype(np.float32) @ w_true
+    for cap, rows in ((2, 16), (0, 64)):
+        task, _ = _regression_task()
+        c = _engine_config(steps=1, eval_every=1)
+        c.train.eval_at_start, c.train.eval_batches = True, cap
+        history = Trainer(c, tmp_path / str(cap), task).run()
+        step, metrics = history["eval"][0]
+        assert step == 0 and metrics["loss"] == pytest.approx(float(np.mean(y[:rows].astype(np.float64) ** 2)),
+                                                              rel=1e-5)
