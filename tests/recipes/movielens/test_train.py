@@ -60,7 +60,12 @@ def test_qlora_train_export_compare(tiny_checkpoint, demo_tokenizer_dir, prepare
     eval_records = json.loads((data / "eval.json").read_text())
     eval_records[0]["output"] = "Yes"
     (data / "eval.json").write_text(json.dumps(eval_records))
+    # every training answer Yes, at a large learning rate: the adapter moves the untrained model's No bias, so
+    # that the eval predicts Yes for some records and its F1 is not the 0 of a model that always says No
+    train_records = json.loads((data / "train.json").read_text())
+    (data / "train.json").write_text(json.dumps([dict(r, output="Yes") for r in train_records]))
     c = _seed_config(tiny_checkpoint, demo_tokenizer_dir, data, tmp_path)
+    c.optim.schedule.peak_lr = 0.05
     c.export.source = "last"  # the parameters of the last eval, whose metrics are checked below
     c.movielens.epochs = 2.0  # 4 train records, batch 4: 2 steps; warmup ceil(0.03 * 2) = 1
     trainer = Trainer(c, tmp_path / "run", build)
@@ -89,6 +94,7 @@ def test_qlora_train_export_compare(tiny_checkpoint, demo_tokenizer_dir, prepare
     p_yes = score_records(loaded.cfg, loaded.tuned, encoded, yes, no, 4, loaded.tokenizer.pad_token_id or 0,
                           np.float32)
     want = scores((p_yes > 0.5).astype(int), [int(r["output"] == "Yes") for r in eval_records])
+    assert 0 < want["f1"] < 1 and 0 < want["accuracy"] < 1  # a mixed outcome, so a wrong F1 would show
     assert metrics["accuracy"] == pytest.approx(want["accuracy"]) and metrics["f1"] == pytest.approx(want["f1"])
     result = compare(export, prepared_dir / "test_raw.jsonl", output=tmp_path / "preds.jsonl")
     assert result["tuned"]["n"] == 2 and len((tmp_path / "preds.jsonl").read_text().splitlines()) == 2
