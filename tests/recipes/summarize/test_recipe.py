@@ -242,3 +242,15 @@ def test_validation_loss_scores_a_seeded_subset_of_the_whole_split():
     want, _ = encoder.encode([(r["document"], r["summary"]) for r in chosen])
     for row, example in zip(rows, want):
         assert row[:len(example["input_ids"])].tolist() == example["input_ids"].tolist()
+
+
+def test_the_run_reports_the_trainable_parameters_as_n(capsys):
+    """N of the Chinchilla report at start is the LoRA parameter count (the reference from ef3cecc)."""
+    from jaxft.recipes.summarize.scaling import format_count
+
+    task = build(smoke(scaling_report=True), None)
+    trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(task.trainable))
+    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(task.frozen["base"]))
+    printed = capsys.readouterr().out
+    assert f"Trainable LoRA Parameters: {format_count(trainable)}\n" in printed
+    assert f"Base Model Size: {format_count(total + trainable)} parameters\n" in printed
