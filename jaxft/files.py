@@ -18,6 +18,19 @@ def read_json(file: Path, *, missing: str = "not found", error: type[Exception] 
         raise error(f"{file}: malformed JSON ({e})") from None
 
 
+def read_document(file: Path) -> str:
+    """The text of a UTF-8 document file; ``FileNotFoundError`` or ``ValueError`` naming the file (and the line of
+    the first byte that is not UTF-8)."""
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file")
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{file}:{line}: not valid UTF-8 (byte {err.start})") from None
+
+
 def read_safetensors(file: Path) -> dict[str, Any]:
     """Every tensor of a safetensors file as numpy arrays; ``FileNotFoundError`` or ``ValueError`` naming the
     file when it is missing or does not read (safetensors' own errors name no file)."""

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxft.errors import cli_boundary
+from jaxft.files import read_document
 from jaxft.recipes.condense.inference import MODES
 
 
@@ -63,13 +64,7 @@ def _read_text(args) -> str | None:
     if args.text is not None:
         text, origin = args.text, "--text"
     elif args.file is not None:
-        path = Path(args.file)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        try:
-            text, origin = path.read_text(encoding="utf-8"), str(path)
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not valid UTF-8 (byte {err.start})") from None
+        text, origin = read_document(Path(args.file)), args.file
     else:
         return None
     if not text.strip():

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from jaxft.errors import cli_boundary
+from jaxft.files import read_document
 from jaxft.recipes.summarize import scaling
 
 
@@ -153,10 +154,7 @@ def _generate(args) -> int:
     from jaxft.recipes.summarize.recipe import decode_settings, load_export, summary_encoder
 
     if args.file is not None:
-        path = Path(args.file)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        text = path.read_text(encoding="utf-8")
+        text = read_document(Path(args.file))
     else:
         text = args.text
     if not text.strip():

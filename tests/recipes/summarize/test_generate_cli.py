@@ -35,6 +35,9 @@ def test_generate_summarises_the_text_of_file(tmp_path, capsys, monkeypatch):
 
     assert main(args + ["--file", str(tmp_path / "missing.txt")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.txt'}: no such file"
+    (tmp_path / "latin1.txt").write_bytes("Caf\u00e9 committee.\n".encode("latin-1"))
+    assert main(args + ["--file", str(tmp_path / "latin1.txt")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'latin1.txt'}:1: not valid UTF-8 (byte 3)"
     (tmp_path / "blank.txt").write_text(" \n")
     assert main(args + ["--file", str(tmp_path / "blank.txt")]) == 2
     assert capsys.readouterr().err.strip() == "error: the document is empty"
