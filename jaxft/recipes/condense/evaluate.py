@@ -25,7 +25,7 @@ import numpy as np
 from jaxft.errors import cli_boundary
 from jaxft.recipes.condense.data import ExampleBuilder
 from jaxft.recipes.condense.model import CondenseModel
-from jaxft.recipes.condense.objectives import _decode_and_score, _inverse, make_loss_fn
+from jaxft.recipes.condense.objectives import _decode_and_score, inverse_count, make_loss_fn
 
 METRICS = ("ae_loss", "ae_correct", "cont_loss", "cont_correct")
 INSTRUCTION_METRICS = ("ins_loss", "ins_correct")
@@ -44,12 +44,12 @@ def no_context_sums(model: CondenseModel, dec_params, start_id: int, batch: dict
 
     dec_mask = batch["dec_mask"].astype(bool)
     ae = score(batch["dec_ids"], dec_mask,
-               jnp.broadcast_to(_inverse(dec_mask.sum(-1, keepdims=True).astype(jnp.float32)), dec_mask.shape))
+               jnp.broadcast_to(inverse_count(dec_mask.sum(-1, keepdims=True).astype(jnp.float32)), dec_mask.shape))
     b, lv, w = batch["cont_ids"].shape
     cont_mask = batch["cont_mask"].astype(bool)
     level_counts = cont_mask.sum(-1).astype(jnp.float32)
     levels = (level_counts > 0).sum(-1, keepdims=True).astype(jnp.float32)
-    weights = jnp.broadcast_to((_inverse(level_counts) * _inverse(levels))[..., None], cont_mask.shape)
+    weights = jnp.broadcast_to((inverse_count(level_counts) * inverse_count(levels))[..., None], cont_mask.shape)
     cont = score(batch["cont_ids"].reshape(b * lv, w), cont_mask.reshape(b * lv, w), weights.reshape(b * lv, w))
     sums = {"ae_loss": ae.loss_sum, "ae_loss_count": dec_mask.any(-1).sum().astype(jnp.float32),
             "ae_correct": ae.correct, "ae_correct_count": ae.count,
@@ -57,7 +57,7 @@ def no_context_sums(model: CondenseModel, dec_params, start_id: int, batch: dict
             "cont_correct": cont.correct, "cont_correct_count": cont.count}
     if "ins_ids" in batch:  # [start][prompt][completion[:-1]], scored on the completion only
         scored = batch["ins_loss"].astype(bool) & batch["ins_mask"].astype(bool)
-        ins_weights = jnp.broadcast_to(_inverse(scored.sum(-1, keepdims=True).astype(jnp.float32)), scored.shape)
+        ins_weights = jnp.broadcast_to(inverse_count(scored.sum(-1, keepdims=True).astype(jnp.float32)), scored.shape)
         ins = score(batch["ins_ids"], batch["ins_mask"].astype(bool), ins_weights, scored)
         sums.update({"ins_loss": ins.loss_sum, "ins_loss_count": scored.any(-1).sum().astype(jnp.float32),
                      "ins_correct": ins.correct, "ins_correct_count": ins.count})

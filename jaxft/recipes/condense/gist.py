@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxft.models.config import DecoderConfig
 from jaxft.models.decoder import embed, forward, lm_head_weight
+from jaxft.recipes.condense.objectives import inverse_count
 from jaxft.train.loss import LossOutput, causal_lm_loss
 
 Params = dict[str, Any]
@@ -150,10 +151,6 @@ def _score(model: GistModel, params: Params, prefix, flags, targets, target_mask
     return causal_lm_loss(hidden[:, first:], head, targets, target_mask, weights, chunk_size=chunk_size)
 
 
-def _inverse(count: jnp.ndarray) -> jnp.ndarray:
-    return jnp.where(count > 0, 1.0 / jnp.maximum(count, 1), 0.0)
-
-
 def ae_objective(model: GistModel, params: Params, gists, flags, ids, mask, chunk_size=None) -> LossOutput:
     """AE sums over spans; ``loss_sum`` adds each text's mean over its spans of the span's mean token loss."""
     b, s, n, h = gists.shape
@@ -161,7 +158,7 @@ def ae_objective(model: GistModel, params: Params, gists, flags, ids, mask, chun
     mask = mask.astype(bool)
     counts = mask.sum(-1).astype(jnp.float32)  # [b, s]
     spans = (counts > 0).sum(-1, keepdims=True).astype(jnp.float32)
-    weights = jnp.broadcast_to((_inverse(counts) * _inverse(spans))[..., None], mask.shape)
+    weights = jnp.broadcast_to((inverse_count(counts) * inverse_count(spans))[..., None], mask.shape)
     positions = jnp.asarray(ae_positions(model.layout), jnp.int32)
     return _score(model, params, gists.reshape(b * s, n, h), flags, ids.reshape(b * s, length),
                   mask.reshape(b * s, length), positions, weights.reshape(b * s, length), chunk_size)
@@ -177,7 +174,7 @@ def completing_objective(model: GistModel, params: Params, gists, flags, ids, ma
         prefix_slots, width = level_width(model.layout, level)
         targets, target_mask = ids[:, level:].reshape(b, width), mask[:, level:].reshape(b, width)
         counts = target_mask.sum(-1, keepdims=True).astype(jnp.float32)
-        weights = jnp.broadcast_to(_inverse(counts) * _inverse(spans - 1)[:, None], target_mask.shape)
+        weights = jnp.broadcast_to(inverse_count(counts) * inverse_count(spans - 1)[:, None], target_mask.shape)
         positions = jnp.arange(prefix_slots + width - 1, dtype=jnp.int32)
         out = _score(model, params, gists[:, :level].reshape(b, level * n, h), flags, targets, target_mask,
                      positions, weights, chunk_size)

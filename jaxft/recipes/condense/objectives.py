@@ -71,7 +71,8 @@ def _decode_and_score(model: CondenseModel, dec_params: Params, prefix, prefix_m
     return causal_lm_loss(hidden, head, target_ids, scored, weights, chunk_size=chunk_size)
 
 
-def _inverse(count: jnp.ndarray) -> jnp.ndarray:
+def inverse_count(count: jnp.ndarray) -> jnp.ndarray:
+    """1 / count, and 0 where nothing was counted (a text or span with no scored token)."""
     return jnp.where(count > 0, 1.0 / jnp.maximum(count, 1), 0.0)
 
 
@@ -83,7 +84,7 @@ def ae_objective(model: CondenseModel, dec_params: Params, states: jnp.ndarray, 
     prefix = states.reshape(b, s * n, h)
     prefix_mask = jnp.repeat(seg_valid, n, axis=1)
     counts = dec_mask.astype(jnp.float32).sum(-1, keepdims=True)
-    weights = jnp.broadcast_to(_inverse(counts), dec_mask.shape)
+    weights = jnp.broadcast_to(inverse_count(counts), dec_mask.shape)
     return _decode_and_score(model, dec_params, prefix, prefix_mask, marker, dec_ids, dec_mask, weights, chunk_size)
 
 
@@ -108,7 +109,7 @@ def continuation_objective(model: CondenseModel, dec_params: Params, states: jnp
     prefix, prefix_mask = level_prefix(states, seg_valid)
     level_counts = cont_mask.astype(jnp.float32).sum(-1)  # [b, lv]
     levels = (level_counts > 0).sum(-1, keepdims=True).astype(jnp.float32)  # [b, 1]
-    weights = jnp.broadcast_to((_inverse(level_counts) * _inverse(levels))[..., None], cont_mask.shape)
+    weights = jnp.broadcast_to((inverse_count(level_counts) * inverse_count(levels))[..., None], cont_mask.shape)
     out = _decode_and_score(model, dec_params, prefix, prefix_mask, marker, cont_ids.reshape(b * lv, c),
                             cont_mask.reshape(b * lv, c), weights.reshape(b * lv, c), chunk_size)
     return out, (levels[:, 0] > 0).sum().astype(jnp.float32)
@@ -123,7 +124,7 @@ def instruction_objective(model: CondenseModel, dec_params: Params, states: jnp.
     prefix_mask = jnp.repeat(seg_valid, n, axis=1)
     scored = ins_loss.astype(bool) & ins_mask.astype(bool)
     counts = scored.astype(jnp.float32).sum(-1, keepdims=True)
-    weights = jnp.broadcast_to(_inverse(counts), ins_mask.shape)
+    weights = jnp.broadcast_to(inverse_count(counts), ins_mask.shape)
     return _decode_and_score(model, dec_params, prefix, prefix_mask, None, ins_ids, ins_mask.astype(bool), weights,
                              chunk_size, loss_mask=scored)
 
