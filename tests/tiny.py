@@ -89,3 +89,19 @@ def assert_as_close_to_float64(ours, theirs, exact, *, margin: float = 1.5, max_
     assert err_ours.max() <= max_margin * err_theirs.max() + floor, (err_ours.max(), err_theirs.max())
     np.testing.assert_array_equal(ours.argmax(-1), exact.argmax(-1))
     return float(err_ours.mean()), float(err_theirs.mean())
+
+
+def save_qwen3_with_tokenizer(directory: Path, tokenizer, *, max_position_embeddings: int) -> Path:
+    """A tiny random Qwen3 checkpoint (tied embeddings) over the real Qwen tokenizer's vocabulary, written by
+    transformers with that tokenizer beside it: the shape of a hub Qwen3 folder."""
+    import torch
+    import transformers
+
+    config = transformers.Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+                                      bos_token_id=151643, eos_token_id=151645)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)

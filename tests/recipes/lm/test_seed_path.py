@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.configs import recipe_config
+from tests.tiny import save_qwen3_with_tokenizer
 
 
 @pytest.mark.slow
@@ -28,13 +29,7 @@ def test_seed_path(tmp_path):
     from jaxft.train.trainer import Trainer
 
     tok = qwen_tokenizer()
-    config = transformers.Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                      max_position_embeddings=1024, tie_word_embeddings=True,
-                                      bos_token_id=151643, eos_token_id=151645)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "qwen3")
-    tok.save_pretrained(tmp_path / "qwen3")
+    save_qwen3_with_tokenizer(tmp_path / "qwen3", tok, max_position_embeddings=1024)
     rng = np.random.default_rng(0)
     words = ["the", "function", "returns", "a", "list", "of", "values", "when", "called", "with", "names"]
     with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as f:

@@ -13,6 +13,7 @@ import pytest
 
 from jaxft.recipes.movielens.cli import main
 from tests.configs import recipe_config
+from tests.tiny import save_qwen3_with_tokenizer
 from tests.recipes.movielens.conftest import write_layout
 
 TEMPLATE = Path(__file__).with_name("qwen3_chat_template.json")
@@ -20,20 +21,12 @@ TEMPLATE = Path(__file__).with_name("qwen3_chat_template.json")
 
 @pytest.fixture
 def qwen3_checkpoint(tmp_path):
-    import torch
-    import transformers
-
+    pytest.importorskip("torch")
     from jaxft.tokenization.qwen import qwen_tokenizer
 
     tok = qwen_tokenizer()
     tok.chat_template = json.loads(TEMPLATE.read_text(encoding="utf-8"))["chat_template"]
-    config = transformers.Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                      max_position_embeddings=2048, tie_word_embeddings=True,
-                                      bos_token_id=151643, eos_token_id=151645)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "qwen3")
-    tok.save_pretrained(tmp_path / "qwen3")
+    save_qwen3_with_tokenizer(tmp_path / "qwen3", tok, max_position_embeddings=2048)
     return tmp_path / "qwen3"
 
 
