@@ -24,7 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # The jobs, and their configs (configs/*.py).
     "recipes": ("recipes", "configs"),
     # Entry points: the training CLI and the benchmarks / inspection tools.
-    "cli": ("bench", "main"),
+    "cli": ("bench", "main", "console"),
 }
 RANK = {unit: rank for rank, units in enumerate(LAYERS.values()) for unit in units}
 

@@ -71,13 +71,19 @@ def test_without_the_handler_the_same_ctrl_c_is_ignored():
     assert proc.returncode == 0 and "Exception ignored" in proc.stderr, proc.stderr
 
 
-@pytest.mark.slow  # four launches of python -m jaxft.main, interrupted 1, 3, 6 and 10 s in: ~25 s
-def test_ctrl_c_at_any_moment_of_start_up_exits_130_without_a_traceback():
-    for delay in (1, 3, 6, 10):
+# The console script `jaxft` as its installed wrapper calls it: `jaxft train --config ...`.
+_CONSOLE_SCRIPT = ["-c", "import sys; from jaxft.console import run; sys.argv[0] = 'jaxft'; run()", "train"]
+
+
+@pytest.mark.slow  # launches interrupted 1, 3, 6 and 10 s in (python -m) and 0.3 and 1 s in (the script): ~35 s
+@pytest.mark.parametrize("entry, delays", [(["-m", "jaxft.main"], (1, 3, 6, 10)), (_CONSOLE_SCRIPT, (0.3, 1))],
+                         ids=["python-m", "console-script"])
+def test_ctrl_c_at_any_moment_of_start_up_exits_130_without_a_traceback(entry, delays):
+    for delay in delays:
         with tempfile.TemporaryDirectory() as workdir:
-            proc = subprocess.Popen([sys.executable, "-m", "jaxft.main", "--config", "configs/lm.py:smoke",
-                                     "--workdir", workdir], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+            proc = subprocess.Popen([sys.executable, *entry, "--config", "configs/lm.py:smoke", "--workdir", workdir],
+                                    cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)))
             time.sleep(delay)
             proc.send_signal(signal.SIGINT)
             try:
