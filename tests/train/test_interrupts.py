@@ -51,9 +51,15 @@ ref = weakref.ref(thing, on_gone)
 """
 
 
+def _default_ctrl_c() -> None:
+    """In the child: Python's default SIGINT handling, even when the test runner was started in the
+    background (a shell's ``&`` makes its children ignore SIGINT, and Python then keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=_default_ctrl_c)
 
 
 @pytest.mark.parametrize("setup, trigger", [(_GC_CALLBACK, "gc.collect()"), (_WEAKREF_CALLBACK, "del thing")],
@@ -75,15 +81,20 @@ def test_without_the_handler_the_same_ctrl_c_is_ignored():
 _CONSOLE_SCRIPT = ["-c", "import sys; from jaxft.console import run; sys.argv[0] = 'jaxft'; run()", "train"]
 
 
+# Enough steps that no delay outlives the run on any machine: a late Ctrl-C lands in the loop (saved, 130).
+_LONG_SMOKE = ["--config", "configs/lm.py:smoke", "--config.train.steps=100000"]
+
+
 @pytest.mark.slow  # launches interrupted 1, 3, 6 and 10 s in (python -m) and 0.3 and 1 s in (the script): ~35 s
 @pytest.mark.parametrize("entry, delays", [(["-m", "jaxft.main"], (1, 3, 6, 10)), (_CONSOLE_SCRIPT, (0.3, 1))],
                          ids=["python-m", "console-script"])
 def test_ctrl_c_at_any_moment_of_start_up_exits_130_without_a_traceback(entry, delays):
     for delay in delays:
         with tempfile.TemporaryDirectory() as workdir:
-            proc = subprocess.Popen([sys.executable, *entry, "--config", "configs/lm.py:smoke", "--workdir", workdir],
+            proc = subprocess.Popen([sys.executable, *entry, *_LONG_SMOKE, "--workdir", workdir],
                                     cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)))
+                                    env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
+                                    preexec_fn=_default_ctrl_c)
             time.sleep(delay)
             proc.send_signal(signal.SIGINT)
             try:

@@ -72,8 +72,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     (["--config.model.path=/no/such/model"], "'/no/such/model' does not exist"),
     (["--config.data.path=/no/such/data.jsonl"], "/no/such/data.jsonl"),
 ])
-def test_cli_reports_config_mistakes_in_one_line(args, message):
-    proc = _cli("--config", "configs/lm.py:smoke", *args)
+def test_cli_reports_config_mistakes_in_one_line(args, message, tmp_path):
+    proc = _cli("--config", "configs/lm.py:smoke", *args, f"--workdir={tmp_path}")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     assert message in err
@@ -159,7 +159,7 @@ def jax_params(tree):
 def test_bad_record_is_named_with_file_and_row(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"txt": "oops"}\n')
-    proc = _cli("--config", "configs/lm.py:smoke", f"--config.data.path={data}")
+    proc = _cli("--config", "configs/lm.py:smoke", f"--config.data.path={data}", f"--workdir={tmp_path / 'run'}")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "Traceback" not in err
     assert "bad.jsonl:3" in err and "'text'" in err
