@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+SLOW = {"embedllm.ipynb"}  # over 30 s on an idle 2-core machine
+
+
+def _param(path: Path):
+    return pytest.param(path, id=path.name, marks=[pytest.mark.slow] if path.name in SLOW else [])
 
 
 def test_every_recipe_has_a_notebook():
@@ -16,7 +21,7 @@ def test_every_recipe_has_a_notebook():
     assert names >= set(RECIPES) - {"lm"}  # lm is the quickstart's
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [_param(p) for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
