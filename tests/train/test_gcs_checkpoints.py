@@ -1,6 +1,6 @@
-"""``gs://`` checkpoint directories, against a local Cloud Storage endpoint (``tests/fake_gcs.py``): the arrays go through
-tensorstore's ``gcs`` driver, the metadata through ``etils.epath`` and ``gcsfs``, the deletion of old steps
-through ``google-cloud-storage`` — the same code paths a TPU VM takes against a real bucket."""
+"""``gs://`` checkpoint directories, against a local Cloud Storage endpoint (``tests/fake_gcs.py``): the
+arrays go through tensorstore's ``gcs`` driver, the metadata through ``etils.epath`` and ``gcsfs``, the deletion
+of old steps through ``google-cloud-storage``: the code paths a TPU VM takes against a real bucket."""
 
 from __future__ import annotations
 
