@@ -10,7 +10,9 @@
 
 ``--mode`` continue (the default) and reconstruct put the continuation or auto-encoding marker between the
 states and the prompt; prompt puts none (``[states][prompt]``, the instruction objective's and the reference's
-form). ``evaluate`` is ``python -m jaxft.recipes.condense.evaluate``.
+form). ``evaluate`` is ``python -m jaxft.recipes.condense.evaluate``. A gist-design export
+(``condense.design=gist``) compresses into its spans' gists and generates in ``continue`` mode only
+(``[gists][LM flag][prompt]``, its completing objective's form); its one LLM is ``--encoder``.
 
 ``--encoder``/``--decoder`` replace the base checkpoints recorded in the export
 (e.g. local copies of hub models).

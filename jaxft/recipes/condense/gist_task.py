@@ -7,7 +7,6 @@ is not read), ``config.lora`` its adapters, ``config.condense.gist`` the layout 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,12 @@ import numpy as np
 from jaxft import lora as lora_lib
 from jaxft.loaders import load_model, load_records
 from jaxft.recipes.condense import gist
+from jaxft.recipes.condense.gist_inference import complete, export_gist, text_tokens
 from jaxft.recipes.condense.objectives import check_weights
 from jaxft.train.lm import GlobalBatches
 from jaxft.train.task import TrainTask, data_fingerprint
 
 log = logging.getLogger("jaxft")
-EXPORT_FILE, EXPORT_CONFIG = "gist.safetensors", "gist.json"
 
 
 def layout_from_config(g) -> gist.GistLayout:
@@ -76,11 +75,6 @@ def build_gist_parts(config, placement=None) -> dict[str, Any]:
     return dict(model=model, trainable=trainable, frozen={"llm": llm.params}, tokenizer=llm.tokenizer)
 
 
-def text_tokens(tokenizer, text: str, layout: gist.GistLayout) -> list[int]:
-    """The reference's ``tokenizer(text, truncation=True, max_length=T)``: special tokens (BOS) included."""
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])[: layout.max_tokens]
-
-
 def load_texts(config, tokenizer, layout: gist.GistLayout) -> tuple[list[list[int]], str]:
     """Token ids of the texts longer than ``condense.gist.min_characters`` characters (the reference's
     ``len(text) > 2000``) that give at least two spans (one span has no completing level); the counts."""
@@ -112,41 +106,15 @@ def gist_sample(model: gist.GistModel, trainable, frozen, tokenizer, ids: list[i
                 max_new_tokens: int = 64) -> dict[str, str]:
     """The reference's validation sample (``lit.py`` ``generate`` on completing level 1): greedy text from
     ``[gist of span 0][LM flags][the next span's first 8 tokens]``, next to the text it stands for."""
-    from jaxft.models.decoder import embed
-    from jaxft.sampling import SamplingConfig, generate
-
-    layout, cfg, dtype = model.layout, model.llm, model.dtype
+    layout = model.layout
     ex = gist.span_example(ids, layout)
     gists = gist.gist_features_jit(model, trainable, frozen, ex["ids"][None], ex["mask"][None])
     seed_ids = ex["ids"][1][ex["mask"][1]][:SEED_TOKENS]
-    prefix = jnp.concatenate([gists[0, 0], jnp.asarray(trainable["flags"]["lm"], dtype),
-                              embed(cfg, frozen["llm"], jnp.asarray(seed_ids), dtype)], axis=0)
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-    out = generate(cfg, frozen["llm"], None, sampling, inputs_embeds=prefix[None])
+    generated = complete(model, trainable, frozen, gists[0, 0], seed_ids, max_new_tokens)
     rest = np.concatenate([row[m] for row, m in zip(ex["ids"][1:], ex["mask"][1:])])
     return {"gisted": tokenizer.decode(list(ex["ids"][0][ex["mask"][0]]) + list(seed_ids)),
             "target": tokenizer.decode(list(rest[SEED_TOKENS:])),
-            "generated": tokenizer.decode(out.token_lists()[0])}
-
-
-def export_gist(directory: str | Path, model: gist.GistModel, trainable, tokenizer, source: str) -> Path:
-    """The LoRA as a PEFT adapter, gist tokens and flags as safetensors, the layout as JSON, the tokenizer.
-    ``python -m jaxft.recipes.condense.reference_formats`` turns it into the reference's files."""
-    from safetensors.numpy import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    lora_lib.save_peft(directory / "adapter", model.llm, lora_lib.LoRA(trainable["lora"], model.lora_config),
-                       base_model_name_or_path=source or None)
-    tensors = {"gist_tokens": trainable["gist_tokens"], "flags.ae": trainable["flags"]["ae"],
-               "flags.lm": trainable["flags"]["lm"]}
-    save_file({k: np.asarray(v, np.float32) for k, v in tensors.items()}, str(directory / EXPORT_FILE))
-    layout = model.layout
-    meta = {"format": "jaxft-gist", "source": source, "span_tokens": layout.span_length,
-            "gist_tokens": layout.num_gist_tokens, "max_tokens": layout.max_tokens, "num_flags": layout.num_flags}
-    (directory / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    tokenizer.save_pretrained(str(directory / "tokenizer"))
-    return directory
+            "generated": tokenizer.decode(generated)}
 
 
 def build_gist(config, placement) -> TrainTask:
@@ -180,7 +148,7 @@ def build_gist(config, placement) -> TrainTask:
         return gist.gist_loss(model, trainable, frozen, batch, rng, weights=weights, chunk_size=chunk)
 
     def export_fn(directory: str, trainable, frozen) -> None:
-        export_gist(directory, model, trainable, tokenizer, str(config.encoder.path))
+        export_gist(directory, model, trainable, frozen, tokenizer, str(config.encoder.path))
 
     sample_ids = (valid or train)[0]
     max_new = int(config.condense.samples.max_new_tokens)

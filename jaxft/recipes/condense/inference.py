@@ -171,11 +171,18 @@ class Condenser:
 
 
 def load_condenser(directory: str | Path, encoder_path: str | None = None, decoder_path: str | None = None,
-                   dtype=None, quantize: bool = True) -> Condenser:
+                   dtype=None, quantize: bool = True):
     """A ``Condenser`` from an export directory; the base LLMs come from the paths recorded at
     export time (or bundled in the directory) unless ``encoder_path``/``decoder_path`` override them.
-    ``quantize=False`` keeps the bases unquantized even if training used NF4/int8."""
+    ``quantize=False`` keeps the bases unquantized even if training used NF4/int8. A gist-design export
+    (``condense.design=gist``) gives a ``gist_inference.GistCondenser`` (one LLM: ``encoder_path``)."""
     from jaxft.recipes.condense.export import read_condenser
+    from jaxft.recipes.condense.gist_inference import EXPORT_CONFIG, read_gist_condenser
+
+    if (Path(directory) / EXPORT_CONFIG).is_file():
+        if decoder_path and decoder_path != encoder_path:
+            raise ValueError(f"{directory}: a gist-design export has one LLM; give it as --encoder, not --decoder")
+        return read_gist_condenser(directory, llm_path=encoder_path or decoder_path, dtype=dtype)
 
     return read_condenser(directory, encoder_path=encoder_path, decoder_path=decoder_path, dtype=dtype,
                           quantize=quantize)

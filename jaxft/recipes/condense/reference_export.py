@@ -18,7 +18,7 @@ from pathlib import Path
 from jaxft.errors import cli_boundary
 from jaxft.files import read_safetensors, unflatten_tree
 from jaxft.recipes.condense import export as condense_export
-from jaxft.recipes.condense import gist_task
+from jaxft.recipes.condense import gist_inference
 from jaxft.recipes.condense.reference_formats import MODULES_FILE, write_gist, write_r1
 
 
@@ -26,8 +26,8 @@ def convert(export_dir: str | Path, out_dir: str | Path) -> tuple[str, Path]:
     """(format written, the ``modules.pt`` path) for the export in ``export_dir``."""
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     target = out_dir / "checkpoints" / MODULES_FILE
-    if (export_dir / gist_task.EXPORT_CONFIG).is_file():
-        t = read_safetensors(export_dir / gist_task.EXPORT_FILE)
+    if (export_dir / gist_inference.EXPORT_CONFIG).is_file():
+        t = read_safetensors(export_dir / gist_inference.EXPORT_FILE)
         fmt, _ = "gist", write_gist(target, t["gist_tokens"], t["flags.ae"], t["flags.lm"])
     elif (export_dir / condense_export.CONFIG_FILE).is_file():
         meta = json.loads((export_dir / condense_export.CONFIG_FILE).read_text())
@@ -38,7 +38,7 @@ def convert(export_dir: str | Path, out_dir: str | Path) -> tuple[str, Path]:
         fmt, _ = "r1", write_r1(target, tree["condense_tokens"], tree["projector"])
     else:
         raise ValueError(f"{export_dir}: not a condense export (no {condense_export.CONFIG_FILE} or "
-                         f"{gist_task.EXPORT_CONFIG})")
+                         f"{gist_inference.EXPORT_CONFIG})")
     adapter = export_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise ValueError(f"{adapter}: the export has no PEFT adapter")

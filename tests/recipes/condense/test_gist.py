@@ -130,7 +130,7 @@ def _chat_texts(n: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_seed_gist_trains_two_steps_and_exports(tmp_path):
+def test_seed_gist_trains_two_steps_and_exports(tmp_path, capsys):
     from jaxft.recipes.condense.recipe import build
     from jaxft.train.trainer import Trainer
 
@@ -170,6 +170,42 @@ def test_seed_gist_trains_two_steps_and_exports(tmp_path):
     meta = json.loads((export / "gist.json").read_text())
     assert (meta["span_tokens"], meta["gist_tokens"], meta["max_tokens"]) == (32, 16, 128)
     assert (export / "adapter" / "adapter_config.json").is_file()
+    _, exported = trainer.export_params()
+    _export_compresses_and_generates(export, jax.device_get(exported), trainer.frozen, texts[0], tokenizer,
+                                     tmp_path, capsys)
+
+
+def _export_compresses_and_generates(export, trainable, frozen, text, tokenizer, tmp_path, capsys):
+    """The export's compress and generate give the trained trees' own gists and greedy text, from Python
+    and from ``python -m jaxft.recipes.condense``; the modes it was not trained for are one line."""
+    from jaxft.recipes.condense.__main__ import main
+    from jaxft.recipes.condense.gist_inference import GistCondenser, complete, text_tokens
+    from jaxft.recipes.condense.inference import load_condenser
+
+    condenser = load_condenser(export)
+    assert isinstance(condenser, GistCondenser)
+    model = condenser.model
+    ex = gist.span_example(text_tokens(tokenizer, text, model.layout), model.layout)
+    want = np.asarray(gist.gist_features_jit(model, trainable, frozen, ex["ids"][None], ex["mask"][None]))[0]
+    spans = int(ex["mask"].any(-1).sum())
+    states = condenser.compress(text)
+    assert states.shape == (spans * 16, 32)
+    np.testing.assert_allclose(states, want[:spans].reshape(-1, 32), rtol=1e-5, atol=1e-6)
+    prompt_ids = tokenizer("the cat", add_special_tokens=False)["input_ids"]
+    tokens = complete(model, trainable, frozen, want[0], prompt_ids, 12)
+    assert condenser.generate(states[:16], "the cat", max_new_tokens=12) == tokenizer.decode(
+        tokens, skip_special_tokens=True)
+
+    out = tmp_path / "gists.npy"
+    assert main(["compress", "--condenser", str(export), "--text", text, "--out", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out), states)
+    capsys.readouterr()
+    assert main(["generate", "--condenser", str(export), "--compressed", str(out), "--prompt", "the cat",
+                 "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == condenser.generate(states, "the cat", max_new_tokens=12)
+    assert main(["generate", "--condenser", str(export), "--text", text, "--mode", "reconstruct"]) == 2
+    err = capsys.readouterr().err
+    assert "a gist-design export generates in the completing form only" in err and "Traceback" not in err
 
 
 def test_bench_plans_the_seed_gist_preset_as_configured():

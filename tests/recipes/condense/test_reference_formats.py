@@ -155,7 +155,7 @@ def _condense_export(directory, trainable, model, projector="reference"):
 def test_exports_convert_to_the_reference_files(tmp_path, capsys):
     import torch
 
-    from jaxft.recipes.condense import gist_task
+    from jaxft.recipes.condense import gist_inference
     from jaxft.recipes.condense.reference_export import main
 
     model, trainable, _ = tiny_condenser("reference")
@@ -170,8 +170,8 @@ def test_exports_convert_to_the_reference_files(tmp_path, capsys):
 
     gmodel = _gist_model()
     gtrainable = {"lora": trainable["lora"], **gist.init_params(jax.random.key(3), gmodel)}
-    gist_task.export_gist(tmp_path / "gexport", dataclasses.replace(gmodel, lora_config=model.lora_config),
-                          gtrainable, _byte_tokenizer(), "")
+    gist_inference.export_gist(tmp_path / "gexport", dataclasses.replace(gmodel, lora_config=model.lora_config),
+                               gtrainable, None, _byte_tokenizer(), "tiny/llama")  # a source: no LLM bundled
     assert main([str(tmp_path / "gexport"), str(tmp_path / "grepo")]) == 0
     got = import_gist(tmp_path / "grepo", dataclasses.replace(gmodel, llm=model.encoder), gtrainable)
     np.testing.assert_array_equal(got["gist_tokens"], gtrainable["gist_tokens"])
