@@ -43,20 +43,28 @@ def export_dir(tmp_path, demo_tokenizer_dir):
     return export, tok
 
 
-def _reference_p_yes(export, tok, rows, adapter: bool):
+def reference_model(export, adapter: bool):
+    """The export's base in transformers (eager attention), with its PEFT adapter when ``adapter``."""
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(export / "base", attn_implementation="eager").eval()
-    if adapter:
-        model = peft.PeftModel.from_pretrained(model, export / "adapter").eval()
+    return peft.PeftModel.from_pretrained(model, export / "adapter").eval() if adapter else model
+
+
+def reference_prompt_ids(tok, row) -> torch.Tensor:
+    """[1, n]: a test row's chat prompt, as the reference's scripts tokenize it."""
+    messages = prompts.chat_messages(prompts.test_row_record(row), with_answer=False)
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+
+
+def _reference_p_yes(export, tok, rows, adapter: bool):
+    model = reference_model(export, adapter)
     yes, no = encoding.answer_token_ids(tok)
     out = []
     for row in rows:
-        messages = prompts.chat_messages(prompts.test_row_record(row), with_answer=False)
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
-            logits = model(ids).logits[0, -1].double()
+            logits = model(reference_prompt_ids(tok, row)).logits[0, -1].double()
         out.append(float(torch.softmax(logits[[yes, no]], -1)[0]))
     return np.array(out)
 

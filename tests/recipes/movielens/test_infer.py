@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from jaxft.recipes.movielens import prompts
 from jaxft.recipes.movielens.cli import main
 from jaxft.recipes.movielens.infer import UNKNOWN, answer_scores, extract_answer, infer, Decoding
 from tests.recipes.movielens.test_compare import export_dir  # noqa: F401 - the fixture
+from tests.recipes.movielens.test_compare import reference_model, reference_prompt_ids
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -48,16 +48,10 @@ def test_answer_scores_count_unknown_as_wrong():
 
 
 def _reference_greedy(export, tok, rows, adapter: bool, max_new: int):
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(export / "base", attn_implementation="eager").eval()
-    if adapter:
-        model = peft.PeftModel.from_pretrained(model, export / "adapter").eval()
+    model = reference_model(export, adapter)
     texts = []
     for row in rows:
-        messages = prompts.chat_messages(prompts.test_row_record(row), with_answer=False)
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        ids = reference_prompt_ids(tok, row)
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
